@@ -1,0 +1,294 @@
+"""Write a data set as silo Parquet files plus a ready ``federation.yaml``.
+
+Layout made by ``write_federation``::
+
+    <out>/federation.yaml          spec; silo paths relative to this file
+    <out>/silo-<i>/train.parquet
+    <out>/silo-<i>/test.parquet
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from fedsilo.datasets.bundled import Dataset, load_dataset
+from fedsilo.datasets.partition import partition as make_partition
+from fedsilo.spec import parse_spec
+
+SPEC_FILE = "federation.yaml"
+#: Fewest rows a silo gets, so that its train and test files both hold a row.
+MIN_SILO_ROWS = 2
+DEFAULT_MODELS = {"classification": "sgd-logistic", "regression": "sgd-regressor"}
+_SILO_DIR = re.compile(r"^silo-\d+$")
+
+
+def write_federation(
+    dataset: str,
+    *,
+    n_silos: int,
+    partition: str,
+    out: Path,
+    seed: int = 0,
+    alpha: float = 0.5,
+    test_fraction: float = 0.2,
+    rounds: int = 20,
+    model_kind: str | None = None,
+    n_samples: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Split a data set into silos, write their files and a spec; return its path.
+
+    Rows are partitioned into ``n_silos`` silos (see
+    ``fedsilo.datasets.partition.partition``), then each silo's rows are split
+    into train and test, stratified by class for classification (a class with a
+    single row in a silo stays in train). Everything is seeded by ``seed``.
+    Nothing is written until the arguments, data and spec have been checked.
+
+    Parameters
+    ----------
+    dataset : str
+        A name from ``fedsilo.datasets.bundled.DATASET_NAMES``.
+    n_silos : int
+        Number of silos, named ``silo-0`` .. ``silo-{n_silos - 1}``.
+    partition : str
+        "iid", "dirichlet" (label skew), "quantity" or "feature" (feature skew).
+    out : pathlib.Path
+        Directory to write; must be missing or empty unless ``overwrite``.
+    seed : int
+        Seed of the data (subset or generator), the partition and the splits;
+        also the spec's seed.
+    alpha : float
+        Dirichlet concentration for "dirichlet" and "quantity".
+    test_fraction : float
+        Share of each silo's rows written to ``test.parquet``, in (0, 1).
+    rounds : int
+        The spec's number of federated rounds.
+    model_kind : str, optional
+        The spec's model kind; default "sgd-logistic" or "sgd-regressor".
+    n_samples : int, optional
+        Rows to use (see ``load_dataset``).
+    overwrite : bool
+        Replace an earlier output in a non-empty ``out``: its ``federation.yaml``
+        and ``silo-<i>`` directories are removed first; other files are kept.
+
+    Returns
+    -------
+    pathlib.Path
+        Path of the written ``federation.yaml``.
+
+    Raises
+    ------
+    ValueError
+        If a name, size or fraction is invalid or the split is impossible.
+    FileExistsError
+        If ``out`` is a file, or a non-empty directory and not ``overwrite``.
+    fedsilo.errors.SpecError
+        If the resulting spec is invalid (say a regressor for classification).
+    """
+    out = Path(out)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    _check_out(out, overwrite)
+    data = load_dataset(dataset, n_samples=n_samples, seed=seed)
+    frame = data.frame
+    labels = frame[data.target].to_numpy()
+    parts = make_partition(
+        partition,
+        n_silos,
+        seed=seed,
+        labels=labels,
+        X=frame[data.features].to_numpy(),
+        alpha=alpha,
+        task=data.task,
+        min_rows=MIN_SILO_ROWS,
+    )
+    splits = []
+    for i, rows in enumerate(parts):
+        rng = np.random.default_rng([seed, i])
+        strata = labels[rows] if data.task == "classification" else None
+        train, test = train_test_rows(len(rows), test_fraction, rng, strata)
+        splits.append((rows[train], rows[test]))
+    kind = model_kind or DEFAULT_MODELS[data.task]
+    spec = federation_spec(
+        data,
+        n_silos=n_silos,
+        partition=partition,
+        seed=seed,
+        rounds=rounds,
+        model_kind=kind,
+    )
+    parse_spec(spec, source=f"spec for {out / SPEC_FILE}")
+
+    if overwrite and out.is_dir():
+        _remove_previous(out)
+    meta = {"dataset": dataset, "partition": partition, "seed": seed, "alpha": alpha}
+    for i, (train_rows, test_rows) in enumerate(splits):
+        silo = f"silo-{i}"
+        (out / silo).mkdir(parents=True, exist_ok=True)
+        for split, rows in (("train", train_rows), ("test", test_rows)):
+            _write_parquet(
+                frame.iloc[rows],
+                out / silo / f"{split}.parquet",
+                {**meta, "silo": silo, "split": split},
+            )
+    command = split_command(
+        dataset,
+        n_silos=n_silos,
+        partition=partition,
+        out=out,
+        seed=seed,
+        alpha=alpha,
+        test_fraction=test_fraction,
+        rounds=rounds,
+        model_kind=model_kind,
+        n_samples=n_samples,
+    )
+    sizes = ", ".join(
+        f"silo-{i} {len(tr)}/{len(te)}" for i, (tr, te) in enumerate(splits)
+    )
+    header = (
+        f"# Made by: {command}\n"
+        f"# Data set {dataset!r}: {len(frame)} rows, {len(data.features)} features; "
+        f"{partition} partition, seed {seed}.\n"
+        f"# Train/test rows: {sizes}\n"
+    )
+    path = out / SPEC_FILE
+    path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def federation_spec(
+    data: Dataset,
+    *,
+    n_silos: int,
+    partition: str,
+    seed: int,
+    rounds: int,
+    model_kind: str,
+) -> dict[str, Any]:
+    """Return the spec mapping for silos written by ``write_federation``."""
+    return {
+        "name": f"{data.name.replace('_', '-')}-{partition}-{n_silos}",
+        "task": data.task,
+        "target": data.target,
+        "rounds": rounds,
+        "seed": seed,
+        "model": {"kind": model_kind, "params": {}},
+        "strategy": {"kind": "fedavg", "fraction": 1.0, "min_silos": n_silos},
+        "local": {"epochs": 1},
+        "silos": [
+            {
+                "name": f"silo-{i}",
+                "train": f"silo-{i}/train.parquet",
+                "test": f"silo-{i}/test.parquet",
+            }
+            for i in range(n_silos)
+        ],
+        "checkpoints": "./checkpoints",
+    }
+
+
+def split_command(
+    dataset: str,
+    *,
+    n_silos: int,
+    partition: str,
+    out: Path,
+    seed: int = 0,
+    alpha: float = 0.5,
+    test_fraction: float = 0.2,
+    rounds: int = 20,
+    model_kind: str | None = None,
+    n_samples: int | None = None,
+) -> str:
+    """Return the ``fedsilo datasets split`` command line for these arguments."""
+    words = [
+        "fedsilo",
+        "datasets",
+        "split",
+        dataset,
+        "--silos",
+        str(n_silos),
+        "--partition",
+        partition,
+        "--out",
+        str(out),
+    ]
+    if partition in ("dirichlet", "quantity"):
+        words += ["--alpha", str(alpha)]
+    optional = {
+        "--seed": (seed, 0),
+        "--test-fraction": (test_fraction, 0.2),
+        "--rounds": (rounds, 20),
+        "--model": (model_kind, None),
+        "--n-samples": (n_samples, None),
+    }
+    for flag, (value, default) in optional.items():
+        if value != default:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def train_test_rows(
+    n_rows: int,
+    test_fraction: float,
+    rng: np.random.Generator,
+    strata: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return shuffled (train, test) positions in ``range(n_rows)``, both non-empty.
+
+    With ``strata`` each class gives ``round(test_fraction * n_class)`` rows to
+    test but keeps at least one in train; if that leaves test empty, one row of
+    the largest class moves to test.
+    """
+    if n_rows < 2:
+        raise ValueError(f"cannot split {n_rows} row(s) into non-empty train and test")
+    if strata is None:
+        strata = np.zeros(n_rows, dtype=np.int64)
+    strata = np.asarray(strata)
+    if strata.shape != (n_rows,):
+        raise ValueError(f"strata has shape {strata.shape}, expected ({n_rows},)")
+    train: list[np.ndarray] = []
+    test: list[np.ndarray] = []
+    for cls in np.unique(strata):
+        rows = rng.permutation(np.flatnonzero(strata == cls))
+        n_test = min(int(np.floor(test_fraction * len(rows) + 0.5)), len(rows) - 1)
+        test.append(rows[:n_test])
+        train.append(rows[n_test:])
+    if sum(len(t) for t in test) == 0:
+        largest = int(np.argmax([len(t) for t in train]))
+        test[largest], train[largest] = train[largest][:1], train[largest][1:]
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out} exists and is not empty; choose another directory or overwrite"
+        )
+
+
+def _remove_previous(out: Path) -> None:
+    (out / SPEC_FILE).unlink(missing_ok=True)
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink() and _SILO_DIR.match(child.name):
+            shutil.rmtree(child)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path, meta: dict[str, Any]) -> None:
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    metadata = {**(table.schema.metadata or {}), b"fedsilo": json.dumps(meta).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)

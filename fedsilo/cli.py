@@ -1,0 +1,143 @@
+"""The ``fedsilo`` command line: run federations, make demo data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedsilo.errors import FedsiloError
+
+EXIT_USER_ERROR = 2
+
+
+def _print_progress(result: Any, state: Any) -> None:
+    metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()))
+    total = len(state.spec.silos)
+    print(
+        f"round {result.round:>4}/{state.spec.rounds}  silos {len(result.silos)}/{total}"
+        f"  {metrics}  {result.seconds:.2f}s",
+        flush=True,
+    )
+
+
+def _final_table(summary: dict[str, Any], history: list[Any], elapsed: float) -> str:
+    lines = [f"run {summary['run_id']}  ({elapsed:.1f}s)", f"checkpoints {summary['run_path']}"]
+    if history:
+        names = sorted(history[-1].metrics)
+        header = f"{'round':>5}  " + "  ".join(f"{n:>9}" for n in names)
+        lines.append(header)
+        for result in history:
+            cells = "  ".join(f"{result.metrics.get(n, float('nan')):>9.4f}" for n in names)
+            lines.append(f"{result.round:>5}  {cells}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train the federation a spec describes."""
+    from fedsilo.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.rounds is not None:
+        spec = spec.model_copy(update={"rounds": args.rounds})
+    if args.checkpoints is not None:
+        spec = spec.model_copy(update={"checkpoints": args.checkpoints})
+    from fedsilo.flows.training import federated_training
+    from fedsilo.prefect_env import quiet_dask_logs
+    from fedsilo.tasks import run_state
+
+    quiet_dask_logs()
+
+    history: list[Any] = []
+
+    def listener(result: Any, state: Any) -> None:
+        history.append(result)
+        _print_progress(result, state)
+
+    run_state.listeners.append(listener)
+    started = time.perf_counter()
+    try:
+        summary = federated_training(spec, run_id=args.run_id, resume=args.resume)
+    finally:
+        run_state.listeners.remove(listener)
+    print(_final_table(summary, history, time.perf_counter() - started))
+    return 0
+
+
+def cmd_datasets_split(args: argparse.Namespace) -> int:
+    """Split a bundled data set over silos and write files plus a spec."""
+    from fedsilo.datasets.writer import write_federation
+
+    try:
+        spec_path = write_federation(
+            args.name,
+            n_silos=args.silos,
+            partition=args.partition,
+            out=Path(args.out),
+            seed=args.seed,
+            alpha=args.alpha,
+            rounds=args.rounds,
+            n_samples=args.n_samples,
+            test_fraction=args.test_fraction,
+            model_kind=args.model,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, FileExistsError) as error:  # the writer's argument checks
+        raise FedsiloError(str(error)) from None
+    print(f"wrote {spec_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="fedsilo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a federation described by a YAML spec")
+    run.add_argument("spec", help="path of the federation spec (YAML)")
+    run.add_argument("--rounds", type=int, help="override the spec's rounds")
+    run.add_argument("--checkpoints", help="override the spec's checkpoint store")
+    run.add_argument("--run-id", help="name the run (default: time + random)")
+    run.add_argument("--resume", action="store_true", help="continue --run-id from its last complete round")
+    run.add_argument("--verbose", action="store_true", help="show Prefect's and Dask's logs")
+    run.set_defaults(handler=cmd_run)
+
+    datasets = sub.add_parser("datasets", help="bundled and synthetic data sets")
+    dsub = datasets.add_subparsers(dest="datasets_command", required=True)
+    split = dsub.add_parser("split", help="split a data set over silos into files and a spec")
+    split.add_argument("name", help="breast_cancer, wine, digits, diabetes, synthetic-classification, synthetic-regression")
+    split.add_argument("--silos", type=int, default=4)
+    split.add_argument("--partition", default="iid", choices=["iid", "dirichlet", "quantity", "feature"])
+    split.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (dirichlet, quantity)")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--rounds", type=int, default=20)
+    split.add_argument("--n-samples", type=int, default=None, help="rows of a synthetic data set")
+    split.add_argument("--test-fraction", type=float, default=0.2)
+    split.add_argument("--model", default=None, help="model kind written into the spec")
+    split.add_argument("--out", required=True, help="directory for silo files and federation.yaml")
+    split.add_argument("--overwrite", action="store_true")
+    split.set_defaults(handler=cmd_datasets_split)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user mistakes print one line and exit with code 2."""
+    args = build_parser().parse_args(argv)
+    from fedsilo.prefect_env import apply_defaults
+
+    apply_defaults(quiet=not getattr(args, "verbose", False))
+    try:
+        return int(args.handler(args))
+    except FedsiloError as error:
+        print(f"fedsilo: error: {error.reason}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("fedsilo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

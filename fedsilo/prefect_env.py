@@ -1,0 +1,34 @@
+"""Prefect settings fedsilo applies to the API it starts itself.
+
+Prefect's ephemeral API (used when PREFECT_API_URL is unset) runs in a
+subprocess that inherits these variables. Its task-run recorder persists each
+task-run event in its own SQLite transaction by default; a round's ~30 events
+then hold the database for about 2 s, and the next round flow run waits for
+them. Persisting them in batches keeps every task run recorded without that
+stall. Users' own servers keep their own settings (see docs/prefect.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+EPHEMERAL_DEFAULTS = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def apply_defaults(quiet: bool = True) -> None:
+    """Set fedsilo's defaults for any Prefect setting the user has not set."""
+    for name, value in EPHEMERAL_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if quiet:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def quiet_dask_logs() -> None:
+    """Keep the coordinator's console free of Dask's INFO chatter."""
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core", "distributed.worker", "distributed.batched", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,182 @@
+"""The federation spec: one pydantic model, loaded from YAML, unknown keys refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedsilo.errors import SpecError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+CLASSIFIERS = frozenset({"sgd-logistic", "logistic", "mlp-classifier"})
+REGRESSORS = frozenset({"sgd-regressor", "mlp-regressor"})
+ModelKind = Literal[
+    "sgd-logistic", "sgd-regressor", "logistic", "mlp-classifier", "mlp-regressor"
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """Which estimator every silo trains, and its constructor parameters."""
+
+    kind: ModelKind = "sgd-logistic"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class StrategySpec(_Strict):
+    """How updates are combined and which silos take part in a round."""
+
+    kind: Literal["fedavg"] = "fedavg"
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
+    min_silos: int = Field(1, ge=1)
+
+
+class LocalSpec(_Strict):
+    """Local training done by a silo in one round."""
+
+    epochs: int = Field(1, ge=1, le=10_000)
+    batch_size: int | None = Field(None, ge=1)
+
+
+class PreprocessingSpec(_Strict):
+    """Feature transforms fitted from federated statistics, never pooled rows."""
+
+    scale: Literal["standard", "none"] = "standard"
+
+
+class SiloSpec(_Strict):
+    """One silo: a name, where its rows are, and how its test rows are chosen."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    train: str | None = None
+    test: str | None = None
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClusterSpec(_Strict):
+    """Where the silo workers are: null address means an embedded LocalCluster."""
+
+    address: str | None = None
+    timeout: float = Field(60.0, gt=0.0)
+    silo_timeout: float = Field(600.0, gt=0.0)
+
+
+class PrivacySpec(_Strict):
+    """Privacy options; only the defaults are available in this release."""
+
+    secure_aggregation: bool = False
+    dp: None = None
+
+    @model_validator(mode="after")
+    def _not_yet(self) -> PrivacySpec:
+        if self.secure_aggregation:
+            raise ValueError("secure_aggregation is not available in this release")
+        return self
+
+
+class FederationSpec(_Strict):
+    """A whole federation: task, model, strategy, silos, cluster and store."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    task: Literal["classification", "regression"]
+    target: str = Field(min_length=1)
+    rounds: int = Field(ge=1, le=100_000)
+    seed: int = 0
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    local: LocalSpec = Field(default_factory=LocalSpec)
+    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+    silos: list[SiloSpec] = Field(min_length=1)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    checkpoints: str = "./checkpoints"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FederationSpec:
+        names = [s.name for s in self.silos]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"silo names must be unique, repeated: {dupes}")
+        if self.task == "classification" and self.model.kind in REGRESSORS:
+            raise ValueError(f"model {self.model.kind!r} is a regressor")
+        if self.task == "regression" and self.model.kind in CLASSIFIERS:
+            raise ValueError(f"model {self.model.kind!r} is a classifier")
+        if self.strategy.min_silos > len(self.silos):
+            raise ValueError(
+                f"strategy.min_silos={self.strategy.min_silos} exceeds the "
+                f"{len(self.silos)} silos listed"
+            )
+        return self
+
+    def spec_hash(self) -> str:
+        """Return a stable short hash of the spec's content."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _is_url(location: str) -> bool:
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location) is not None
+
+
+def _resolve(location: str | None, base: Path) -> str | None:
+    if location is None or _is_url(location) or Path(location).is_absolute():
+        return location
+    return str((base / location).resolve())
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_spec(data: Any, source: str = "<spec>", base: Path | None = None) -> FederationSpec:
+    """Validate a mapping as a spec; relative silo paths resolve against ``base``."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level")
+    try:
+        spec = FederationSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_format_errors(source, error)) from None
+    if base is None:
+        return spec
+    silos = [
+        s.model_copy(update={"train": _resolve(s.train, base), "test": _resolve(s.test, base)})
+        for s in spec.silos
+    ]
+    return spec.model_copy(update={"silos": silos})
+
+
+def load_spec(path: str | Path) -> FederationSpec:
+    """Read a YAML spec; errors name the file and the field path."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise SpecError(f"{path}:{where}: invalid YAML: {problem}") from None
+    return parse_spec(data, source=str(path), base=path.parent.resolve())

@@ -1,0 +1,69 @@
+"""One federated round as a Prefect flow run named after it (round-0003)."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+
+from fedsilo.errors import SiloFailedError
+from fedsilo.tasks import run_state
+from fedsilo.tasks.messages import Evaluation, LocalUpdate
+from fedsilo.tasks.metrics import global_metrics
+from fedsilo.tasks.round_tasks import aggregate, checkpoint, evaluate_local, fit_local
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """Return ``name=value`` pairs in a short, stable form."""
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+
+
+@flow(
+    name="federated-round",
+    flow_run_name="round-{round_number:04d}",
+    persist_result=False,
+    validate_parameters=False,
+)
+def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
+    """Fit at every silo, aggregate, evaluate at every silo, checkpoint."""
+    started = time.perf_counter()
+    state = run_state.get(run_id)
+    silos = list(state.cluster.workers)
+    fits = [fit_local.submit(run_id, silo, round_number) for silo in silos]
+    updates: list[LocalUpdate] = []
+    failures: list[SiloFailedError] = []
+    for silo, future in zip(silos, fits, strict=True):
+        try:
+            updates.append(future.result())
+        except SiloFailedError as error:
+            failures.append(error)
+            get_run_logger().warning("round %d: %s", round_number, error.reason)
+    if failures and len(updates) < state.spec.strategy.min_silos:
+        raise failures[0]
+    state.params = aggregate(run_id, round_number, updates)
+    answered = [u.silo for u in updates]
+    evals = [evaluate_local.submit(run_id, silo, round_number) for silo in answered]
+    evaluations: list[Evaluation] = [e for future in evals for e in future.result()]
+    path = checkpoint(run_id, round_number, evaluations, updates)
+    test_metrics = global_metrics(
+        [e for e in evaluations if e.split == "test"], state.spec.task
+    )
+    result = run_state.RoundResult(
+        round=round_number,
+        silos=tuple(answered),
+        metrics=test_metrics,
+        seconds=time.perf_counter() - started,
+        bytes_down=sum(u.bytes_down for u in updates),
+        bytes_up=sum(u.bytes_up for u in updates),
+        checkpoint=path,
+    )
+    get_run_logger().info(
+        "round %d: %d/%d silos, test %s, %.2fs",
+        round_number,
+        len(answered),
+        len(silos),
+        format_metrics(test_metrics),
+        result.seconds,
+    )
+    return result
+

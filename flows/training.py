@@ -1,0 +1,247 @@
+"""The parent flow: attach to the silos, check their data, run the rounds."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+from fedsilo.cluster import SiloCluster, silo_cluster
+from fedsilo.connectors.schema import check_schemas
+from fedsilo.errors import CheckpointError
+from fedsilo.flows.round import federated_round, format_metrics
+from fedsilo.spec import FederationSpec
+from fedsilo.tasks import run_state, sklearn_models
+from fedsilo.tasks.checkpoint_store import CheckpointStore, new_run_id
+from fedsilo.tasks.round_tasks import wait_silo
+from fedsilo.tasks.silo import (
+    FitConfig,
+    SiloSource,
+    load_silo,
+    prepare_silo,
+    silo_moments,
+    silo_schema,
+)
+from fedsilo.tasks.statistics import standard_scaler
+
+_TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+def _pinned(cluster: SiloCluster, silo: str, fn: Any, *args: Any, key: str) -> Any:
+    """Submit ``fn`` to the silo's own worker only."""
+    return cluster.client.submit(
+        fn,
+        *args,
+        key=key,
+        workers=[cluster.workers[silo]],
+        allow_other_workers=False,
+        pure=False,
+    )
+
+
+def _gather(spec: FederationSpec, futures: dict[str, Any]) -> dict[str, Any]:
+    """Wait for one future per silo; the first failure names its silo."""
+    return {
+        silo: wait_silo(silo, future, spec.cluster.silo_timeout)
+        for silo, future in futures.items()
+    }
+
+
+@task(name="open-silos", **_TASK_OPTIONS)
+def open_silos(
+    spec: FederationSpec, cluster: SiloCluster, run_id: str
+) -> dict[str, Any]:
+    """Read every silo's rows on its worker, check schemas, prepare arrays.
+
+    Returns the futures of the prepared, silo-resident arrays and what the
+    coordinator learned: feature names, classes and the global scaler.
+    """
+    data = {
+        s.name: _pinned(
+            cluster,
+            s.name,
+            load_silo,
+            SiloSource(s.name, s.train, s.test, s.test_fraction, dict(s.storage_options)),
+            spec.target,
+            spec.seed,
+            key=f"silo-data-{s.name}-{run_id}",
+        )
+        for s in spec.silos
+    }
+    schemas = _gather(
+        spec,
+        {
+            name: _pinned(
+                cluster, name, silo_schema, future, spec.target, spec.task,
+                key=f"schema-{name}-{run_id}",
+            )
+            for name, future in data.items()
+        },
+    )
+    features = check_schemas(list(schemas.values()), target=spec.target, task=spec.task)
+    classes: tuple[Any, ...] = ()
+    if spec.task == "classification":
+        classes = tuple(sorted({label for s in schemas.values() for label in s.labels}))
+        if len(classes) < 2:
+            raise_one_class(spec, classes)
+    mean = scale = None
+    if spec.preprocessing.scale == "standard":
+        moments = _gather(
+            spec,
+            {
+                name: _pinned(
+                    cluster, name, silo_moments, future, features,
+                    key=f"moments-{name}-{run_id}",
+                )
+                for name, future in data.items()
+            },
+        )
+        mean, scale = standard_scaler(list(moments.values()))
+    prepared = {
+        name: _pinned(
+            cluster, name, prepare_silo, future, features, spec.target, mean, scale,
+            key=f"prepared-{name}-{run_id}",
+        )
+        for name, future in data.items()
+    }
+    # Surface preparation errors (missing values, ...) before round 1.
+    _gather(
+        spec,
+        {
+            name: _pinned(cluster, name, _row_count, f, key=f"count-{name}-{run_id}")
+            for name, f in prepared.items()
+        },
+    )
+    return {
+        "prepared": prepared,
+        "features": features,
+        "classes": classes,
+        "scaler": None if mean is None else {"mean": mean, "scale": scale},
+        "schemas": schemas,
+    }
+
+
+def _row_count(prepared: Any) -> int:
+    return len(prepared.X_train)
+
+
+def raise_one_class(spec: FederationSpec, classes: tuple[Any, ...]) -> None:
+    """Refuse a classification federation whose silos hold a single label."""
+    from fedsilo.errors import SiloDataError
+
+    raise SiloDataError(
+        spec.silos[0].name,
+        f"all silos together hold only the label(s) {list(classes)}; "
+        "classification needs at least two",
+        column=spec.target,
+    )
+
+
+def _metadata(spec: FederationSpec, features: list[str], classes: tuple[Any, ...],
+              scaler: dict[str, np.ndarray] | None) -> dict[str, str]:
+    model = {
+        "kind": spec.model.kind,
+        "params": spec.model.params,
+        "features": features,
+        "classes": [c if isinstance(c, str) else float(c) for c in classes],
+        "scaler": None
+        if scaler is None
+        else {k: v.tolist() for k, v in scaler.items()},
+    }
+    return {
+        "fedsilo.spec": spec.model_dump_json(),
+        "fedsilo.spec_hash": spec.spec_hash(),
+        "fedsilo.model": json.dumps(model),
+        "fedsilo.sklearn_version": version("scikit-learn"),
+    }
+
+
+@flow(
+    name="federated-training",
+    flow_run_name="{spec.name}",
+    persist_result=False,
+)
+def federated_training(
+    spec: FederationSpec, run_id: str | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Train a federation's model over its rounds and checkpoint every round."""
+    logger = get_run_logger()
+    run_id = run_id or new_run_id()
+    silo_names = [s.name for s in spec.silos]
+    with silo_cluster(silo_names, spec.cluster.address, spec.cluster.timeout) as cluster:
+        opened = open_silos(spec, cluster, run_id)
+        features, classes = opened["features"], opened["classes"]
+        store = CheckpointStore(
+            spec.checkpoints,
+            spec.name,
+            run_id,
+            storage_options=spec.storage_options,
+            metadata=_metadata(spec, features, classes, opened["scaler"]),
+        )
+        config = FitConfig(
+            kind=spec.model.kind,
+            model_params=dict(spec.model.params),
+            task=spec.task,
+            classes=classes,
+            n_features=len(features),
+            epochs=spec.local.epochs,
+            batch_size=spec.local.batch_size,
+            seed=spec.seed,
+        )
+        start_round = 1
+        latest = store.latest_complete_round() if resume else None
+        if latest is not None:
+            params = store.read_params(latest)
+            start_round = latest + 1
+            logger.info("resuming run %s after round %d", run_id, latest)
+        else:
+            if store.complete_rounds():
+                raise CheckpointError(
+                    f"run {run_id} already has checkpoints at {store.run_path}; "
+                    "use resume to continue it"
+                )
+            params = sklearn_models.init_params(
+                spec.model.kind,
+                spec.model.params,
+                n_features=len(features),
+                classes=classes,
+                seed=spec.seed,
+            )
+        state = run_state.RunState(
+            spec=spec,
+            run_id=run_id,
+            cluster=cluster,
+            store=store,
+            config=config,
+            prepared=opened["prepared"],
+            params=params,
+        )
+        run_state.register(state)
+        try:
+            for round_number in range(start_round, spec.rounds + 1):
+                # The parent flow keeps its heartbeat; the short round flows skip
+                # theirs (joining its thread costs ~1 s per round).
+                with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                    result = federated_round(run_id, round_number)
+                state.history.append(result)
+                for listener in list(run_state.listeners):
+                    listener(result, state)
+        finally:
+            run_state.forget(run_id)
+            opened["prepared"].clear()
+    final = state.history[-1] if state.history else None
+    if final is not None:
+        logger.info("finished %s: %s", run_id, format_metrics(final.metrics))
+    return {
+        "run_id": run_id,
+        "run_path": store.run_path,
+        "rounds": [r.round for r in state.history],
+        "final_metrics": final.metrics if final else {},
+        "features": features,
+        "classes": list(classes),
+    }

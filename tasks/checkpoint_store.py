@@ -1,0 +1,660 @@
+"""Checkpoint store: one hive-partitioned directory of Parquet files per round.
+
+Layout (the contract analytics tools rely on, see DESIGN.md "Checkpoint store")::
+
+    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/model.parquet
+    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/model.json    (optional)
+    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/metrics.parquet
+    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/_SUCCESS      (written last)
+
+A round is complete once ``_SUCCESS`` exists. Every file is written atomically: on
+the local filesystem to a hidden temporary name in the same directory, then
+``os.replace``; on any other fsspec filesystem as one object put of the finished
+bytes. The store assumes one writer per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.metadata
+import json
+import os
+import posixpath
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+import fedsilo
+from fedsilo.errors import CheckpointError
+
+__all__ = [
+    "METRICS_SCHEMA",
+    "MODEL_SCHEMA",
+    "CheckpointStore",
+    "MetricRow",
+    "list_runs",
+    "metrics_table",
+    "new_run_id",
+    "params_to_table",
+    "table_to_params",
+]
+
+METRICS_SCHEMA = pa.schema(
+    [
+        pa.field("silo", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("n_samples", pa.int64(), nullable=False),
+    ]
+)
+MODEL_SCHEMA = pa.schema(
+    [
+        pa.field("tensor", pa.string(), nullable=False),
+        pa.field("flat_index", pa.int64(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+
+TENSORS_KEY = "fedsilo.tensors"
+ROUND_KEY = "fedsilo.round"
+VERSIONS_KEY = "fedsilo.versions"
+FEDERATION_KEY = "fedsilo.federation"
+RUN_KEY = "fedsilo.run"
+_RESERVED_KEYS = frozenset(
+    {TENSORS_KEY, ROUND_KEY, VERSIONS_KEY, FEDERATION_KEY, RUN_KEY}
+)
+
+METRICS_FILE = "metrics.parquet"
+MODEL_FILE = "model.parquet"
+MODEL_JSON_FILE = "model.json"
+SUCCESS_FILE = "_SUCCESS"
+MAX_ROUND = 99_999
+
+# Same rule as spec.NAME_PATTERN: safe as a hive partition value and a path part.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ROUND_DIR_RE = re.compile(r"^round=(\d{5})$")
+_RUN_DIR_RE = re.compile(r"^run=(.+)$")
+_VERSIONED = ("fedsilo", "numpy", "pyarrow", "pandas", "scikit-learn")
+# Integer and float dtypes stored as float64; integers are checked to be exact.
+_STORABLE_KINDS = frozenset("biuf")
+# What fsspec backends and pyarrow raise on I/O or corrupt data.
+_IO_ERRORS = (OSError, pa.ArrowException)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    """One measurement: a metric of one silo (or ``global``) on one split."""
+
+    silo: str
+    split: str
+    metric: str
+    value: float
+    n_samples: int
+
+
+def new_run_id() -> str:
+    """Return a sortable run id: UTC time and 6 random hex digits."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def metrics_table(rows: Iterable[MetricRow] | pd.DataFrame | pa.Table) -> pa.Table:
+    """Validate metrics and cast them to `METRICS_SCHEMA`.
+
+    Parameters
+    ----------
+    rows
+        `MetricRow` objects, or a DataFrame / Arrow table with exactly the
+        columns of `METRICS_SCHEMA` (any order).
+
+    Returns
+    -------
+    pa.Table
+        Table with `METRICS_SCHEMA` and no schema metadata.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the offending column: missing, extra, wrong type, null values or
+        negative ``n_samples``.
+    """
+    columns: dict[str, Any]
+    if isinstance(rows, pd.DataFrame | pa.Table):
+        names = [str(c) for c in rows.columns]
+        missing = [n for n in METRICS_SCHEMA.names if n not in names]
+        if missing:
+            raise CheckpointError(f"metrics: missing column {missing[0]!r}")
+        extra = [n for n in names if n not in METRICS_SCHEMA.names]
+        if extra:
+            raise CheckpointError(f"metrics: unexpected column {extra[0]!r}")
+        if len(set(names)) != len(names):
+            raise CheckpointError("metrics: duplicated column names")
+        columns = {n: rows[n] for n in METRICS_SCHEMA.names}
+    else:
+        materialized = list(rows)
+        for row in materialized:
+            if not isinstance(row, MetricRow):
+                raise CheckpointError(
+                    f"metrics: expected MetricRow, got {type(row).__name__}"
+                )
+        columns = {
+            n: [getattr(r, n) for r in materialized] for n in METRICS_SCHEMA.names
+        }
+    arrays = [_metric_column(f, columns[f.name]) for f in METRICS_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=METRICS_SCHEMA)
+
+
+def _metric_column(field: pa.Field, data: Any) -> pa.Array:
+    """Convert one metrics column to ``field.type`` or raise naming the column."""
+    name = field.name
+    try:
+        if isinstance(data, pa.ChunkedArray):
+            array = data.combine_chunks()
+        elif isinstance(data, pd.Series):
+            # from_pandas=False keeps NaN as a value (an undefined metric) not null.
+            array = pa.array(data, from_pandas=False)
+        else:
+            array = pa.array(data)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"metrics: column {name!r} cannot be read as {field.type}: {exc}"
+        ) from exc
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    kind = array.type
+    if pa.types.is_null(kind) and len(array) == 0:
+        return pa.array([], type=field.type)
+    if array.null_count:
+        raise CheckpointError(
+            f"metrics: column {name!r} has {array.null_count} missing value(s)"
+        )
+    if pa.types.is_string(field.type):
+        ok = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        ok = ok or pa.types.is_string_view(kind)
+    elif pa.types.is_floating(field.type):
+        ok = pa.types.is_floating(kind) or pa.types.is_integer(kind)
+    else:
+        ok = pa.types.is_integer(kind)
+    if not ok:
+        raise CheckpointError(
+            f"metrics: column {name!r} must be {field.type}, got {kind}"
+        )
+    try:
+        array = array.cast(field.type)
+    except pa.ArrowException as exc:
+        raise CheckpointError(
+            f"metrics: column {name!r} cannot be cast to {field.type}: {exc}"
+        ) from exc
+    if name == "n_samples" and len(array) and pc.min(array).as_py() < 0:
+        raise CheckpointError("metrics: column 'n_samples' has negative values")
+    return array
+
+
+def params_to_table(params: Mapping[str, np.ndarray]) -> pa.Table:
+    """Flatten named arrays into one long table (tensor, flat_index, value).
+
+    One row per element in C order. Shapes and dtypes go into the schema
+    metadata key ``fedsilo.tensors`` so `table_to_params` restores them exactly.
+
+    Raises
+    ------
+    CheckpointError
+        A name is not a non-empty string, a dtype is not bool/int/uint/float, or
+        an integer is too large to be stored exactly as float64.
+    """
+    spec: dict[str, dict[str, Any]] = {}
+    flats: list[np.ndarray] = []
+    for name, value in params.items():
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(
+                f"params: tensor name {name!r} must be a non-empty str"
+            )
+        array = np.asarray(value)
+        if array.dtype.kind not in _STORABLE_KINDS or array.dtype.itemsize > 8:
+            raise CheckpointError(
+                f"params: tensor {name!r} has dtype {array.dtype}, "
+                "expected bool, integer or float of at most 64 bits"
+            )
+        flat = array.reshape(-1)
+        as_float = flat.astype(np.float64)
+        if array.dtype.kind in "iu" and array.dtype.itemsize == 8:
+            with np.errstate(invalid="ignore"):  # out-of-range casts are checked
+                exact = np.array_equal(as_float.astype(array.dtype), flat)
+        else:
+            exact = True
+        if not exact:
+            raise CheckpointError(
+                f"params: tensor {name!r} holds integers beyond 2**53 that "
+                "float64 cannot store exactly"
+            )
+        spec[name] = {"shape": list(array.shape), "dtype": array.dtype.name}
+        flats.append(as_float)
+    sizes = np.array([f.size for f in flats], dtype=np.int64)
+    codes = np.repeat(np.arange(len(flats), dtype=np.int32), sizes)
+    tensor = pa.DictionaryArray.from_arrays(
+        pa.array(codes, type=pa.int32()), pa.array(list(spec), type=pa.string())
+    ).cast(pa.string())
+    offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    flat_index = np.arange(int(sizes.sum()), dtype=np.int64) - offsets
+    values = np.concatenate(flats) if flats else np.empty(0, dtype=np.float64)
+    table = pa.Table.from_arrays(
+        [tensor, pa.array(flat_index), pa.array(values)], schema=MODEL_SCHEMA
+    )
+    return table.replace_schema_metadata({TENSORS_KEY: json.dumps(spec)})
+
+
+def table_to_params(table: pa.Table) -> dict[str, np.ndarray]:
+    """Restore named arrays written by `params_to_table` (any row order).
+
+    Raises
+    ------
+    CheckpointError
+        The table lacks the ``fedsilo.tensors`` metadata or does not match it.
+    """
+    raw = (table.schema.metadata or {}).get(TENSORS_KEY.encode())
+    if raw is None:
+        raise CheckpointError(
+            f"model table has no {TENSORS_KEY!r} metadata (not written from params)"
+        )
+    try:
+        spec = json.loads(raw)
+        shapes = {n: tuple(int(d) for d in s["shape"]) for n, s in spec.items()}
+        dtypes = {n: np.dtype(s["dtype"]) for n, s in spec.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"model table: malformed {TENSORS_KEY!r}: {exc}") from exc
+    missing = [c for c in MODEL_SCHEMA.names if c not in table.column_names]
+    if missing:
+        raise CheckpointError(f"model table: missing column {missing[0]!r}")
+    names = list(shapes)
+    encoded = table.column("tensor").combine_chunks()
+    if not pa.types.is_dictionary(encoded.type):
+        encoded = encoded.dictionary_encode()
+    dictionary = encoded.dictionary.to_pylist()
+    unknown = [n for n in dictionary if n not in shapes]
+    if unknown:
+        raise CheckpointError(f"model table: tensor {unknown[0]!r} not in metadata")
+    position = {n: i for i, n in enumerate(names)}
+    remap = np.array([position[n] for n in dictionary], dtype=np.int64)
+    codes = remap[encoded.indices.to_numpy(zero_copy_only=False)]
+    flat_index = table.column("flat_index").to_numpy()
+    values = table.column("value").to_numpy()
+    order = np.lexsort((flat_index, codes))
+    counts = np.bincount(codes, minlength=len(names))
+    result: dict[str, np.ndarray] = {}
+    start = 0
+    for code, name in enumerate(names):
+        size = int(np.prod(shapes[name], dtype=np.int64))
+        if counts[code] != size:
+            raise CheckpointError(
+                f"model table: tensor {name!r} has {counts[code]} values, "
+                f"its shape {list(shapes[name])} needs {size}"
+            )
+        rows = order[start : start + size]
+        start += size
+        if not np.array_equal(flat_index[rows], np.arange(size)):
+            raise CheckpointError(
+                f"model table: tensor {name!r} has missing or repeated flat_index"
+            )
+        result[name] = values[rows].astype(dtypes[name]).reshape(shapes[name])
+    return result
+
+
+@functools.cache
+def _library_versions() -> str:
+    """Return the versions of the libraries a checkpoint depends on, as JSON."""
+    versions: dict[str, str | None] = {}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    if versions["fedsilo"] is None:  # running from a source tree, not installed
+        versions["fedsilo"] = fedsilo.__version__
+    return json.dumps(versions, sort_keys=True)
+
+
+def _open_fs(
+    root: str, storage_options: Mapping[str, Any] | None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return the filesystem of ``root`` and the path of ``root`` inside it."""
+    try:
+        fs, path = fsspec.core.url_to_fs(root, **dict(storage_options or {}))
+    except (ImportError, ValueError, *_IO_ERRORS) as exc:
+        raise CheckpointError(f"cannot open checkpoint root {root!r}: {exc}") from exc
+    return fs, str(path).rstrip("/") or "/"
+
+
+def _check_name(kind: str, value: str) -> None:
+    """Raise unless ``value`` is safe as a path part and hive partition value."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise CheckpointError(
+            f"{kind} {value!r} must match {_NAME_RE.pattern} "
+            "(it becomes a directory name)"
+        )
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """Serialize ``table`` to Parquet bytes."""
+    sink = pa.BufferOutputStream()
+    try:
+        pq.write_table(table, sink)
+    except pa.ArrowException as exc:
+        raise CheckpointError(f"cannot encode a table as Parquet: {exc}") from exc
+    return bytes(sink.getvalue().to_pybytes())
+
+
+class CheckpointStore:
+    """Write and read the rounds of one run of one federation.
+
+    Parameters
+    ----------
+    root
+        Local path or fsspec URL (``s3://bucket/prefix``, ``memory://...``).
+    federation
+        Federation name; becomes ``federation=<name>``.
+    run_id
+        Run id (see `new_run_id`); becomes ``run=<run_id>``.
+    storage_options
+        Passed to ``fsspec.core.url_to_fs``.
+    metadata
+        Written into every Parquet file's key-value metadata (spec JSON, spec
+        hash, ...), together with ``fedsilo.round``, ``fedsilo.federation``,
+        ``fedsilo.run`` and ``fedsilo.versions`` (library versions as JSON).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        federation: str,
+        run_id: str,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        _check_name("federation", federation)
+        _check_name("run id", run_id)
+        extra = dict(metadata or {})
+        for key, value in extra.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise CheckpointError(f"metadata {key!r}: keys and values must be str")
+            if key in _RESERVED_KEYS:
+                raise CheckpointError(f"metadata {key!r} is reserved for the store")
+        self.root = root
+        self.federation = federation
+        self.run_id = run_id
+        self._fs, base = _open_fs(root, storage_options)
+        self._local = isinstance(self._fs, LocalFileSystem)
+        self._run = posixpath.join(base, f"federation={federation}", f"run={run_id}")
+        self._metadata = {
+            **extra,
+            FEDERATION_KEY: federation,
+            RUN_KEY: run_id,
+            VERSIONS_KEY: _library_versions(),
+        }
+
+    @property
+    def run_path(self) -> str:
+        """Directory of this run (a local path, or a URL with its protocol)."""
+        return self._show(self._run)
+
+    def round_path(self, round_number: int) -> str:
+        """Directory of one round (a local path, or a URL with its protocol)."""
+        return self._show(self._round_dir(round_number))
+
+    def write_round(
+        self,
+        round_number: int,
+        metrics: pa.Table | pd.DataFrame | Iterable[MetricRow],
+        params: Mapping[str, np.ndarray] | None = None,
+        *,
+        model_json: str | None = None,
+        model_table: pa.Table | None = None,
+    ) -> str:
+        """Write one complete round and return its directory.
+
+        Exactly one of ``params`` (arrays, see `params_to_table`) and
+        ``model_table`` (stored as-is, e.g. a tree model) gives model.parquet.
+        Files are written model.parquet, model.json, metrics.parquet, then
+        _SUCCESS. A leftover incomplete round directory is removed first.
+
+        Raises
+        ------
+        CheckpointError
+            Invalid input, the round is already complete, or an I/O failure
+            (the message names the path).
+        """
+        if (params is None) == (model_table is None):
+            raise CheckpointError(
+                f"round {round_number}: give exactly one of params and model_table"
+            )
+        round_dir = self._round_dir(round_number)
+        round_number = int(round_number)  # numpy integers are accepted too
+        file_metadata = {**self._metadata, ROUND_KEY: str(round_number)}
+        # Build every file before touching storage: invalid input writes nothing.
+        if model_table is not None and not isinstance(model_table, pa.Table):
+            raise CheckpointError(
+                f"round {round_number}: model_table must be a pyarrow.Table, "
+                f"got {type(model_table).__name__}"
+            )
+        model = model_table if params is None else params_to_table(params)
+        files: list[tuple[str, bytes]] = [
+            (MODEL_FILE, _parquet_bytes(_with_metadata(model, file_metadata)))
+        ]
+        if model_json is not None:
+            files.append((MODEL_JSON_FILE, model_json.encode("utf-8")))
+        metrics_bytes = _parquet_bytes(
+            _with_metadata(metrics_table(metrics), file_metadata)
+        )
+        files.append((METRICS_FILE, metrics_bytes))
+        files.append((SUCCESS_FILE, json.dumps({"round": round_number}).encode()))
+
+        if self._is_complete(round_dir):
+            raise CheckpointError(
+                f"round {round_number} is already complete at "
+                f"{self._show(round_dir)}; refusing to overwrite it"
+            )
+        self._remove_incomplete(round_dir)
+        for name, data in files:
+            self._put(posixpath.join(round_dir, name), data)
+        return self._show(round_dir)
+
+    def complete_rounds(self) -> list[int]:
+        """Return the round numbers that have ``_SUCCESS``, sorted."""
+        pattern = posixpath.join(self._run, "round=*", SUCCESS_FILE)
+        found = self._glob(pattern)
+        rounds = set()
+        for path in found:
+            match = _ROUND_DIR_RE.match(posixpath.basename(posixpath.dirname(path)))
+            if match:
+                rounds.add(int(match.group(1)))
+        return sorted(rounds)
+
+    def latest_complete_round(self) -> int | None:
+        """Return the highest complete round, or None if there is none."""
+        rounds = self.complete_rounds()
+        return rounds[-1] if rounds else None
+
+    def read_params(self, round_number: int) -> dict[str, np.ndarray]:
+        """Return the arrays of a complete round written from params."""
+        path = posixpath.join(self._complete_dir(round_number), MODEL_FILE)
+        table = self._read_table(path)
+        try:
+            return table_to_params(table)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{self._show(path)}: {exc.reason}") from exc
+
+    def read_model_table(self, round_number: int) -> pa.Table:
+        """Return model.parquet of a complete round as stored (e.g. tree models)."""
+        return self._read_table(
+            posixpath.join(self._complete_dir(round_number), MODEL_FILE)
+        )
+
+    def read_metrics(self, round_number: int) -> pd.DataFrame:
+        """Return metrics.parquet of a complete round as a DataFrame."""
+        path = posixpath.join(self._complete_dir(round_number), METRICS_FILE)
+        return self._read_table(path).to_pandas()
+
+    def read_model_json(self, round_number: int) -> str | None:
+        """Return model.json of a complete round, or None if it has none."""
+        path = posixpath.join(self._complete_dir(round_number), MODEL_JSON_FILE)
+        try:
+            if not self._fs.exists(path):
+                return None
+            return bytes(self._fs.cat_file(path)).decode("utf-8")
+        except (*_IO_ERRORS, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"cannot read {self._show(path)}: {exc}") from exc
+
+    def read_metadata(self, round_number: int) -> dict[str, str]:
+        """Return the key-value metadata of a complete round's metrics.parquet."""
+        path = posixpath.join(self._complete_dir(round_number), METRICS_FILE)
+        try:
+            schema = pq.read_schema(pa.BufferReader(self._fs.cat_file(path)))
+        except _IO_ERRORS as exc:
+            raise CheckpointError(f"cannot read {self._show(path)}: {exc}") from exc
+        return {
+            k.decode(): v.decode()
+            for k, v in (schema.metadata or {}).items()
+            if k != b"ARROW:schema"
+        }
+
+    def _round_dir(self, round_number: int) -> str:
+        """Return the storage path of a round, validating its number."""
+        if (
+            not isinstance(round_number, int | np.integer)
+            or isinstance(round_number, bool)
+            or not 0 <= round_number <= MAX_ROUND
+        ):
+            raise CheckpointError(
+                f"round number {round_number!r} must be an int in [0, {MAX_ROUND}]"
+            )
+        return posixpath.join(self._run, f"round={int(round_number):05d}")
+
+    def _complete_dir(self, round_number: int) -> str:
+        """Return a round's storage path, or raise if the round is not complete."""
+        round_dir = self._round_dir(round_number)
+        if not self._is_complete(round_dir):
+            raise CheckpointError(
+                f"round {round_number} is not complete: no {SUCCESS_FILE} "
+                f"in {self._show(round_dir)}"
+            )
+        return round_dir
+
+    def _is_complete(self, round_dir: str) -> bool:
+        """Return True if ``round_dir`` holds ``_SUCCESS``."""
+        path = posixpath.join(round_dir, SUCCESS_FILE)
+        try:
+            self._fs.invalidate_cache(round_dir)
+            return bool(self._fs.isfile(path))
+        except _IO_ERRORS as exc:
+            raise CheckpointError(f"cannot check {self._show(path)}: {exc}") from exc
+
+    def _remove_incomplete(self, round_dir: str) -> None:
+        """Delete what a crashed write left in an incomplete round directory."""
+        try:
+            if self._fs.exists(round_dir):
+                self._fs.rm(round_dir, recursive=True)
+        except _IO_ERRORS as exc:
+            raise CheckpointError(
+                f"cannot remove incomplete round {self._show(round_dir)}: {exc}"
+            ) from exc
+
+    def _put(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` atomically."""
+        try:
+            if self._local:
+                _atomic_local_write(path, data)
+            else:
+                self._fs.pipe_file(path, data)
+        except _IO_ERRORS as exc:
+            raise CheckpointError(f"cannot write {self._show(path)}: {exc}") from exc
+
+    def _read_table(self, path: str) -> pa.Table:
+        """Read one Parquet file."""
+        try:
+            return pq.read_table(pa.BufferReader(self._fs.cat_file(path)))
+        except _IO_ERRORS as exc:
+            raise CheckpointError(f"cannot read {self._show(path)}: {exc}") from exc
+
+    def _glob(self, pattern: str) -> list[str]:
+        """Glob on the store's filesystem, wrapping I/O errors."""
+        return _glob(self._fs, pattern)
+
+    def _show(self, path: str) -> str:
+        """Return ``path`` as a user sees it: local path or URL with protocol."""
+        return _show(self._fs, path)
+
+
+def _with_metadata(table: pa.Table, metadata: Mapping[str, str]) -> pa.Table:
+    """Return ``table`` with ``metadata`` merged into its schema metadata."""
+    merged = {**(table.schema.metadata or {})}
+    merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+    return table.replace_schema_metadata(merged)
+
+
+def _atomic_local_write(path: str, data: bytes) -> None:
+    """Write to a hidden temporary file in the same directory, then rename."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.tmp-{secrets.token_hex(4)}"
+    )
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def _show(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Return ``path`` as a user sees it: local path or URL with protocol."""
+    return path if isinstance(fs, LocalFileSystem) else str(fs.unstrip_protocol(path))
+
+
+def _glob(fs: fsspec.AbstractFileSystem, pattern: str) -> list[str]:
+    """Glob ``pattern`` on ``fs`` after dropping cached listings."""
+    try:
+        fs.invalidate_cache()
+        return [str(p) for p in fs.glob(pattern)]
+    except _IO_ERRORS as exc:
+        raise CheckpointError(f"cannot list {_show(fs, pattern)}: {exc}") from exc
+
+
+def list_runs(
+    root: str, federation: str, *, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Return the sorted run ids of ``federation`` with at least one complete round."""
+    _check_name("federation", federation)
+    fs, base = _open_fs(root, storage_options)
+    pattern = posixpath.join(
+        base, f"federation={federation}", "run=*", "round=*", SUCCESS_FILE
+    )
+    runs = set()
+    for path in _glob(fs, pattern):
+        round_dir = posixpath.dirname(path)
+        match = _RUN_DIR_RE.match(posixpath.basename(posixpath.dirname(round_dir)))
+        if match and _ROUND_DIR_RE.match(posixpath.basename(round_dir)):
+            runs.add(match.group(1))
+    return sorted(runs)

@@ -1,0 +1,12 @@
+"""Federated gradient-boosted trees: pure maths, no Prefect or Dask.
+
+Silos hold different rows of the same columns. Each tree grows from the sum of
+the silos' gradient/hessian histograms over shared float32 cut points, so it is
+the tree XGBoost's ``hist`` method would grow on the pooled rows with those cuts,
+and the model exports as standard XGBoost JSON.
+
+Modules: ``sketch`` (quantile summaries, cut points), ``binning``, ``objective``,
+``histogram``, ``split``, ``silo_state`` (one silo's side), ``learner`` (the
+coordinator's side), ``model`` (trees and the numpy predictor) and
+``xgb_export``.
+"""

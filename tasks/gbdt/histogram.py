@@ -1,0 +1,227 @@
+"""Gradient/hessian histograms per tree node, their federated sum and subtraction.
+
+A histogram of a node holds, for every feature and bin, the float64 sums of the
+gradients and hessians of the node's rows in that bin; slot ``stride`` (one past
+the largest bin) holds the sums of the rows whose value is missing. Sums are
+accumulated in row order by both kernels (numpy ``bincount`` and numba), so the
+two give bitwise equal results.
+
+Histogram subtraction: a parent's histogram minus the histogram of its smaller
+child is the histogram of the other child, so only half the children are built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
+from fedsilo.tasks.gbdt.binning import BinnedMatrix
+
+Backend = Literal["auto", "numpy", "numba"]
+_numba_kernel: Callable[..., None] | None = None
+_numba_checked = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHistograms:
+    """Histograms of a set of nodes, identified by (tree, node id) pairs."""
+
+    nodes: np.ndarray  # (m, 2) int64: tree index within the round, node id
+    grad: np.ndarray  # (m, n_features, stride + 1) float64
+    hess: np.ndarray  # (m, n_features, stride + 1) float64
+    totals: np.ndarray  # (m, 3) float64: sum of gradients, of hessians, rows
+
+    @property
+    def n_nodes(self) -> int:
+        """Return the number of nodes."""
+        return int(self.nodes.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Return the payload size in bytes."""
+        return int(
+            self.nodes.nbytes + self.grad.nbytes + self.hess.nbytes + self.totals.nbytes
+        )
+
+    def index(self) -> dict[tuple[int, int], int]:
+        """Return the position of every (tree, node) pair."""
+        return {(int(t), int(n)): i for i, (t, n) in enumerate(self.nodes)}
+
+
+def empty_histograms(n_features: int, stride: int) -> NodeHistograms:
+    """Return histograms of no node."""
+    shape = (0, n_features, stride + 1)
+    return NodeHistograms(
+        nodes=np.empty((0, 2), np.int64),
+        grad=np.empty(shape),
+        hess=np.empty(shape),
+        totals=np.empty((0, 3)),
+    )
+
+
+def _load_numba() -> Callable[..., None] | None:
+    global _numba_kernel, _numba_checked
+    if _numba_checked:
+        return _numba_kernel
+    _numba_checked = True
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
+    def kernel(
+        bins: Any,
+        missing: Any,
+        use_missing: bool,
+        rows: Any,
+        slots: Any,
+        g: Any,
+        h: Any,
+        missing_slot: int,
+        out_g: Any,
+        out_h: Any,
+    ) -> None:  # pragma: no cover - compiled
+        n_features = bins.shape[1]
+        for r in range(rows.shape[0]):
+            i = rows[r]
+            s = slots[r]
+            gi = g[i]
+            hi = h[i]
+            for f in range(n_features):
+                if use_missing and missing[i, f]:
+                    b = missing_slot
+                else:
+                    b = bins[i, f]
+                out_g[s, f, b] += gi
+                out_h[s, f, b] += hi
+
+    _numba_kernel = kernel
+    return kernel
+
+
+def numba_available() -> bool:
+    """Return whether the numba kernel can be used."""
+    return _load_numba() is not None
+
+
+def _select(
+    positions: np.ndarray, nodes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the rows in ``nodes`` and each row's slot (index into ``nodes``)."""
+    size = int(max(positions.max(initial=0), nodes.max(initial=0))) + 1
+    lut = np.full(size, -1, dtype=np.int64)
+    lut[nodes] = np.arange(nodes.shape[0])
+    slot = lut[positions]
+    rows = np.flatnonzero(slot >= 0)
+    return rows, slot[rows]
+
+
+def _numpy_kernel(
+    binned: BinnedMatrix,
+    rows: np.ndarray,
+    slots: np.ndarray,
+    g: np.ndarray,
+    h: np.ndarray,
+    out_g: np.ndarray,
+    out_h: np.ndarray,
+) -> None:
+    m, n_features, width = out_g.shape
+    base = slots * width
+    g_rows, h_rows = g[rows], h[rows]
+    sub = binned.bins[rows]
+    miss = None if binned.missing is None else binned.missing[rows]
+    has_missing = (
+        np.zeros(n_features, bool) if miss is None else miss.any(axis=0)
+    )
+    for f in range(n_features):
+        idx = base + sub[:, f]
+        if has_missing[f]:
+            assert miss is not None
+            idx[miss[:, f]] = (base + width - 1)[miss[:, f]]
+        out_g[:, f, :] = np.bincount(idx, g_rows, minlength=m * width).reshape(m, -1)
+        out_h[:, f, :] = np.bincount(idx, h_rows, minlength=m * width).reshape(m, -1)
+
+
+def build_histograms(
+    binned: BinnedMatrix,
+    grad: np.ndarray,
+    hess: np.ndarray,
+    positions: np.ndarray,
+    nodes: np.ndarray,
+    backend: Backend = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (grad, hess, totals) histograms of one tree's ``nodes``.
+
+    ``positions`` holds every row's current node id; ``grad`` and ``hess`` are the
+    rows' float64 gradients for this tree.
+    """
+    nodes = np.asarray(nodes, dtype=np.int64)
+    m, n_features, stride = nodes.shape[0], binned.n_features, binned.stride
+    out_g = np.zeros((m, n_features, stride + 1))
+    out_h = np.zeros((m, n_features, stride + 1))
+    rows, slots = _select(positions, nodes)
+    totals = np.stack(
+        [
+            np.bincount(slots, grad[rows], minlength=m),
+            np.bincount(slots, hess[rows], minlength=m),
+            np.bincount(slots, minlength=m).astype(np.float64),
+        ],
+        axis=1,
+    )
+    kernel = None if backend == "numpy" else _load_numba()
+    if kernel is None and backend == "numba":
+        raise RuntimeError("numba is not installed")
+    if kernel is None:
+        _numpy_kernel(binned, rows, slots, grad, hess, out_g, out_h)
+    else:
+        missing = binned.missing
+        use_missing = missing is not None
+        kernel(
+            binned.bins,
+            missing if missing is not None else np.zeros((1, 1), bool),
+            use_missing,
+            rows,
+            slots,
+            np.ascontiguousarray(grad, dtype=np.float64),
+            np.ascontiguousarray(hess, dtype=np.float64),
+            stride,
+            out_g,
+            out_h,
+        )
+    return out_g, out_h, totals
+
+
+def sum_histograms(parts: Sequence[NodeHistograms]) -> NodeHistograms:
+    """Sum the silos' histograms of the same nodes, in the order given."""
+    if not parts:
+        raise EmptyAggregationError("no histograms to sum")
+    first = parts[0]
+    grad, hess, totals = first.grad.copy(), first.hess.copy(), first.totals.copy()
+    for p in parts[1:]:
+        if not np.array_equal(p.nodes, first.nodes):
+            raise InconsistentUpdatesError("histograms describe different nodes")
+        if p.grad.shape != first.grad.shape or p.hess.shape != first.hess.shape:
+            raise InconsistentUpdatesError(
+                f"histogram shapes differ: {p.grad.shape} != {first.grad.shape}"
+            )
+        grad += p.grad
+        hess += p.hess
+        totals += p.totals
+    return NodeHistograms(nodes=first.nodes, grad=grad, hess=hess, totals=totals)
+
+
+def subtract(
+    parent: tuple[np.ndarray, np.ndarray, np.ndarray],
+    child: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the sibling's (grad, hess, totals): parent minus the built child."""
+    return (
+        parent[0] - child[0],
+        parent[1] - child[1],
+        parent[2] - child[2],
+    )

@@ -1,0 +1,283 @@
+"""One silo's side of federated boosting: its binned rows behind one small object.
+
+Only aggregates leave a ``SiloTreeState``: label sums, histograms of nodes
+(shaped by nodes, features and bins, never by rows), row counts per node and
+loss sums. Everything is deterministic: the same rows give the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from numbers import Real
+
+import numpy as np
+import pandas as pd
+
+from fedsilo.errors import SiloDataError
+from fedsilo.tasks.gbdt.binning import BinnedMatrix, bin_matrix
+from fedsilo.tasks.gbdt.histogram import (
+    Backend,
+    NodeHistograms,
+    build_histograms,
+    empty_histograms,
+)
+from fedsilo.tasks.gbdt.model import Tree
+from fedsilo.tasks.gbdt.objective import Intercept, Objective
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSplit:
+    """A split for silos to apply: rows with bin <= ``bin`` go to ``left``."""
+
+    tree: int  # index of the tree within the round (the output it fits)
+    node: int
+    feature: int
+    bin: int
+    default_left: bool
+    left: int  # the right child is ``left + 1``
+
+
+@dataclass(frozen=True, slots=True)
+class LossSum:
+    """Summed training loss and row count (add them across silos)."""
+
+    loss_sum: float
+    n_samples: int
+
+    def __add__(self, other: LossSum) -> LossSum:
+        return LossSum(self.loss_sum + other.loss_sum, self.n_samples + other.n_samples)
+
+
+@dataclass(frozen=True, slots=True)
+class SiloData:
+    """A silo's validated rows: float32 features and float64 labels."""
+
+    X: np.ndarray
+    y: np.ndarray
+    feature_names: tuple[str, ...]
+
+
+def _column_names(X: object, n: int) -> list[str]:
+    columns = getattr(X, "columns", None)
+    if columns is None:
+        return [f"f{j}" for j in range(n)]
+    return [str(c) for c in columns]
+
+
+def _numeric_column(silo: str, name: str, col: object) -> np.ndarray:
+    """Return a column as float32 (NaN for missing) or raise SiloDataError."""
+    if isinstance(col, pd.Series):
+        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+            out: np.ndarray = col.to_numpy(dtype=np.float32, na_value=np.nan)
+            return out
+        dtype = str(col.dtype)
+    else:
+        arr = np.asarray(col)
+        if arr.dtype.kind in "biuf":
+            return arr.astype(np.float32)
+        if arr.dtype.kind == "O" and all(
+            v is None or (isinstance(v, Real) and not isinstance(v, str)) for v in arr
+        ):
+            return np.array([np.nan if v is None else v for v in arr], np.float32)
+        dtype = str(arr.dtype)
+    raise SiloDataError(
+        silo, f"feature has dtype {dtype}; features must be numeric", column=name
+    )
+
+
+def prepare_silo_data(
+    silo: str,
+    X: object,
+    y: object,
+    objective: Objective,
+    label: str = "label",
+) -> SiloData:
+    """Validate a silo's features and labels; raise SiloDataError naming the fault.
+
+    ``X`` is a 2-D array or a DataFrame of numeric or boolean columns; NaN (or a
+    null) marks a missing value; infinities, non-numeric and entirely missing
+    columns are refused.
+    """
+    shape = getattr(X, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise SiloDataError(silo, "features must be a 2-D table")
+    n_rows, n_cols = int(shape[0]), int(shape[1])
+    names = _column_names(X, n_cols)
+    if n_rows == 0:
+        raise SiloDataError(silo, "has no training rows")
+    columns: list[np.ndarray] = []
+    for j, name in enumerate(names):
+        raw = X.iloc[:, j] if isinstance(X, pd.DataFrame) else np.asarray(X)[:, j]
+        col = _numeric_column(silo, name, raw)
+        if np.isinf(col).any():
+            raise SiloDataError(silo, "feature has infinite values", column=name)
+        if np.isnan(col).all():
+            raise SiloDataError(silo, "feature has no non-missing value", column=name)
+        columns.append(col)
+    X32 = np.column_stack(columns) if columns else np.empty((n_rows, 0), np.float32)
+    labels = np.asarray(y)
+    if labels.ndim != 1 or labels.shape[0] != n_rows:
+        raise SiloDataError(
+            silo, f"labels have shape {labels.shape}, expected ({n_rows},)", column=label
+        )
+    problem = objective.label_problem(labels)
+    if problem is not None:
+        raise SiloDataError(silo, problem, column=label)
+    return SiloData(
+        X=np.ascontiguousarray(X32),
+        y=labels.astype(np.float64),
+        feature_names=tuple(names),
+    )
+
+
+class SiloTreeState:
+    """A silo's binned rows, labels, margins and node positions during training."""
+
+    def __init__(
+        self,
+        name: str,
+        binned: BinnedMatrix,
+        y: np.ndarray,
+        objective: Objective,
+        backend: Backend = "auto",
+    ) -> None:
+        self.name = name
+        self.objective = objective
+        self.backend: Backend = backend
+        self._binned: BinnedMatrix | None = binned
+        self._y: np.ndarray | None = np.asarray(y, dtype=np.float64)
+        k = objective.n_outputs
+        self._margin: np.ndarray | None = np.zeros((binned.n_rows, k))
+        self._offsets = np.zeros(k)
+        self._grad: np.ndarray | None = None
+        self._hess: np.ndarray | None = None
+        self._positions: np.ndarray | None = None
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        data: SiloData,
+        cuts: Sequence[np.ndarray],
+        objective: Objective,
+        backend: Backend = "auto",
+    ) -> SiloTreeState:
+        """Bin validated rows with the federation's cut points."""
+        return cls(name, bin_matrix(data.X, cuts), data.y, objective, backend)
+
+    # -- accessors that fail after free() ----------------------------------------
+    def _data(self) -> tuple[BinnedMatrix, np.ndarray, np.ndarray]:
+        if self._binned is None or self._y is None or self._margin is None:
+            raise RuntimeError(f"silo {self.name!r}: state was freed")
+        return self._binned, self._y, self._margin
+
+    def _round(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._grad is None or self._hess is None or self._positions is None:
+            raise RuntimeError(f"silo {self.name!r}: no round in progress")
+        return self._grad, self._hess, self._positions
+
+    @property
+    def n_rows(self) -> int:
+        """Return the silo's row count."""
+        return self._data()[0].n_rows
+
+    # -- protocol ---------------------------------------------------------------
+    def label_stats(self) -> np.ndarray:
+        """Return the label sums the coordinator needs for the intercept."""
+        return self.objective.label_stats(self._data()[1])
+
+    def set_intercept(self, intercept: Intercept) -> None:
+        """Start every margin at the base margin; offsets apply to round one."""
+        _, _, margin = self._data()
+        margin[:] = intercept.base_margin
+        self._offsets = np.asarray(intercept.offsets, dtype=np.float64).copy()
+
+    def start_round(self) -> NodeHistograms:
+        """Compute gradients, put every row at the root, return root histograms."""
+        _, y, margin = self._data()
+        g, h = self.objective.gradients(y, margin + self._offsets)
+        self._grad = np.ascontiguousarray(g.T)
+        self._hess = np.ascontiguousarray(h.T)
+        self._positions = np.zeros((g.shape[1], margin.shape[0]), dtype=np.int32)
+        return self.histograms([(t, 0) for t in range(g.shape[1])])
+
+    def apply_splits(self, splits: Sequence[NodeSplit]) -> None:
+        """Move the rows of every split node to its left or right child."""
+        binned, _, _ = self._data()
+        _, _, positions = self._round()
+        by_tree: dict[int, list[NodeSplit]] = {}
+        for s in splits:
+            by_tree.setdefault(s.tree, []).append(s)
+        for t, tree_splits in by_tree.items():
+            pos = positions[t]
+            size = int(max(pos.max(initial=0), max(s.node for s in tree_splits))) + 1
+            split_at = np.zeros(size, bool)
+            feature = np.zeros(size, np.int64)
+            bin_ = np.zeros(size, np.int64)
+            default_left = np.zeros(size, bool)
+            left = np.zeros(size, np.int32)
+            for s in tree_splits:
+                split_at[s.node] = True
+                feature[s.node] = s.feature
+                bin_[s.node] = s.bin
+                default_left[s.node] = s.default_left
+                left[s.node] = s.left
+            rows = np.flatnonzero(split_at[pos])
+            node = pos[rows]
+            f = feature[node]
+            go_left = binned.bins[rows, f] <= bin_[node]
+            if binned.missing is not None:
+                go_left = np.where(binned.missing[rows, f], default_left[node], go_left)
+            pos[rows] = np.where(go_left, left[node], left[node] + 1)
+
+    def histograms(self, nodes: Sequence[tuple[int, int]]) -> NodeHistograms:
+        """Return gradient/hessian histograms of (tree, node) pairs, in that order."""
+        binned, _, _ = self._data()
+        grad, hess, positions = self._round()
+        if not nodes:
+            return empty_histograms(binned.n_features, binned.stride)
+        pairs = np.asarray(nodes, dtype=np.int64).reshape(-1, 2)
+        shape = (pairs.shape[0], binned.n_features, binned.stride + 1)
+        out_g, out_h, totals = np.empty(shape), np.empty(shape), np.empty((shape[0], 3))
+        for t in np.unique(pairs[:, 0]):
+            sel = np.flatnonzero(pairs[:, 0] == t)
+            g, h, tot = build_histograms(
+                binned, grad[t], hess[t], positions[t], pairs[sel, 1], self.backend
+            )
+            out_g[sel], out_h[sel], totals[sel] = g, h, tot
+        return NodeHistograms(nodes=pairs, grad=out_g, hess=out_h, totals=totals)
+
+    def level(
+        self, splits: Sequence[NodeSplit], nodes: Sequence[tuple[int, int]]
+    ) -> NodeHistograms:
+        """Apply the splits just chosen, then return histograms of ``nodes``."""
+        self.apply_splits(splits)
+        return self.histograms(nodes)
+
+    def finish_round(self, trees: Sequence[Tree]) -> LossSum:
+        """Route rows to the round's leaves, add leaf values to margins, clear offsets.
+
+        ``trees[t]`` fits output ``t``; its leaves already hold the offsets of the
+        first round, which is why the offsets are cleared here.
+        """
+        binned, y, margin = self._data()
+        _, _, positions = self._round()
+        if len(trees) != margin.shape[1]:
+            raise ValueError(f"expected {margin.shape[1]} trees, got {len(trees)}")
+        for t, tree in enumerate(trees):
+            leaf = tree.descend_binned(binned, positions[t])
+            margin[:, t] += tree.value[leaf].astype(np.float64)
+        self._offsets = np.zeros_like(self._offsets)
+        self._grad = self._hess = self._positions = None
+        return self.loss()
+
+    def loss(self) -> LossSum:
+        """Return the summed training loss at the current margins."""
+        _, y, margin = self._data()
+        return LossSum(self.objective.loss_sum(y, margin + self._offsets), y.shape[0])
+
+    def free(self) -> None:
+        """Drop the rows and every per-row array; later calls raise RuntimeError."""
+        self._binned = self._y = self._margin = None
+        self._grad = self._hess = self._positions = None

@@ -1,0 +1,128 @@
+"""Split finding on summed histograms with XGBoost's gain and leaf weight.
+
+``gain(G, H) = T_alpha(G)^2 / (H + lambda)`` (0 when ``H < min_child_weight``),
+``T_alpha`` the soft threshold; a split's loss change is ``gain(L) + gain(R) -
+gain(parent)``, and it is taken when above 1e-6 and not below ``gamma``. Every
+feature is scanned with missing values going right and going left; ties go to
+the lowest feature, then the lowest bin, then missing-right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: XGBoost's ``kRtEps``: a loss change at or below it is no split.
+RT_EPS = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class TreeParams:
+    """Regularisation of one tree (XGBoost's names without aliases)."""
+
+    eta: float = 0.3
+    max_depth: int = 6
+    reg_lambda: float = 1.0
+    reg_alpha: float = 0.0
+    gamma: float = 0.0
+    min_child_weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SplitInfo:
+    """Best split of one node; left holds bins ``0..bin`` (``x < threshold``)."""
+
+    feature: int
+    bin: int
+    threshold: np.float32
+    default_left: bool
+    gain: float
+    left_grad: float
+    left_hess: float
+    right_grad: float
+    right_hess: float
+
+
+def threshold_l1(g: np.ndarray, alpha: float) -> np.ndarray:
+    """Return the soft threshold of ``g`` by ``alpha`` (L1 regularisation)."""
+    out: np.ndarray = np.sign(g) * np.maximum(np.abs(g) - alpha, 0.0)
+    return out
+
+
+def node_gain(g: np.ndarray, h: np.ndarray, p: TreeParams) -> np.ndarray:
+    """Return XGBoost's structure score of nodes with sums ``g`` and ``h``."""
+    t = threshold_l1(np.asarray(g, np.float64), p.reg_alpha)
+    h = np.asarray(h, np.float64)
+    ok = (h >= p.min_child_weight) & (h > 0.0)
+    denom = np.where(ok, h + p.reg_lambda, 1.0)
+    out: np.ndarray = np.where(ok, t * t / denom, 0.0)
+    return out
+
+
+def leaf_weight(g: float, h: float, p: TreeParams) -> float:
+    """Return the learning-rate-scaled weight ``-eta T_alpha(g) / (h + lambda)``."""
+    if h < p.min_child_weight or h <= 0.0:
+        return 0.0
+    t = float(threshold_l1(np.array(g), p.reg_alpha))
+    return -p.eta * t / (h + p.reg_lambda)
+
+
+def find_splits(
+    grad: np.ndarray,
+    hess: np.ndarray,
+    totals: np.ndarray,
+    cuts: Sequence[np.ndarray],
+    p: TreeParams,
+) -> list[SplitInfo | None]:
+    """Return the best split of every node, or None where no split gains enough.
+
+    ``grad``/``hess`` are summed histograms shaped (nodes, features, stride + 1)
+    with missing sums in the last slot; ``totals`` holds (G, H, rows) per node.
+    """
+    m, n_features, width = grad.shape
+    stride = width - 1
+    n_bins = np.array([c.size for c in cuts])
+    if n_bins.shape[0] != n_features:
+        raise ValueError("histograms and cuts disagree on the number of features")
+    g_total = totals[:, 0][:, None, None, None]
+    h_total = totals[:, 1][:, None, None, None]
+    left_g = np.cumsum(grad[:, :, :stride], axis=2)[..., None]
+    left_h = np.cumsum(hess[:, :, :stride], axis=2)[..., None]
+    miss_g = grad[:, :, stride][:, :, None, None]
+    miss_h = hess[:, :, stride][:, :, None, None]
+    # last axis: 0 = missing goes right, 1 = missing goes left
+    gl = np.concatenate([left_g, left_g + miss_g], axis=3)
+    hl = np.concatenate([left_h, left_h + miss_h], axis=3)
+    gr = g_total - gl
+    hr = h_total - hl
+    mcw = p.min_child_weight
+    in_range = (np.arange(stride)[None, :] < n_bins[:, None])[None, :, :, None]
+    valid = in_range & (hl >= mcw) & (hr >= mcw) & (hl > 0.0) & (hr > 0.0)
+    parent = node_gain(totals[:, 0], totals[:, 1], p)[:, None, None, None]
+    gain = node_gain(gl, hl, p) + node_gain(gr, hr, p) - parent
+    gain = np.where(valid, gain, -np.inf)
+    flat = gain.reshape(m, -1)
+    best = np.argmax(flat, axis=1)
+    out: list[SplitInfo | None] = []
+    for i, b in enumerate(best):
+        loss_chg = float(flat[i, b])
+        if not (loss_chg > RT_EPS and loss_chg >= p.gamma):
+            out.append(None)
+            continue
+        f, k, d = np.unravel_index(int(b), (n_features, stride, 2))
+        out.append(
+            SplitInfo(
+                feature=int(f),
+                bin=int(k),
+                threshold=np.float32(cuts[f][k]),
+                default_left=bool(d),
+                gain=loss_chg,
+                left_grad=float(gl[i, f, k, d]),
+                left_hess=float(hl[i, f, k, d]),
+                right_grad=float(gr[i, f, k, d]),
+                right_hess=float(hr[i, f, k, d]),
+            )
+        )
+    return out

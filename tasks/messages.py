@@ -1,0 +1,75 @@
+"""Messages between silos and the coordinator: small frozen dataclasses.
+
+Nothing here may carry rows: only parameters, counts, statistics and metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def nbytes_of(params: dict[str, np.ndarray]) -> int:
+    """Return the bytes of the arrays' buffers (what a transfer costs, roughly)."""
+    return int(sum(np.asarray(a).nbytes for a in params.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    """One column of a silo's table: its name and its dtype kind."""
+
+    name: str
+    dtype: str
+    kind: str  # "numeric", "bool", "string", "other"
+
+
+@dataclass(frozen=True, slots=True)
+class SiloSchema:
+    """What a silo says of its table before round 1: names, dtypes, counts."""
+
+    silo: str
+    worker: str
+    columns: tuple[ColumnInfo, ...]
+    n_train: int
+    n_test: int
+    labels: tuple[str | int | float, ...] = ()
+    test_source: str = "file"  # "file" or "holdout"
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureMoments:
+    """Per-feature count, mean and sum of squared deviations (Chan's merge)."""
+
+    silo: str
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class LocalUpdate:
+    """A silo's reply to a fit request: new parameters and how many rows made them."""
+
+    silo: str
+    round: int
+    worker: str
+    params: dict[str, np.ndarray]
+    n_samples: int
+    seconds: float
+    bytes_down: int
+    bytes_up: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """A silo's scores of a global model, with sums that make global metrics exact."""
+
+    silo: str
+    round: int
+    worker: str
+    split: str
+    n_samples: int
+    metrics: dict[str, float]
+    sums: dict[str, float]

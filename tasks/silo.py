@@ -1,0 +1,247 @@
+"""Work done at a silo, on its own Dask worker: read rows, fit, evaluate.
+
+These functions run inside the silo's worker process. Their inputs and outputs
+are what crosses the network; the rows stay in the worker, held by
+:class:`SiloData` and :class:`PreparedSilo` objects the coordinator only ever
+refers to through Dask futures.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsilo.connectors.files import read_table
+from fedsilo.connectors.schema import describe_columns
+from fedsilo.errors import SiloDataError
+from fedsilo.tasks import sklearn_models
+from fedsilo.tasks.messages import Evaluation, FeatureMoments, LocalUpdate, SiloSchema, nbytes_of
+from fedsilo.tasks.metrics import classification_scores, regression_scores
+from fedsilo.tasks.statistics import moments
+
+
+def worker_name() -> str:
+    """Return the name of the Dask worker running this code ("local" outside one)."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return "local"
+
+
+@dataclass(frozen=True, slots=True)
+class SiloSource:
+    """Where one silo's rows are, as the silo itself knows it."""
+
+    silo: str
+    train: str | None
+    test: str | None
+    test_fraction: float
+    storage_options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SiloData:
+    """A silo's raw tables, resident on its worker for the whole run."""
+
+    silo: str
+    train: pd.DataFrame
+    test: pd.DataFrame
+    test_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedSilo:
+    """A silo's rows as model-ready arrays (features ordered and scaled)."""
+
+    silo: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class FitConfig:
+    """What a silo needs to know to train and score the global model."""
+
+    kind: str
+    model_params: dict[str, Any]
+    task: str
+    classes: tuple[Any, ...]
+    n_features: int
+    epochs: int
+    batch_size: int | None
+    seed: int
+
+
+def silo_seed(seed: int, round_number: int, silo: str) -> np.random.Generator:
+    """Return the generator of one silo's round: the same on every rerun."""
+    return np.random.default_rng([seed, round_number, zlib.crc32(silo.encode())])
+
+
+def load_silo(source: SiloSource, target: str, seed: int) -> SiloData:
+    """Read a silo's train (and test) rows; without a test source hold some out."""
+    if source.train is None:
+        raise SiloDataError(source.silo, "no train source is configured")
+    train = read_table(source.silo, source.train, storage_options=source.storage_options)
+    if source.test is not None:
+        test = read_table(source.silo, source.test, storage_options=source.storage_options)
+        return SiloData(source.silo, train, test, "file")
+    rng = np.random.default_rng([seed, zlib.crc32(source.silo.encode())])
+    order = rng.permutation(len(train))
+    n_test = int(round(len(train) * source.test_fraction)) if len(train) > 1 else 0
+    test_rows, train_rows = order[:n_test], order[n_test:]
+    return SiloData(
+        source.silo,
+        train.iloc[np.sort(train_rows)].reset_index(drop=True),
+        train.iloc[np.sort(test_rows)].reset_index(drop=True),
+        "holdout",
+    )
+
+
+def silo_schema(data: SiloData, target: str, task: str) -> SiloSchema:
+    """Describe the silo's table: column names and dtypes, counts, label values."""
+    columns = describe_columns(data.train)
+    test_names = [c.name for c in describe_columns(data.test)]
+    train_names = [c.name for c in columns]
+    if data.test_source == "file" and sorted(test_names) != sorted(train_names):
+        missing = sorted(set(train_names) ^ set(test_names))
+        raise SiloDataError(
+            data.silo, "test file columns differ from the train file", column=missing[0]
+        )
+    labels: tuple[Any, ...] = ()
+    if task == "classification" and target in data.train.columns:
+        values = pd.concat([data.train[target], data.test[target]]).dropna().unique()
+        labels = tuple(sorted(v.item() if hasattr(v, "item") else v for v in values))
+    return SiloSchema(
+        silo=data.silo,
+        worker=worker_name(),
+        columns=columns,
+        n_train=len(data.train),
+        n_test=len(data.test),
+        labels=labels,
+        test_source=data.test_source,
+    )
+
+
+def _matrix(silo: str, frame: pd.DataFrame, features: list[str], split: str) -> np.ndarray:
+    X = frame[features].to_numpy(dtype=np.float64)
+    bad = np.isnan(X).any(axis=0)
+    if bad.any():
+        column = features[int(np.argmax(bad))]
+        raise SiloDataError(
+            silo, f"{split} rows have missing values; impute them first", column=column
+        )
+    return X
+
+
+def silo_moments(data: SiloData, features: list[str]) -> FeatureMoments:
+    """Per-feature count, mean and squared deviations of the silo's train rows."""
+    return moments(data.silo, _matrix(data.silo, data.train, features, "train"))
+
+
+def prepare_silo(
+    data: SiloData,
+    features: list[str],
+    target: str,
+    mean: np.ndarray | None,
+    scale: np.ndarray | None,
+) -> PreparedSilo:
+    """Order the features as the federation does and apply the global scaler."""
+    X_train = _matrix(data.silo, data.train, features, "train")
+    X_test = _matrix(data.silo, data.test, features, "test")
+    if mean is not None and scale is not None:
+        X_train = (X_train - mean) / scale
+        X_test = (X_test - mean) / scale
+    y_train = data.train[target].to_numpy()
+    y_test = data.test[target].to_numpy()
+    for split, y in (("train", y_train), ("test", y_test)):
+        if pd.isna(y).any():
+            raise SiloDataError(data.silo, f"{split} rows have missing labels", column=target)
+    return PreparedSilo(data.silo, X_train, y_train, X_test, y_test)
+
+
+def silo_fit(
+    prepared: PreparedSilo,
+    global_params: dict[str, np.ndarray],
+    config: FitConfig,
+    round_number: int,
+) -> LocalUpdate:
+    """Train the global model on the silo's rows; return only its new arrays."""
+    started = time.perf_counter()
+    estimator = sklearn_models.materialise(
+        config.kind,
+        config.model_params,
+        n_features=config.n_features,
+        classes=config.classes,
+        seed=config.seed,
+        params=global_params,
+    )
+    sklearn_models.train_local(
+        config.kind,
+        estimator,
+        prepared.X_train,
+        prepared.y_train,
+        classes=config.classes,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        rng=silo_seed(config.seed, round_number, prepared.silo),
+    )
+    params = sklearn_models.extract_params(config.kind, estimator)
+    return LocalUpdate(
+        silo=prepared.silo,
+        round=round_number,
+        worker=worker_name(),
+        params=params,
+        n_samples=len(prepared.X_train),
+        seconds=time.perf_counter() - started,
+        bytes_down=nbytes_of(global_params),
+        bytes_up=nbytes_of(params),
+    )
+
+
+def silo_evaluate(
+    prepared: PreparedSilo,
+    params: dict[str, np.ndarray],
+    config: FitConfig,
+    round_number: int,
+) -> list[Evaluation]:
+    """Score the global model on the silo's train and test rows."""
+    estimator = sklearn_models.materialise(
+        config.kind,
+        config.model_params,
+        n_features=config.n_features,
+        classes=config.classes,
+        seed=config.seed,
+        params=params,
+    )
+    worker = worker_name()
+    out = []
+    for split, X, y in (
+        ("train", prepared.X_train, prepared.y_train),
+        ("test", prepared.X_test, prepared.y_test),
+    ):
+        if config.task == "classification":
+            classes = np.asarray(config.classes)
+            metrics, sums = classification_scores(y, estimator.predict_proba(X), classes)
+        else:
+            metrics, sums = regression_scores(y, estimator.predict(X))
+        out.append(
+            Evaluation(
+                silo=prepared.silo,
+                round=round_number,
+                worker=worker,
+                split=split,
+                n_samples=len(y),
+                metrics=metrics,
+                sums=sums,
+            )
+        )
+    return out
