@@ -48,7 +48,7 @@ def read_table(
                 frame = pd.read_csv(handle)
     except SiloDataError:
         raise
-    except Exception as error:  # noqa: BLE001 - any reader failure is the file's fault
+    except Exception as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SiloDataError(silo, f"cannot read {location}: {message}") from None
     frame.columns = [str(c) for c in frame.columns]

@@ -24,7 +24,9 @@ def column_kind(series: pd.Series) -> str:
 def describe_columns(frame: pd.DataFrame) -> tuple[ColumnInfo, ...]:
     """Return names and dtypes of a frame's columns (never its values)."""
     return tuple(
-        ColumnInfo(name=str(name), dtype=str(frame[name].dtype), kind=column_kind(frame[name]))
+        ColumnInfo(
+            name=str(name), dtype=str(frame[name].dtype), kind=column_kind(frame[name])
+        )
         for name in frame.columns
     )
 
@@ -86,7 +88,9 @@ def check_schemas(
     else:
         kinds = {info.kind for info in targets.values()}
         if len(kinds) > 1:
-            silo = next(s for s, i in targets.items() if i.kind != targets[reference.silo].kind)
+            silo = next(
+                s for s, i in targets.items() if i.kind != targets[reference.silo].kind
+            )
             raise SiloDataError(
                 silo, "label dtype differs from the other silos", column=target
             )

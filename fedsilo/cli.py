@@ -17,21 +17,27 @@ EXIT_USER_ERROR = 2
 def _print_progress(result: Any, state: Any) -> None:
     metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()))
     total = len(state.spec.silos)
+    rounds = state.spec.rounds
     print(
-        f"round {result.round:>4}/{state.spec.rounds}  silos {len(result.silos)}/{total}"
+        f"round {result.round:>4}/{rounds}  silos {len(result.silos)}/{total}"
         f"  {metrics}  {result.seconds:.2f}s",
         flush=True,
     )
 
 
 def _final_table(summary: dict[str, Any], history: list[Any], elapsed: float) -> str:
-    lines = [f"run {summary['run_id']}  ({elapsed:.1f}s)", f"checkpoints {summary['run_path']}"]
+    lines = [
+        f"run {summary['run_id']}  ({elapsed:.1f}s)",
+        f"checkpoints {summary['run_path']}",
+    ]
     if history:
         names = sorted(history[-1].metrics)
         header = f"{'round':>5}  " + "  ".join(f"{n:>9}" for n in names)
         lines.append(header)
         for result in history:
-            cells = "  ".join(f"{result.metrics.get(n, float('nan')):>9.4f}" for n in names)
+            cells = "  ".join(
+                f"{result.metrics.get(n, float('nan')):>9.4f}" for n in names
+            )
             lines.append(f"{result.round:>5}  {cells}")
     return "\n".join(lines)
 
@@ -101,23 +107,48 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, help="override the spec's rounds")
     run.add_argument("--checkpoints", help="override the spec's checkpoint store")
     run.add_argument("--run-id", help="name the run (default: time + random)")
-    run.add_argument("--resume", action="store_true", help="continue --run-id from its last complete round")
-    run.add_argument("--verbose", action="store_true", help="show Prefect's and Dask's logs")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue --run-id from its last complete round",
+    )
+    run.add_argument(
+        "--verbose", action="store_true", help="show Prefect's and Dask's logs"
+    )
     run.set_defaults(handler=cmd_run)
 
     datasets = sub.add_parser("datasets", help="bundled and synthetic data sets")
     dsub = datasets.add_subparsers(dest="datasets_command", required=True)
-    split = dsub.add_parser("split", help="split a data set over silos into files and a spec")
-    split.add_argument("name", help="breast_cancer, wine, digits, diabetes, synthetic-classification, synthetic-regression")
+    split = dsub.add_parser(
+        "split", help="split a data set over silos into files and a spec"
+    )
+    split.add_argument(
+        "name",
+        help="breast_cancer, wine, digits, diabetes, synthetic-classification, "
+        "synthetic-regression",
+    )
     split.add_argument("--silos", type=int, default=4)
-    split.add_argument("--partition", default="iid", choices=["iid", "dirichlet", "quantity", "feature"])
-    split.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (dirichlet, quantity)")
+    split.add_argument(
+        "--partition",
+        default="iid",
+        choices=["iid", "dirichlet", "quantity", "feature"],
+    )
+    split.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="Dirichlet concentration (dirichlet, quantity)",
+    )
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--rounds", type=int, default=20)
-    split.add_argument("--n-samples", type=int, default=None, help="rows of a synthetic data set")
+    split.add_argument(
+        "--n-samples", type=int, default=None, help="rows of a synthetic data set"
+    )
     split.add_argument("--test-fraction", type=float, default=0.2)
     split.add_argument("--model", default=None, help="model kind written into the spec")
-    split.add_argument("--out", required=True, help="directory for silo files and federation.yaml")
+    split.add_argument(
+        "--out", required=True, help="directory for silo files and federation.yaml"
+    )
     split.add_argument("--overwrite", action="store_true")
     split.set_defaults(handler=cmd_datasets_split)
     return parser

@@ -29,7 +29,9 @@ def silo_workers(client: Client) -> dict[str, str]:
     return {str(w["name"]): address for address, w in info.items()}
 
 
-def wait_for_silos(client: Client, silos: Sequence[str], timeout: float) -> dict[str, str]:
+def wait_for_silos(
+    client: Client, silos: Sequence[str], timeout: float
+) -> dict[str, str]:
     """Wait until every silo's worker has joined; raise naming the missing ones."""
     deadline = time.monotonic() + timeout
     while True:
@@ -55,14 +57,19 @@ def embedded_cluster(silos: Sequence[str]) -> SpecCluster:
                 "name": silo,
                 "nthreads": 1,
                 "host": "127.0.0.1",
-                "silence_logs": logging.WARNING,
+                "silence_logs": logging.CRITICAL,
             },
         }
         for silo in silos
     }
     scheduler = {
         "cls": Scheduler,
-        "options": {"host": "127.0.0.1", "port": 0, "dashboard_address": None},
+        "options": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "dashboard": False,
+            "dashboard_address": "127.0.0.1:0",
+        },
     }
     return SpecCluster(
         workers=workers, scheduler=scheduler, silence_logs=logging.WARNING
@@ -89,7 +96,9 @@ def silo_cluster(
     try:
         client = Client(address, timeout=timeout)
     except OSError as error:
-        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {error}") from None
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {address}: {error}"
+        ) from None
     try:
         workers = wait_for_silos(client, silos, timeout)
         yield SiloCluster(client, workers, address, False)

@@ -25,10 +25,12 @@ def apply_defaults(quiet: bool = True) -> None:
     for name, value in EPHEMERAL_DEFAULTS.items():
         os.environ.setdefault(name, value)
     if quiet:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # Only the console is quietened: logs still reach the API (and its UI).
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 def quiet_dask_logs() -> None:
     """Keep the coordinator's console free of Dask's INFO chatter."""
-    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core", "distributed.worker", "distributed.batched", "distributed.http.proxy"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    for name in ("nanny", "scheduler", "core", "worker", "batched", "http.proxy"):
+        logging.getLogger(f"distributed.{name}").setLevel(logging.ERROR)

@@ -146,7 +146,9 @@ def _format_errors(source: str, error: ValidationError) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-def parse_spec(data: Any, source: str = "<spec>", base: Path | None = None) -> FederationSpec:
+def parse_spec(
+    data: Any, source: str = "<spec>", base: Path | None = None
+) -> FederationSpec:
     """Validate a mapping as a spec; relative silo paths resolve against ``base``."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping at the top level")
@@ -157,7 +159,9 @@ def parse_spec(data: Any, source: str = "<spec>", base: Path | None = None) -> F
     if base is None:
         return spec
     silos = [
-        s.model_copy(update={"train": _resolve(s.train, base), "test": _resolve(s.test, base)})
+        s.model_copy(
+            update={"train": _resolve(s.train, base), "test": _resolve(s.test, base)}
+        )
         for s in spec.silos
     ]
     return spec.model_copy(update={"silos": silos})

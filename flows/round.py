@@ -32,7 +32,7 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
     fits = [fit_local.submit(run_id, silo, round_number) for silo in silos]
     updates: list[LocalUpdate] = []
     failures: list[SiloFailedError] = []
-    for silo, future in zip(silos, fits, strict=True):
+    for future in fits:
         try:
             updates.append(future.result())
         except SiloFailedError as error:
@@ -40,6 +40,7 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
             get_run_logger().warning("round %d: %s", round_number, error.reason)
     if failures and len(updates) < state.spec.strategy.min_silos:
         raise failures[0]
+    state.last_updates = updates
     state.params = aggregate(run_id, round_number, updates)
     answered = [u.silo for u in updates]
     evals = [evaluate_local.submit(run_id, silo, round_number) for silo in answered]
@@ -53,6 +54,8 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
         silos=tuple(answered),
         metrics=test_metrics,
         seconds=time.perf_counter() - started,
+        fit_workers={u.silo: u.worker for u in updates},
+        eval_workers={e.silo: e.worker for e in evaluations},
         bytes_down=sum(u.bytes_down for u in updates),
         bytes_up=sum(u.bytes_up for u in updates),
         checkpoint=path,
@@ -66,4 +69,3 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
         result.seconds,
     )
     return result
-

@@ -29,8 +29,6 @@ from fedsilo.tasks.silo import (
 )
 from fedsilo.tasks.statistics import standard_scaler
 
-_TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
-
 
 def _pinned(cluster: SiloCluster, silo: str, fn: Any, *args: Any, key: str) -> Any:
     """Submit ``fn`` to the silo's own worker only."""
@@ -52,7 +50,7 @@ def _gather(spec: FederationSpec, futures: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@task(name="open-silos", **_TASK_OPTIONS)
+@task(name="open-silos", cache_policy=NO_CACHE, persist_result=False)
 def open_silos(
     spec: FederationSpec, cluster: SiloCluster, run_id: str
 ) -> dict[str, Any]:
@@ -66,7 +64,9 @@ def open_silos(
             cluster,
             s.name,
             load_silo,
-            SiloSource(s.name, s.train, s.test, s.test_fraction, dict(s.storage_options)),
+            SiloSource(
+                s.name, s.train, s.test, s.test_fraction, dict(s.storage_options)
+            ),
             spec.target,
             spec.seed,
             key=f"silo-data-{s.name}-{run_id}",
@@ -77,7 +77,12 @@ def open_silos(
         spec,
         {
             name: _pinned(
-                cluster, name, silo_schema, future, spec.target, spec.task,
+                cluster,
+                name,
+                silo_schema,
+                future,
+                spec.target,
+                spec.task,
                 key=f"schema-{name}-{run_id}",
             )
             for name, future in data.items()
@@ -95,7 +100,11 @@ def open_silos(
             spec,
             {
                 name: _pinned(
-                    cluster, name, silo_moments, future, features,
+                    cluster,
+                    name,
+                    silo_moments,
+                    future,
+                    features,
                     key=f"moments-{name}-{run_id}",
                 )
                 for name, future in data.items()
@@ -104,7 +113,14 @@ def open_silos(
         mean, scale = standard_scaler(list(moments.values()))
     prepared = {
         name: _pinned(
-            cluster, name, prepare_silo, future, features, spec.target, mean, scale,
+            cluster,
+            name,
+            prepare_silo,
+            future,
+            features,
+            spec.target,
+            mean,
+            scale,
             key=f"prepared-{name}-{run_id}",
         )
         for name, future in data.items()
@@ -142,8 +158,12 @@ def raise_one_class(spec: FederationSpec, classes: tuple[Any, ...]) -> None:
     )
 
 
-def _metadata(spec: FederationSpec, features: list[str], classes: tuple[Any, ...],
-              scaler: dict[str, np.ndarray] | None) -> dict[str, str]:
+def _metadata(
+    spec: FederationSpec,
+    features: list[str],
+    classes: tuple[Any, ...],
+    scaler: dict[str, np.ndarray] | None,
+) -> dict[str, str]:
     model = {
         "kind": spec.model.kind,
         "params": spec.model.params,
@@ -173,7 +193,9 @@ def federated_training(
     logger = get_run_logger()
     run_id = run_id or new_run_id()
     silo_names = [s.name for s in spec.silos]
-    with silo_cluster(silo_names, spec.cluster.address, spec.cluster.timeout) as cluster:
+    with silo_cluster(
+        silo_names, spec.cluster.address, spec.cluster.timeout
+    ) as cluster:
         opened = open_silos(spec, cluster, run_id)
         features, classes = opened["features"], opened["classes"]
         store = CheckpointStore(

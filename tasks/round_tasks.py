@@ -20,8 +20,6 @@ from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.metrics import global_metrics
 from fedsilo.tasks.silo import silo_evaluate, silo_fit
 
-_TASK_OPTIONS = {"cache_policy": NO_CACHE, "persist_result": False}
-
 
 def wait_silo(silo: str, future: Future, timeout: float) -> object:
     """Return a silo task's result; failures name the silo."""
@@ -31,12 +29,17 @@ def wait_silo(silo: str, future: Future, timeout: float) -> object:
         raise
     except TimeoutError:
         raise SiloFailedError(silo, f"no reply within {timeout:g}s") from None
-    except Exception as error:  # noqa: BLE001 - worker loss, unpickling, model errors
+    except Exception as error:
         text = str(error).splitlines()[0] if str(error) else ""
         raise SiloFailedError(silo, f"{type(error).__name__}: {text}") from error
 
 
-@task(name="fit-local", task_run_name="fit-{silo}-r{round_number:04d}", **_TASK_OPTIONS)
+@task(
+    name="fit-local",
+    task_run_name="fit-{silo}-r{round_number:04d}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def fit_local(run_id: str, silo: str, round_number: int) -> LocalUpdate:
     """Train the global model at one silo and return its update."""
     state = run_state.get(run_id)
@@ -54,7 +57,12 @@ def fit_local(run_id: str, silo: str, round_number: int) -> LocalUpdate:
     return update
 
 
-@task(name="aggregate", task_run_name="aggregate-r{round_number:04d}", **_TASK_OPTIONS)
+@task(
+    name="aggregate",
+    task_run_name="aggregate-r{round_number:04d}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def aggregate(
     run_id: str, round_number: int, updates: list[LocalUpdate]
 ) -> dict[str, np.ndarray]:
@@ -65,7 +73,8 @@ def aggregate(
 @task(
     name="evaluate-local",
     task_run_name="evaluate-{silo}-r{round_number:04d}",
-    **_TASK_OPTIONS,
+    cache_policy=NO_CACHE,
+    persist_result=False,
 )
 def evaluate_local(run_id: str, silo: str, round_number: int) -> list[Evaluation]:
     """Score the new global model at one silo, on its train and test rows."""
@@ -92,7 +101,9 @@ def metric_rows(
     for evaluation in evaluations:
         for name, value in evaluation.metrics.items():
             rows.append(
-                MetricRow(evaluation.silo, evaluation.split, name, value, evaluation.n_samples)
+                MetricRow(
+                    evaluation.silo, evaluation.split, name, value, evaluation.n_samples
+                )
             )
     for split in ("train", "test"):
         chosen = [e for e in evaluations if e.split == split]
@@ -107,7 +118,12 @@ def metric_rows(
     return rows
 
 
-@task(name="checkpoint", task_run_name="checkpoint-r{round_number:04d}", **_TASK_OPTIONS)
+@task(
+    name="checkpoint",
+    task_run_name="checkpoint-r{round_number:04d}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def checkpoint(
     run_id: str,
     round_number: int,

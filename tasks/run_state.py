@@ -19,6 +19,7 @@ from distributed import Future
 from fedsilo.cluster import SiloCluster
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks.checkpoint_store import CheckpointStore
+from fedsilo.tasks.messages import LocalUpdate
 from fedsilo.tasks.silo import FitConfig
 
 
@@ -30,6 +31,8 @@ class RoundResult:
     silos: tuple[str, ...]
     metrics: dict[str, float]
     seconds: float
+    fit_workers: dict[str, str]
+    eval_workers: dict[str, str]
     bytes_down: int
     bytes_up: int
     checkpoint: str
@@ -47,6 +50,7 @@ class RunState:
     prepared: dict[str, Future]
     params: dict[str, np.ndarray]
     history: list[RoundResult] = field(default_factory=list)
+    last_updates: list[LocalUpdate] = field(default_factory=list)
 
     def submit(self, silo: str, fn: Callable[..., Any], *args: Any, key: str) -> Future:
         """Run ``fn`` on the silo's own worker and nowhere else."""

@@ -20,7 +20,13 @@ from fedsilo.connectors.files import read_table
 from fedsilo.connectors.schema import describe_columns
 from fedsilo.errors import SiloDataError
 from fedsilo.tasks import sklearn_models
-from fedsilo.tasks.messages import Evaluation, FeatureMoments, LocalUpdate, SiloSchema, nbytes_of
+from fedsilo.tasks.messages import (
+    Evaluation,
+    FeatureMoments,
+    LocalUpdate,
+    SiloSchema,
+    nbytes_of,
+)
 from fedsilo.tasks.metrics import classification_scores, regression_scores
 from fedsilo.tasks.statistics import moments
 
@@ -90,13 +96,17 @@ def load_silo(source: SiloSource, target: str, seed: int) -> SiloData:
     """Read a silo's train (and test) rows; without a test source hold some out."""
     if source.train is None:
         raise SiloDataError(source.silo, "no train source is configured")
-    train = read_table(source.silo, source.train, storage_options=source.storage_options)
+    train = read_table(
+        source.silo, source.train, storage_options=source.storage_options
+    )
     if source.test is not None:
-        test = read_table(source.silo, source.test, storage_options=source.storage_options)
+        test = read_table(
+            source.silo, source.test, storage_options=source.storage_options
+        )
         return SiloData(source.silo, train, test, "file")
     rng = np.random.default_rng([seed, zlib.crc32(source.silo.encode())])
     order = rng.permutation(len(train))
-    n_test = int(round(len(train) * source.test_fraction)) if len(train) > 1 else 0
+    n_test = round(len(train) * source.test_fraction) if len(train) > 1 else 0
     test_rows, train_rows = order[:n_test], order[n_test:]
     return SiloData(
         source.silo,
@@ -131,7 +141,9 @@ def silo_schema(data: SiloData, target: str, task: str) -> SiloSchema:
     )
 
 
-def _matrix(silo: str, frame: pd.DataFrame, features: list[str], split: str) -> np.ndarray:
+def _matrix(
+    silo: str, frame: pd.DataFrame, features: list[str], split: str
+) -> np.ndarray:
     X = frame[features].to_numpy(dtype=np.float64)
     bad = np.isnan(X).any(axis=0)
     if bad.any():
@@ -164,7 +176,9 @@ def prepare_silo(
     y_test = data.test[target].to_numpy()
     for split, y in (("train", y_train), ("test", y_test)):
         if pd.isna(y).any():
-            raise SiloDataError(data.silo, f"{split} rows have missing labels", column=target)
+            raise SiloDataError(
+                data.silo, f"{split} rows have missing labels", column=target
+            )
     return PreparedSilo(data.silo, X_train, y_train, X_test, y_test)
 
 
@@ -230,7 +244,9 @@ def silo_evaluate(
     ):
         if config.task == "classification":
             classes = np.asarray(config.classes)
-            metrics, sums = classification_scores(y, estimator.predict_proba(X), classes)
+            metrics, sums = classification_scores(
+                y, estimator.predict_proba(X), classes
+            )
         else:
             metrics, sums = regression_scores(y, estimator.predict(X))
         out.append(

@@ -63,7 +63,10 @@ def extract_params(kind: str, estimator: Any) -> Params:
     if is_mlp(kind):
         out = {f"coefs_{i}": np.array(c) for i, c in enumerate(estimator.coefs_)}
         out.update(
-            {f"intercepts_{i}": np.array(b) for i, b in enumerate(estimator.intercepts_)}
+            {
+                f"intercepts_{i}": np.array(b)
+                for i, b in enumerate(estimator.intercepts_)
+            }
         )
         return out
     params = {

@@ -19,7 +19,9 @@ def moments(silo: str, X: np.ndarray) -> FeatureMoments:
     return FeatureMoments(silo=silo, count=count, mean=mean, m2=m2)
 
 
-def merge_moments(parts: Sequence[FeatureMoments]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def merge_moments(
+    parts: Sequence[FeatureMoments],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge silos' moments into pooled (count, mean, m2), as if rows were pooled."""
     if not parts:
         raise ValueError("no moments to merge")

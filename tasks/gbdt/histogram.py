@@ -83,9 +83,9 @@ def _load_numba() -> Callable[..., None] | None:
         g: Any,
         h: Any,
         missing_slot: int,
-        out_g: Any,
-        out_h: Any,
+        out: Any,
     ) -> None:  # pragma: no cover - compiled
+        # out[slot, feature, bin, 0 | 1]: gradient and hessian side by side
         n_features = bins.shape[1]
         for r in range(rows.shape[0]):
             i = rows[r]
@@ -97,8 +97,8 @@ def _load_numba() -> Callable[..., None] | None:
                     b = missing_slot
                 else:
                     b = bins[i, f]
-                out_g[s, f, b] += gi
-                out_h[s, f, b] += hi
+                out[s, f, b, 0] += gi
+                out[s, f, b, 1] += hi
 
     _numba_kernel = kernel
     return kernel
@@ -162,8 +162,6 @@ def build_histograms(
     """
     nodes = np.asarray(nodes, dtype=np.int64)
     m, n_features, stride = nodes.shape[0], binned.n_features, binned.stride
-    out_g = np.zeros((m, n_features, stride + 1))
-    out_h = np.zeros((m, n_features, stride + 1))
     rows, slots = _select(positions, nodes)
     totals = np.stack(
         [
@@ -177,22 +175,24 @@ def build_histograms(
     if kernel is None and backend == "numba":
         raise RuntimeError("numba is not installed")
     if kernel is None:
+        out_g = np.zeros((m, n_features, stride + 1))
+        out_h = np.zeros((m, n_features, stride + 1))
         _numpy_kernel(binned, rows, slots, grad, hess, out_g, out_h)
     else:
+        out = np.zeros((m, n_features, stride + 1, 2))
         missing = binned.missing
-        use_missing = missing is not None
         kernel(
             binned.bins,
             missing if missing is not None else np.zeros((1, 1), bool),
-            use_missing,
+            missing is not None,
             rows,
             slots,
             np.ascontiguousarray(grad, dtype=np.float64),
             np.ascontiguousarray(hess, dtype=np.float64),
             stride,
-            out_g,
-            out_h,
+            out,
         )
+        out_g, out_h = out[..., 0].copy(), out[..., 1].copy()
     return out_g, out_h, totals
 
 

@@ -225,10 +225,11 @@ class SiloTreeState:
                 left[s.node] = s.left
             rows = np.flatnonzero(split_at[pos])
             node = pos[rows]
-            f = feature[node]
-            go_left = binned.bins[rows, f] <= bin_[node]
+            cell = rows * binned.n_features + feature[node]
+            go_left = binned.bins.ravel().take(cell) <= bin_[node]
             if binned.missing is not None:
-                go_left = np.where(binned.missing[rows, f], default_left[node], go_left)
+                missing = binned.missing.ravel().take(cell)
+                go_left = np.where(missing, default_left[node], go_left)
             pos[rows] = np.where(go_left, left[node], left[node] + 1)
 
     def histograms(self, nodes: Sequence[tuple[int, int]]) -> NodeHistograms:
@@ -271,6 +272,19 @@ class SiloTreeState:
         self._offsets = np.zeros_like(self._offsets)
         self._grad = self._hess = self._positions = None
         return self.loss()
+
+    def replay(self, trees: Sequence[Tree], tree_info: Sequence[int]) -> None:
+        """Add a saved model's trees to the margins (resume after ``set_intercept``).
+
+        Margins end bitwise equal to those of an uninterrupted run, because the
+        same float32 leaf values are added in the same order.
+        """
+        binned, _, margin = self._data()
+        start = np.zeros(binned.n_rows, np.int64)
+        for tree, k in zip(trees, tree_info, strict=True):
+            margin[:, k] += tree.value[tree.descend_binned(binned, start)].astype(np.float64)
+        if trees:
+            self._offsets = np.zeros_like(self._offsets)
 
     def loss(self) -> LossSum:
         """Return the summed training loss at the current margins."""

@@ -53,11 +53,12 @@ def threshold_l1(g: np.ndarray, alpha: float) -> np.ndarray:
 
 def node_gain(g: np.ndarray, h: np.ndarray, p: TreeParams) -> np.ndarray:
     """Return XGBoost's structure score of nodes with sums ``g`` and ``h``."""
-    t = threshold_l1(np.asarray(g, np.float64), p.reg_alpha)
+    g = np.asarray(g, np.float64)
     h = np.asarray(h, np.float64)
+    t = threshold_l1(g, p.reg_alpha) if p.reg_alpha > 0 else g
     ok = (h >= p.min_child_weight) & (h > 0.0)
-    denom = np.where(ok, h + p.reg_lambda, 1.0)
-    out: np.ndarray = np.where(ok, t * t / denom, 0.0)
+    out: np.ndarray = np.zeros(np.broadcast(t, h).shape)
+    np.divide(t * t, h + p.reg_lambda, out=out, where=ok)
     return out
 
 

@@ -1,0 +1,163 @@
+"""Integration: real Dask workers per silo, a real Prefect API, real Parquet."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from fedsilo.errors import ClusterError
+from fedsilo.spec import FederationSpec, load_spec
+from fedsilo.tasks import run_state
+from fedsilo.tasks.checkpoint_store import CheckpointStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+
+def make_spec(data_dir: Path, store: Path, **changes: Any) -> FederationSpec:
+    spec = load_spec(data_dir / "federation.yaml")
+    data = {**spec.model_dump(), "checkpoints": str(store), **changes}
+    return FederationSpec.model_validate(data)
+
+
+@pytest.fixture
+def recorded() -> Iterator[list[tuple[Any, list[Any]]]]:
+    """Every round's result and the updates the silos sent in it."""
+    seen: list[tuple[Any, list[Any]]] = []
+
+    def listener(result: Any, state: run_state.RunState) -> None:
+        seen.append((result, list(state.last_updates)))
+
+    run_state.listeners.append(listener)
+    yield seen
+    run_state.listeners.remove(listener)
+
+
+def test_embedded_run_pins_silos_and_checkpoints_every_round(
+    breast_cancer_dir: Path, tmp_path: Path, recorded: list
+) -> None:
+    from fedsilo.flows.training import federated_training
+
+    spec = make_spec(breast_cancer_dir, tmp_path / "store", rounds=3)
+
+    summary = federated_training(spec)
+
+    assert summary["rounds"] == [1, 2, 3]
+    for result, _ in recorded:
+        assert result.fit_workers == {s.name: s.name for s in spec.silos}
+        assert result.eval_workers == {s.name: s.name for s in spec.silos}
+    store = CheckpointStore(str(tmp_path / "store"), spec.name, summary["run_id"])
+    assert store.complete_rounds() == [1, 2, 3]
+    assert summary["final_metrics"]["accuracy"] > 0.9
+
+
+def test_duckdb_reads_every_run_of_a_store(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
+) -> None:
+    from fedsilo.flows.training import federated_training
+
+    store = tmp_path / "store"
+    spec = make_spec(
+        breast_cancer_dir, store, rounds=2, cluster={"address": shared_cluster}
+    )
+    runs = [federated_training(spec)["run_id"] for _ in range(2)]
+
+    rows = duckdb.sql(
+        f"""
+        SELECT federation, run, round, silo, metric, value
+        FROM read_parquet('{store}/**/metrics.parquet', hive_partitioning = true)
+        WHERE silo = 'global' AND split = 'test' ORDER BY round;
+        """
+    ).df()
+
+    accuracy = rows[rows.metric == "accuracy"]
+    assert sorted(set(accuracy.run)) == sorted(runs)
+    assert sorted(accuracy["round"].astype(int).tolist()) == [1, 1, 2, 2]
+    assert set(accuracy.federation) == {spec.name}
+    assert accuracy.value.between(0.0, 1.0).all()
+
+
+def test_payloads_hold_no_training_rows(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str, recorded: list
+) -> None:
+    from fedsilo.flows.training import federated_training
+
+    spec = make_spec(
+        breast_cancer_dir,
+        tmp_path / "store",
+        rounds=1,
+        cluster={"address": shared_cluster},
+    )
+    federated_training(spec)
+
+    ((_, updates),) = recorded
+    assert len(updates) == 4
+    for update in updates:
+        silo = next(s for s in spec.silos if s.name == update.silo)
+        train = pd.read_parquet(silo.train)
+        raw_bytes = train.to_numpy(dtype=np.float64).nbytes
+        payload = pickle.dumps(update)
+        assert len(payload) < raw_bytes / 10
+        assert {name: a.shape for name, a in update.params.items()} == {
+            "coef_": (1, 30),
+            "intercept_": (1,),
+            "t_": (),
+        }
+        values = np.concatenate([np.ravel(a) for a in update.params.values()])
+        features = train.drop(columns=[spec.target]).to_numpy(dtype=np.float64)
+        # No feature value of any training row travels in the update.
+        assert not np.isin(values, features).any()
+        assert update.n_samples == len(train)
+
+
+def test_resumed_run_ends_with_the_same_model(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
+) -> None:
+    from fedsilo.flows.training import federated_training
+
+    store = tmp_path / "store"
+    spec = make_spec(
+        breast_cancer_dir, store, rounds=4, cluster={"address": shared_cluster}
+    )
+    straight = federated_training(spec, run_id="straight")
+    federated_training(spec.model_copy(update={"rounds": 2}), run_id="resumed")
+
+    federated_training(spec, run_id="resumed", resume=True)
+
+    a = CheckpointStore(str(store), spec.name, straight["run_id"]).read_params(4)
+    b = CheckpointStore(str(store), spec.name, "resumed").read_params(4)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_missing_silo_worker_is_named(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
+) -> None:
+    from fedsilo.flows.training import federated_training
+
+    spec = make_spec(
+        breast_cancer_dir,
+        tmp_path / "store",
+        cluster={"address": shared_cluster, "timeout": 2},
+    )
+    silos = [s.model_dump() for s in spec.silos]
+    silos[3]["name"] = "hospital-z"
+    spec = FederationSpec.model_validate({**spec.model_dump(), "silos": silos})
+
+    with pytest.raises(ClusterError, match="hospital-z"):
+        federated_training(spec)
+
+
+def test_spec_file_round_trips_through_yaml(breast_cancer_dir: Path) -> None:
+    data = yaml.safe_load((breast_cancer_dir / "federation.yaml").read_text())
+    spec = load_spec(breast_cancer_dir / "federation.yaml")
+    assert [s.name for s in spec.silos] == [s["name"] for s in data["silos"]]
+    assert all(Path(s.train).is_file() for s in spec.silos if s.train)
