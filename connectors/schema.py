@@ -45,37 +45,35 @@ def check_schemas(
         names = [c.name for c in schema.columns]
         if target not in names:
             raise SiloDataError(schema.silo, "target column is missing", column=target)
-    reference = schemas[0]
-    ref_columns = {c.name: c for c in reference.columns if c.name != target}
-    features = [c.name for c in reference.columns if c.name != target]
-    for name, info in ref_columns.items():
-        if info.kind not in {"numeric", "bool"}:
-            raise SiloDataError(
-                reference.silo,
-                f"feature has dtype {info.dtype}; features must be numeric",
-                column=name,
-            )
-    for schema in schemas[1:]:
+    features, kinds = _expected_features(schemas, target)
+    for schema in schemas:
         columns = {c.name: c for c in schema.columns if c.name != target}
         for name in features:
             if name not in columns:
+                others = sum(any(c.name == name for c in s.columns) for s in schemas)
                 raise SiloDataError(
                     schema.silo,
-                    f"feature is missing (present at silo {reference.silo!r})",
+                    f"feature is missing (present at {others} other silo(s))",
                     column=name,
                 )
-            if columns[name].kind != ref_columns[name].kind:
+            if columns[name].kind != kinds[name]:
                 raise SiloDataError(
                     schema.silo,
-                    f"dtype {columns[name].dtype} is incompatible with "
-                    f"{ref_columns[name].dtype} at silo {reference.silo!r}",
+                    f"dtype {columns[name].dtype} is incompatible with the "
+                    f"{kinds[name]} dtype the other silos have",
                     column=name,
                 )
-        extra = [name for name in columns if name not in ref_columns]
+            if kinds[name] not in {"numeric", "bool"}:
+                raise SiloDataError(
+                    schema.silo,
+                    f"feature has dtype {columns[name].dtype}; features must be numeric",
+                    column=name,
+                )
+        extra = [name for name in columns if name not in kinds]
         if extra:
             raise SiloDataError(
                 schema.silo,
-                f"unexpected feature (absent at silo {reference.silo!r})",
+                "unexpected feature (absent at the other silos)",
                 column=extra[0],
             )
     targets = {s.silo: next(c for c in s.columns if c.name == target) for s in schemas}
@@ -86,12 +84,46 @@ def check_schemas(
                     silo, f"regression target has dtype {info.dtype}", column=target
                 )
     else:
-        kinds = {info.kind for info in targets.values()}
-        if len(kinds) > 1:
-            silo = next(
-                s for s, i in targets.items() if i.kind != targets[reference.silo].kind
-            )
+        label_kinds = [info.kind for info in targets.values()]
+        if len(set(label_kinds)) > 1:
+            common = max(label_kinds, key=label_kinds.count)
+            silo = next(s for s, i in targets.items() if i.kind != common)
             raise SiloDataError(
                 silo, "label dtype differs from the other silos", column=target
             )
     return features
+
+
+def _expected_features(
+    schemas: Sequence[SiloSchema], target: str
+) -> tuple[list[str], dict[str, str]]:
+    """Return the features most silos share, in first-seen order, and their kinds.
+
+    A column is expected when more than half the silos have it (at a tie, when
+    the first silo has it), so the odd one out is the silo that gets blamed.
+    """
+    order: list[str] = []
+    holders: dict[str, list[str]] = {}
+    for schema in schemas:
+        for column in schema.columns:
+            if column.name == target:
+                continue
+            if column.name not in holders:
+                order.append(column.name)
+                holders[column.name] = []
+            holders[column.name].append(column.kind)
+    first = {c.name for c in schemas[0].columns}
+    n = len(schemas)
+    expected = [
+        name
+        for name in order
+        if 2 * len(holders[name]) > n or (2 * len(holders[name]) == n and name in first)
+    ]
+    kinds = {}
+    for name in expected:
+        found = holders[name]
+        # The majority kind wins; at a tie, the first silo's.
+        kinds[name] = max(found, key=lambda kind: (found.count(kind), kind == found[0]))
+    first_order = [c.name for c in schemas[0].columns if c.name in kinds]
+    rest = [name for name in expected if name not in first_order]
+    return first_order + rest, kinds

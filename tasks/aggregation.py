@@ -17,7 +17,7 @@ def check_compatible(updates: Sequence[Params]) -> None:
         raise EmptyAggregationError("no updates to aggregate")
     first = updates[0]
     names = sorted(first)
-    for position, update in enumerate(updates[1:], start=1):
+    for position, update in enumerate(updates):
         if sorted(update) != names:
             raise InconsistentUpdatesError(
                 f"update {position} has tensors {sorted(update)}, expected {names}"
@@ -27,6 +27,10 @@ def check_compatible(updates: Sequence[Params]) -> None:
                 raise InconsistentUpdatesError(
                     f"update {position}: tensor {name!r} has shape "
                     f"{np.shape(update[name])}, expected {np.shape(first[name])}"
+                )
+            if not np.all(np.isfinite(update[name])):
+                raise InconsistentUpdatesError(
+                    f"update {position}: tensor {name!r} has non-finite values"
                 )
 
 

@@ -17,10 +17,17 @@ def classification_scores(
     y: np.ndarray, proba: np.ndarray, classes: np.ndarray
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Return (metrics, sums) of one silo's predicted probabilities."""
+    n = len(y)
+    if n == 0:
+        nan = float("nan")
+        return {"accuracy": nan, "log_loss": nan}, {
+            "n": 0.0,
+            "correct": 0.0,
+            "log_loss_sum": 0.0,
+        }
     predicted = classes[np.argmax(proba, axis=1)]
     correct = float(np.sum(predicted == y))
-    n = len(y)
-    loss = float(log_loss(y, proba, labels=classes)) if n else float("nan")
+    loss = float(log_loss(y, proba, labels=classes))
     metrics = {"accuracy": correct / n, "log_loss": loss}
     if len(classes) == 2 and len(np.unique(y)) == 2:
         metrics["roc_auc"] = float(roc_auc_score(y == classes[1], proba[:, 1]))
@@ -33,8 +40,12 @@ def regression_scores(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Return (metrics, sums) of one silo's predictions."""
     y = np.asarray(y, dtype=np.float64)
-    error = predicted - y
     n = len(y)
+    if n == 0:
+        nan = float("nan")
+        zero = {"n": 0.0, "sse": 0.0, "sae": 0.0, "mean_y": 0.0, "m2_y": 0.0}
+        return {"rmse": nan, "mae": nan, "r2": nan}, zero
+    error = predicted - y
     sse = float(np.sum(error**2))
     sae = float(np.sum(np.abs(error)))
     sst = float(np.sum((y - y.mean()) ** 2))
@@ -47,8 +58,9 @@ def regression_scores(
         "n": float(n),
         "sse": sse,
         "sae": sae,
-        "sum_y": float(y.sum()),
-        "sum_y2": float(np.sum(y**2)),
+        # Mean and squared deviations merge without cancellation (Chan et al.).
+        "mean_y": float(y.mean()),
+        "m2_y": sst,
     }
     return metrics, sums
 
@@ -74,9 +86,25 @@ def global_metrics(evaluations: Sequence[Evaluation], task: str) -> dict[str, fl
             aucs = np.array([e.metrics["roc_auc"] for e in with_auc])
             out["roc_auc"] = float(np.dot(weights, aucs) / weights.sum())
         return out
-    sst = total["sum_y2"] - total["sum_y"] ** 2 / n
+    sst = _pooled_m2(
+        [(e.sums["n"], e.sums["mean_y"], e.sums["m2_y"]) for e in evaluations]
+    )
     return {
         "rmse": float(np.sqrt(total["sse"] / n)),
         "mae": total["sae"] / n,
         "r2": 1.0 - total["sse"] / sst if sst > 0 else float("nan"),
     }
+
+
+def _pooled_m2(parts: Sequence[tuple[float, float, float]]) -> float:
+    """Merge (count, mean, m2) triples into the pooled sum of squared deviations."""
+    count, mean, m2 = 0.0, 0.0, 0.0
+    for n, part_mean, part_m2 in parts:
+        total = count + n
+        if total == 0:
+            continue
+        delta = part_mean - mean
+        mean += delta * n / total
+        m2 += part_m2 + delta**2 * count * n / total
+        count = total
+    return m2

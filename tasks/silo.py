@@ -119,6 +119,13 @@ def load_silo(source: SiloSource, target: str, seed: int) -> SiloData:
 def silo_schema(data: SiloData, target: str, task: str) -> SiloSchema:
     """Describe the silo's table: column names and dtypes, counts, label values."""
     columns = describe_columns(data.train)
+    for split, frame in (("train", data.train), ("test", data.test)):
+        if target not in frame.columns:
+            raise SiloDataError(
+                data.silo,
+                f"target column is missing from the {split} rows",
+                column=target,
+            )
     test_names = [c.name for c in describe_columns(data.test)]
     train_names = [c.name for c in columns]
     if data.test_source == "file" and sorted(test_names) != sorted(train_names):

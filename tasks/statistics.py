@@ -42,6 +42,10 @@ def standard_scaler(parts: Sequence[FeatureMoments]) -> tuple[np.ndarray, np.nda
     """Return (mean, scale) of a global StandardScaler; constant columns scale 1."""
     count, mean, m2 = merge_moments(parts)
     var = np.where(count > 0, m2 / np.maximum(count, 1), 0.0)
+    # A variance within rounding of the mean's magnitude is a constant column
+    # (the same test scikit-learn's StandardScaler makes).
+    eps = np.finfo(np.float64).eps
+    constant = var <= count * eps * var + (count * mean * eps) ** 2
     scale = np.sqrt(var)
-    scale[scale < 1e-12] = 1.0
+    scale[constant | (scale == 0.0)] = 1.0
     return mean, scale

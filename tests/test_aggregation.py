@@ -48,7 +48,9 @@ def _params(**arrays: object) -> dict[str, np.ndarray]:
 
 @settings(max_examples=60, deadline=None)
 @given(results=updates(min_size=2), data=st.data())
-def test_order_of_updates_does_not_matter(results: list[Update], data: st.DataObject) -> None:
+def test_order_of_updates_does_not_matter(
+    results: list[Update], data: st.DataObject
+) -> None:
     shuffled = data.draw(st.permutations(results))
 
     _close(weighted_average(shuffled), weighted_average(results))
@@ -56,7 +58,9 @@ def test_order_of_updates_does_not_matter(results: list[Update], data: st.DataOb
 
 @settings(max_examples=60, deadline=None)
 @given(results=updates(), factor=st.floats(1e-3, 1e3))
-def test_scaling_all_weights_changes_nothing(results: list[Update], factor: float) -> None:
+def test_scaling_all_weights_changes_nothing(
+    results: list[Update], factor: float
+) -> None:
     scaled = [(params, weight * factor) for params, weight in results]
 
     _close(weighted_average(scaled), weighted_average(results))
@@ -197,11 +201,6 @@ def test_mismatched_shapes_raise(other: object) -> None:
     assert "update 2" in info.value.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_compatible documents a finiteness check but does not check "
-    "values: a NaN/inf parameter from one silo poisons the global model",
-)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_parameters_raise(bad: float) -> None:
     good = _params(w=[1.0, 2.0])

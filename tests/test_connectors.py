@@ -157,7 +157,11 @@ def test_missing_memory_file(memory_dir: str) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"this is not parquet at all", b"PAR1" + b"\x00" * 40, _frame().to_parquet()[:-20]],
+    [
+        b"this is not parquet at all",
+        b"PAR1" + b"\x00" * 40,
+        _frame().to_parquet()[:-20],
+    ],
     ids=["text", "magic-only", "truncated"],
 )
 def test_corrupt_parquet(tmp_path: Path, data: bytes) -> None:
@@ -263,7 +267,9 @@ def test_int_and_float_features_compatible() -> None:
     floats = frame.assign(age=frame["age"].astype(np.float64))
 
     features = check_schemas(
-        [_schema("a", frame), _schema("b", floats)], target=TARGET, task="classification"
+        [_schema("a", frame), _schema("b", floats)],
+        target=TARGET,
+        task="classification",
     )
 
     assert features == ["age", "bmi", "smoker"]
@@ -293,11 +299,6 @@ def test_missing_feature_at_one_silo() -> None:
     assert "missing" in error.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_schemas treats the first silo as the reference, so when the "
-    "first silo lacks a feature the others have, a correct silo is blamed",
-)
 def test_missing_feature_at_first_silo_blames_first_silo() -> None:
     frame = _frame()
     schemas = [

@@ -52,7 +52,13 @@ def _trained(kind: str, n_classes: int = 2, seed: int = 3) -> Any:
         kind, MODEL_PARAMS[kind], n_features=N_FEATURES, classes=classes, seed=seed
     )
     train_local(
-        kind, estimator, X, y, classes=classes, epochs=2, batch_size=16,
+        kind,
+        estimator,
+        X,
+        y,
+        classes=classes,
+        epochs=2,
+        batch_size=16,
         rng=np.random.default_rng(seed),
     )
     return estimator
@@ -100,21 +106,34 @@ def test_mlp_init_params_depend_on_seed(kind: str) -> None:
         (
             "mlp-classifier",
             3,
-            {"coefs_0": (4, 6), "coefs_1": (6, 3), "intercepts_0": (6,),
-             "intercepts_1": (3,)},
+            {
+                "coefs_0": (4, 6),
+                "coefs_1": (6, 3),
+                "intercepts_0": (6,),
+                "intercepts_1": (3,),
+            },
         ),
         (
             "mlp-regressor",
             0,
-            {"coefs_0": (4, 6), "coefs_1": (6, 3), "coefs_2": (3, 1),
-             "intercepts_0": (6,), "intercepts_1": (3,), "intercepts_2": (1,)},
+            {
+                "coefs_0": (4, 6),
+                "coefs_1": (6, 3),
+                "coefs_2": (3, 1),
+                "intercepts_0": (6,),
+                "intercepts_1": (3,),
+                "intercepts_2": (1,),
+            },
         ),
     ],
 )
 def test_init_params_shapes(kind: str, n_classes: int, expected: dict) -> None:
     params = init_params(
-        kind, MODEL_PARAMS[kind], n_features=N_FEATURES,
-        classes=list(range(n_classes)), seed=0,
+        kind,
+        MODEL_PARAMS[kind],
+        n_features=N_FEATURES,
+        classes=list(range(n_classes)),
+        seed=0,
     )
 
     assert _shapes(params) == expected
@@ -135,8 +154,12 @@ def test_materialise_from_extracted_params_predicts_identically(
     X, _ = _rows(kind, n_classes, n=25, seed=9)
 
     rebuilt = materialise(
-        kind, MODEL_PARAMS[kind], n_features=N_FEATURES,
-        classes=_classes(kind, n_classes), seed=12345, params=params,
+        kind,
+        MODEL_PARAMS[kind],
+        n_features=N_FEATURES,
+        classes=_classes(kind, n_classes),
+        seed=12345,
+        params=params,
     )
 
     assert any(np.any(value != 0) for value in params.values())  # really trained
@@ -171,12 +194,22 @@ def test_training_continues_from_materialised_params(kind: str) -> None:
         kind, MODEL_PARAMS[kind], n_features=N_FEATURES, classes=classes, seed=0
     )
     estimator = materialise(
-        kind, MODEL_PARAMS[kind], n_features=N_FEATURES, classes=classes, seed=0,
+        kind,
+        MODEL_PARAMS[kind],
+        n_features=N_FEATURES,
+        classes=classes,
+        seed=0,
         params=start,
     )
 
     train_local(
-        kind, estimator, X, y, classes=classes, epochs=1, batch_size=None,
+        kind,
+        estimator,
+        X,
+        y,
+        classes=classes,
+        epochs=1,
+        batch_size=None,
         rng=np.random.default_rng(0),
     )
 
@@ -201,12 +234,22 @@ def test_silo_missing_a_class_keeps_global_classes_and_shapes(
         kind, MODEL_PARAMS[kind], n_features=N_FEATURES, classes=classes, seed=0
     )
     estimator = materialise(
-        kind, MODEL_PARAMS[kind], n_features=N_FEATURES, classes=classes, seed=0,
+        kind,
+        MODEL_PARAMS[kind],
+        n_features=N_FEATURES,
+        classes=classes,
+        seed=0,
         params=start,
     )
 
     train_local(
-        kind, estimator, X, y, classes=classes, epochs=2, batch_size=8,
+        kind,
+        estimator,
+        X,
+        y,
+        classes=classes,
+        epochs=2,
+        batch_size=8,
         rng=np.random.default_rng(1),
     )
 
@@ -228,14 +271,21 @@ def test_silo_with_a_single_class(kind: str) -> None:
     )
 
     train_local(
-        kind, estimator, X, y, classes=classes, epochs=1, batch_size=None,
+        kind,
+        estimator,
+        X,
+        y,
+        classes=classes,
+        epochs=1,
+        batch_size=None,
         rng=np.random.default_rng(0),
     )
 
     assert list(estimator.classes_) == classes
     assert _shapes(extract_params(kind, estimator)) == _shapes(
-        init_params(kind, MODEL_PARAMS[kind], n_features=N_FEATURES,
-                    classes=classes, seed=0)
+        init_params(
+            kind, MODEL_PARAMS[kind], n_features=N_FEATURES, classes=classes, seed=0
+        )
     )
 
 
@@ -248,7 +298,13 @@ def test_train_local_is_reproducible_for_a_seeded_rng() -> None:
         )
         X, y = _rows(kind)
         train_local(
-            kind, estimator, X, y, classes=[0, 1], epochs=2, batch_size=7,
+            kind,
+            estimator,
+            X,
+            y,
+            classes=[0, 1],
+            epochs=2,
+            batch_size=7,
             rng=np.random.default_rng(42),
         )
         runs.append(extract_params(kind, estimator))

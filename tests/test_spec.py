@@ -265,7 +265,9 @@ def test_min_silos_equal_to_silo_count_accepted() -> None:
 
 
 def test_secure_aggregation_refused(tmp_path: Path) -> None:
-    path = _write(tmp_path / "fed.yaml", _spec_dict(privacy={"secure_aggregation": True}))
+    path = _write(
+        tmp_path / "fed.yaml", _spec_dict(privacy={"secure_aggregation": True})
+    )
 
     reason = _load_error(path)
 

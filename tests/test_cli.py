@@ -1,0 +1,148 @@
+"""The CLI as users run it: bad input gives one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fedsilo.cli import main
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fedsilo.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("name: x\nsilos: [\n  - {name: a\n")
+
+    result = run_cli("run", str(spec))
+
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert "broken.yaml" in line and "line" in line and "invalid YAML" in line
+
+
+def test_unknown_key_names_the_field_path(tmp_path: Path) -> None:
+    spec = tmp_path / "typo.yaml"
+    spec.write_text(
+        "name: x\ntask: classification\ntarget: y\nrounds: 1\n"
+        "silos:\n  - {name: a, trian: a.parquet}\n"
+    )
+
+    result = run_cli("run", str(spec))
+
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert "typo.yaml" in line and "silos.0.trian: unknown key" in line
+
+
+def test_missing_spec_file(tmp_path: Path) -> None:
+    result = run_cli("run", str(tmp_path / "nowhere.yaml"))
+
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert "nowhere.yaml" in line and "no such spec file" in line
+
+
+def test_split_refuses_a_bad_partition_count(tmp_path: Path) -> None:
+    result = run_cli("datasets", "split", "breast_cancer", "--silos", "0",
+                     "--out", str(tmp_path / "x"))
+
+    assert result.returncode == 2
+    assert len(error_lines(result)) == 1
+
+
+def _drop_rows(path: Path) -> None:
+    frame = pd.read_parquet(path)
+    frame.iloc[:0].to_parquet(path)
+
+
+def _rename_column(path: Path) -> None:
+    frame = pd.read_parquet(path)
+    frame.rename(columns={"mean_radius": "radius"}).to_parquet(path)
+
+
+def _drop_target(path: Path) -> None:
+    frame = pd.read_parquet(path)
+    frame.drop(columns=["label"]).to_parquet(path)
+
+
+def _string_column(path: Path) -> None:
+    frame = pd.read_parquet(path)
+    frame["mean_radius"] = frame["mean_radius"].astype(str)
+    frame.to_parquet(path)
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+BAD_DATA: dict[str, tuple[Callable[[Path], None], str, str | None]] = {
+    "missing file": (_delete, "no such file", None),
+    "empty silo": (_drop_rows, "no training rows", None),
+    "mismatched columns": (_rename_column, "", "mean_radius"),
+    "target missing": (_drop_target, "target column is missing", "label"),
+    "string feature": (_string_column, "incompatible", "mean_radius"),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_silo_data_is_one_line_naming_silo_and_column(
+    case: str,
+    breast_cancer_dir: Path,
+    tmp_path: Path,
+    shared_cluster: str,
+    prefect_api: None,
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    data = tmp_path / "data"
+    shutil.copytree(breast_cancer_dir, data)
+    spec_path = data / "federation.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["cluster"] = {"address": shared_cluster}
+    spec["checkpoints"] = str(tmp_path / "store")
+    spec_path.write_text(yaml.safe_dump(spec))
+    mutate, reason, column = BAD_DATA[case]
+    mutate(data / "silo-2" / "train.parquet")
+
+    result = run_cli("run", str(spec_path), env={"PREFECT_API_URL": str(PREFECT_API_URL.value())})
+
+    assert result.returncode == 2, result.stderr
+    (line,) = error_lines(result)
+    assert line.startswith("fedsilo: error: silo 'silo-2'")
+    assert reason in line
+    if column:
+        assert f"column {column!r}" in line
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("_SUCCESS"))
+
+
+def test_in_process_main_reports_spec_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("- just\n- a list\n")
+
+    code = main(["run", str(spec)])
+
+    assert code == 2
+    assert "expected a mapping" in capsys.readouterr().err

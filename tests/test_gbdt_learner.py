@@ -1,0 +1,218 @@
+"""Federated training: exactness across silo splits, quality, resume, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+from sklearn.datasets import make_classification
+from sklearn.metrics import roc_auc_score
+
+from fedsilo.errors import SiloDataError, SpecError
+from fedsilo.tasks.gbdt.histogram import numba_available
+from fedsilo.tasks.gbdt.learner import (
+    InMemoryFederation,
+    federated_cuts,
+    train,
+    train_in_memory,
+)
+from fedsilo.tasks.gbdt.objective import make_objective
+from fedsilo.tasks.gbdt.params import GBDTParams
+from fedsilo.tasks.gbdt.silo_state import SiloTreeState, prepare_silo_data
+from fedsilo.tasks.gbdt.xgb_export import dumps, model_from_json, predict
+
+
+def data(n: int = 1200, seed: int = 0, classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    X[rng.random((n, 5)) < 0.1] = np.nan
+    z = np.nan_to_num(X[:, 0]) - np.nan_to_num(X[:, 1], nan=-1.0) * X[:, 2].clip(-1, 1)
+    z = np.nan_to_num(z) + rng.normal(scale=0.5, size=n)
+    if classes == 2:
+        return X, (z > 0).astype(float)
+    return X, np.digitize(z, np.quantile(z, np.linspace(0, 1, classes + 1)[1:-1])).astype(float)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"objective": "binary:logistic"},
+        {"objective": "reg:squarederror", "alpha": 0.5, "gamma": 0.1},
+        {"objective": "multi:softprob", "num_class": 3},
+    ],
+)
+def test_same_trees_for_one_two_and_four_silos(params: dict) -> None:
+    X, y = data(classes=params.get("num_class", 2))
+    if params["objective"] == "reg:squarederror":
+        y = y * 2.5 + np.nan_to_num(X[:, 3])
+    cuts = federated_cuts([X.astype(np.float32)], 32)
+    full = {**params, "max_depth": 4, "num_boost_round": 5, "max_bin": 32}
+    models = []
+    for k in (1, 2, 4):
+        bounds = np.linspace(0, X.shape[0], k + 1).astype(int)
+        silos = [(X[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        models.append(train_in_memory(silos, full, cuts=cuts))
+    texts = [dumps(m) for m in models]
+    assert texts[0] == texts[1] == texts[2]
+    assert sum(t.n_nodes for t in models[0].trees) > 10 * len(models[0].trees)
+
+
+def test_backends_give_identical_models() -> None:
+    if not numba_available():
+        pytest.skip("numba not installed")
+    X, y = data()
+    params = {"objective": "binary:logistic", "max_depth": 3, "num_boost_round": 3}
+    a = train_in_memory([(X, y)], params, backend="numpy")
+    b = train_in_memory([(X, y)], params, backend="numba")
+    assert dumps(a) == dumps(b)
+
+
+def test_auc_close_to_xgboost_hist() -> None:
+    X, y = make_classification(
+        n_samples=20_000, n_features=20, n_informative=10, random_state=0
+    )
+    X_train, X_test, y_train, y_test = X[:15_000], X[15_000:], y[:15_000], y[15_000:]
+    params = {"max_depth": 4, "eta": 0.3, "max_bin": 64, "lambda": 1.0}
+    rounds = 20
+    booster = xgb.train(
+        {"objective": "binary:logistic", "tree_method": "hist", "nthread": 2, **params},
+        xgb.DMatrix(X_train, y_train),
+        num_boost_round=rounds,
+    )
+    theirs = roc_auc_score(y_test, booster.predict(xgb.DMatrix(X_test)))
+    silos = [(X_train[i::3], y_train[i::3]) for i in range(3)]
+    model = train_in_memory(
+        silos, {"objective": "binary:logistic", "num_boost_round": rounds, **params}
+    )
+    ours = roc_auc_score(y_test, predict(model, X_test))
+    assert len(model.trees) == rounds
+    assert abs(ours - theirs) <= 0.005, (ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("objective", "extra"),
+    [("binary:logistic", {}), ("reg:squarederror", {}), ("multi:softprob", {"num_class": 3})],
+)
+def test_intercept_comes_from_federated_label_sums(objective: str, extra: dict) -> None:
+    X, y = data(classes=extra.get("num_class", 2))
+    silos = [(X[:200], y[:200]), (X[200:], y[200:])]
+    tiny = {"objective": objective, "eta": 1e-6, "num_boost_round": 1, "max_depth": 2, **extra}
+    pred = predict(train_in_memory(silos, tiny), X)
+    if objective == "multi:softprob":
+        prior = np.bincount(y.astype(int), minlength=3) / y.size
+        np.testing.assert_allclose(pred, np.tile(prior, (y.size, 1)), atol=1e-4)
+    else:
+        np.testing.assert_allclose(pred, y.mean(), atol=1e-4)
+
+
+def test_resume_from_json_checkpoint_reaches_the_same_model() -> None:
+    X, y = data(classes=3)
+    params = GBDTParams.from_dict(
+        {"objective": "multi:softprob", "num_class": 3, "max_depth": 3, "num_boost_round": 2}
+    )
+    objective = make_objective("multi:softprob", 3)
+    silo_data = [prepare_silo_data(f"s{i}", X[i::2], y[i::2], objective) for i in range(2)]
+    cuts = federated_cuts([d.X for d in silo_data], params.max_bin)
+    stats = np.sum([objective.label_stats(d.y) for d in silo_data], axis=0)
+    intercept = objective.intercept(stats, None)
+
+    def federation(resume_from=None) -> InMemoryFederation:
+        states = [SiloTreeState.create(f"s{i}", d, cuts, objective) for i, d in enumerate(silo_data)]
+        for s in states:
+            s.set_intercept(intercept)
+            if resume_from is not None:
+                s.replay(resume_from.trees, resume_from.tree_info)
+        return InMemoryFederation(states)
+
+    seen: list[float] = []
+    first = train(federation(), cuts, params, intercept, callback=lambda m, r: seen.append(r.value))
+    checkpoint = model_from_json(dumps(first))
+    resumed = train(federation(checkpoint), cuts, params, intercept, init_model=checkpoint)
+    straight = train(
+        federation(),
+        cuts,
+        GBDTParams.from_dict({**{"objective": "multi:softprob", "num_class": 3},
+                              "max_depth": 3, "num_boost_round": 4}),
+        intercept,
+    )
+    assert dumps(resumed) == dumps(straight)
+    assert len(seen) == 2 and seen[1] < seen[0]  # training loss goes down
+
+
+def test_training_is_deterministic() -> None:
+    X, y = data()
+    params = {"objective": "binary:logistic", "num_boost_round": 3, "max_bin": 16}
+    silos = [(X[:600], y[:600]), (X[600:], y[600:])]
+    assert dumps(train_in_memory(silos, params)) == dumps(train_in_memory(silos, params))
+
+
+# -- bad input ---------------------------------------------------------------------
+
+
+def test_bad_parameters_raise_spec_errors() -> None:
+    X, y = data(n=50)
+    for params, match in [
+        ({"max_bin": 1}, "max_bin"),
+        ({"objective": "rank:pairwise"}, "not supported"),
+        ({"objective": "multi:softprob"}, "num_class"),
+        ({"colsample_bytree": 0.5}, "unknown"),
+        ({"eta": 0.1, "learning_rate": 0.2}, "twice"),
+        ({"tree_method": "exact"}, "hist"),
+        ({"max_depth": 0}, "max_depth"),
+    ]:
+        with pytest.raises(SpecError, match=match):
+            train_in_memory([(X, y)], params)
+
+
+def test_label_outside_class_range_names_silo_and_column() -> None:
+    X, y = data(n=100, classes=3)
+    bad = y.copy()
+    bad[7] = 3.0
+    with pytest.raises(SiloDataError, match=r"num_class|\[0, 3\)") as info:
+        train_in_memory(
+            [(X, y), (X, pd.Series(bad, name="outcome"))],
+            {"objective": "multi:softprob", "num_class": 3},
+            names=["a", "b"],
+        )
+    assert info.value.silo == "b" and info.value.column == "outcome"
+    with pytest.raises(SiloDataError) as info:
+        train_in_memory([(X, y + 1)], {"objective": "binary:logistic"}, names=["h1"])
+    assert info.value.silo == "h1" and info.value.column == "label"
+
+
+def test_non_numeric_column_names_silo_and_column() -> None:
+    X, y = data(n=30)
+    frame = pd.DataFrame(X, columns=list("abcde"))
+    frame["c"] = ["x"] * 30
+    with pytest.raises(SiloDataError, match="numeric") as info:
+        train_in_memory([(frame, y)], {"objective": "binary:logistic"}, names=["clinic"])
+    assert (info.value.silo, info.value.column) == ("clinic", "c")
+    objects = X.astype(object)
+    objects[3, 1] = "7"
+    with pytest.raises(SiloDataError, match="numeric") as info:
+        train_in_memory([(objects, y)], {"objective": "binary:logistic"}, names=["lab"])
+    assert (info.value.silo, info.value.column) == ("lab", "f1")
+
+
+def test_all_missing_or_infinite_column_names_silo_and_column() -> None:
+    X, y = data(n=40)
+    missing = X.copy()
+    missing[:, 4] = np.nan
+    with pytest.raises(SiloDataError, match="no non-missing") as info:
+        train_in_memory([(X, y), (missing, y)], {"objective": "binary:logistic"}, names=["a", "b"])
+    assert (info.value.silo, info.value.column) == ("b", "f4")
+    infinite = X.copy()
+    infinite[2, 0] = np.inf
+    with pytest.raises(SiloDataError, match="infinite") as info:
+        train_in_memory([(infinite, y)], {"objective": "binary:logistic"}, names=["a"])
+    assert info.value.column == "f0"
+
+
+def test_silos_must_share_features_and_have_rows() -> None:
+    X, y = data(n=40)
+    with pytest.raises(SiloDataError, match="features") as info:
+        train_in_memory([(X, y), (X[:, :4], y)], {}, names=["a", "b"])
+    assert info.value.silo == "b"
+    with pytest.raises(SiloDataError, match="no training rows"):
+        train_in_memory([(X, y), (X[:0], y[:0])], {}, names=["a", "b"])
