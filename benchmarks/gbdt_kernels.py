@@ -14,11 +14,17 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
 from fedsilo.tasks.gbdt.binning import bin_matrix
-from fedsilo.tasks.gbdt.histogram import build_histograms, numba_available
+from fedsilo.tasks.gbdt.histogram import (
+    Backend,
+    build_histograms,
+    gradient_exponent,
+    numba_available,
+)
 from fedsilo.tasks.gbdt.learner import InMemoryFederation, federated_cuts, grow_round
 from fedsilo.tasks.gbdt.objective import BinaryLogistic
 from fedsilo.tasks.gbdt.silo_state import SiloData, SiloTreeState
@@ -58,26 +64,26 @@ def main() -> None:
     params = TreeParams(max_depth=args.depth)
     objective = BinaryLogistic()
     data = SiloData(X=X, y=y, feature_names=tuple(f"f{j}" for j in range(f)))
+    zeros = np.zeros(1)
+    exponent = gradient_exponent(n, 1.0)
 
-    backends = ["numpy"] + (["numba"] if numba_available() else [])
+    backends: list[Backend] = ["numpy", "numba"] if numba_available() else ["numpy"]
     print(
         f"{n} rows x {f} features, max_bin {args.max_bin}, depth {args.depth}, "
         f"median of {args.repeat}"
     )
     print(f"{'backend':8} {'kernel':6} {'seconds':>9} {'rows/s':>12}")
     for backend in backends:
+        nodes = np.array([0])
         t_root = timed(
-            lambda b=backend: build_histograms(binned, g, h, root, np.array([0]), b),
-            args.repeat,
+            partial(build_histograms, binned, g, h, root, nodes, backend), args.repeat
         )
         print(f"{backend:8} {'root':6} {t_root:9.4f} {n / t_root:12,.0f}")
         state = SiloTreeState.create("bench", data, cuts, objective, backend)
         state.set_intercept(objective.intercept(objective.label_stats(y), None))
         federation = InMemoryFederation([state])
-        offsets = np.zeros(1)
         t_tree = timed(
-            lambda fed=federation: grow_round(fed, cuts, params, offsets),
-            args.repeat,
+            partial(grow_round, federation, cuts, params, zeros, exponent), args.repeat
         )
         print(f"{backend:8} {'tree':6} {t_tree:9.4f} {n / t_tree:12,.0f}")
         state.free()

@@ -16,7 +16,7 @@ EXIT_USER_ERROR = 2
 
 def _print_progress(result: Any, state: Any) -> None:
     metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()))
-    total = len(state.spec.silos)
+    total = len(result.selected)
     rounds = state.spec.rounds
     print(
         f"round {result.round:>4}/{rounds}  silos {len(result.silos)}/{total}"

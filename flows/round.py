@@ -10,6 +10,7 @@ from fedsilo.errors import SiloFailedError
 from fedsilo.tasks import run_state
 from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.metrics import global_metrics
+from fedsilo.tasks.sampling import sample_silos
 from fedsilo.tasks.round_tasks import aggregate, checkpoint, evaluate_local, fit_local
 
 
@@ -29,7 +30,11 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
     started = time.perf_counter()
     state = run_state.get(run_id)
     silos = list(state.cluster.workers)
-    fits = [fit_local.submit(run_id, silo, round_number) for silo in silos]
+    strategy = state.spec.strategy
+    selected = sample_silos(
+        silos, strategy.fraction, strategy.min_silos, state.spec.seed, round_number
+    )
+    fits = [fit_local.submit(run_id, silo, round_number) for silo in selected]
     updates: list[LocalUpdate] = []
     failures: list[SiloFailedError] = []
     for future in fits:
@@ -43,7 +48,10 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
     state.last_updates = updates
     state.params = aggregate(run_id, round_number, updates)
     answered = [u.silo for u in updates]
-    evals = [evaluate_local.submit(run_id, silo, round_number) for silo in answered]
+    failed = {f.silo for f in failures}
+    # Every silo still reachable scores the new model, trained this round or not.
+    scorers = [silo for silo in silos if silo not in failed]
+    evals = [evaluate_local.submit(run_id, silo, round_number) for silo in scorers]
     evaluations: list[Evaluation] = [e for future in evals for e in future.result()]
     path = checkpoint(run_id, round_number, evaluations, updates)
     test_metrics = global_metrics(
@@ -51,6 +59,7 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
     )
     result = run_state.RoundResult(
         round=round_number,
+        selected=tuple(selected),
         silos=tuple(answered),
         metrics=test_metrics,
         seconds=time.perf_counter() - started,
@@ -61,10 +70,10 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
         checkpoint=path,
     )
     get_run_logger().info(
-        "round %d: %d/%d silos, test %s, %.2fs",
+        "round %d: %d/%d silos trained, test %s, %.2fs",
         round_number,
         len(answered),
-        len(silos),
+        len(selected),
         format_metrics(test_metrics),
         result.seconds,
     )

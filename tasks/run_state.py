@@ -28,6 +28,7 @@ class RoundResult:
     """What one round produced, for progress lines and the final table."""
 
     round: int
+    selected: tuple[str, ...]
     silos: tuple[str, ...]
     metrics: dict[str, float]
     seconds: float

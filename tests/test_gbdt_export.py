@@ -33,12 +33,18 @@ def load(path: Path) -> xgb.Booster:
     return booster
 
 
-def make_data(objective: str, n: int = 1500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_data(
+    objective: str, n: int = 1500, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 6))
     X[:, 5] = rng.integers(0, 4, n)  # low-cardinality column
     X[rng.random((n, 6)) < 0.15] = np.nan
-    z = np.nan_to_num(X[:, 0], nan=1.0) + np.nan_to_num(X[:, 1]) ** 2 - X[:, 5].clip(0, 2)
+    z = (
+        np.nan_to_num(X[:, 0], nan=1.0)
+        + np.nan_to_num(X[:, 1]) ** 2
+        - X[:, 5].clip(0, 2)
+    )
     z = np.nan_to_num(z) + rng.normal(scale=0.5, size=n)
     if objective == "binary:logistic":
         return X, (z > 0.5).astype(float)
@@ -48,8 +54,15 @@ def make_data(objective: str, n: int = 1500, seed: int = 0) -> tuple[np.ndarray,
 
 
 def fit(objective: str, X: np.ndarray, y: np.ndarray, **extra: object) -> GBDTModel:
-    params = {"objective": objective, "max_depth": 4, "num_boost_round": 8, "max_bin": 32,
-              "eta": 0.3, **CASES[objective], **extra}
+    params = {
+        "objective": objective,
+        "max_depth": 4,
+        "num_boost_round": 8,
+        "max_bin": 32,
+        "eta": 0.3,
+        **CASES[objective],
+        **extra,
+    }
     return train_in_memory([(X[:500], y[:500]), (X[500:], y[500:])], params)
 
 
@@ -64,7 +77,7 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def test_stock_xgboost_predicts_like_the_learner(trained) -> None:
-    objective, X, _, model, path = trained
+    _, X, _, model, path = trained
     booster = load(path)
     ours = predict(model, X)
     theirs = booster.predict(xgb.DMatrix(X, missing=np.nan))
@@ -120,7 +133,9 @@ def test_json_follows_the_format_facts(trained) -> None:
             assert all(isinstance(v, float) for v in tree[key])
         assert tree["sum_hessian"][0] > 0
     text = Path(path).read_text()
-    assert '"sum_hessian":[1,' not in text and "NaN" not in text and "Infinity" not in text
+    assert (
+        '"sum_hessian":[1,' not in text and "NaN" not in text and "Infinity" not in text
+    )
 
 
 def test_covers_are_hessian_sums(trained) -> None:
@@ -176,7 +191,9 @@ def test_dataframe_feature_names_are_exported(tmp_path: Path) -> None:
     pd = pytest.importorskip("pandas")
     X, y = make_data("binary:logistic", n=400)
     frame = pd.DataFrame(X, columns=[f"col_{j}" for j in range(6)])
-    model = train_in_memory([(frame, y)], {"objective": "binary:logistic", "num_boost_round": 2})
+    model = train_in_memory(
+        [(frame, y)], {"objective": "binary:logistic", "num_boost_round": 2}
+    )
     save_model(model, tmp_path / "m.json")
     booster = xgb.Booster(model_file=str(tmp_path / "m.json"))
     assert booster.feature_names == list(frame.columns)

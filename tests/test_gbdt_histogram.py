@@ -10,7 +10,9 @@ from fedsilo.tasks.gbdt.binning import BinnedMatrix, bin_matrix
 from fedsilo.tasks.gbdt.histogram import (
     NodeHistograms,
     build_histograms,
+    gradient_exponent,
     numba_available,
+    quantize,
     subtract,
     sum_histograms,
 )
@@ -19,7 +21,9 @@ from fedsilo.tasks.gbdt.objective import BinaryLogistic
 from fedsilo.tasks.gbdt.silo_state import NodeSplit, SiloData, SiloTreeState
 
 
-def make_binned(n: int = 600, f: int = 4, seed: int = 0) -> tuple[BinnedMatrix, np.ndarray]:
+def make_binned(
+    n: int = 600, f: int = 4, seed: int = 0
+) -> tuple[BinnedMatrix, np.ndarray]:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, f)).astype(np.float32)
     X[rng.random((n, f)) < 0.1] = np.nan
@@ -27,7 +31,9 @@ def make_binned(n: int = 600, f: int = 4, seed: int = 0) -> tuple[BinnedMatrix, 
     return bin_matrix(X, cuts), X
 
 
-def brute_force(binned: BinnedMatrix, g, h, positions, nodes) -> tuple[np.ndarray, np.ndarray]:
+def brute_force(
+    binned: BinnedMatrix, g, h, positions, nodes
+) -> tuple[np.ndarray, np.ndarray]:
     stride = binned.stride
     out_g = np.zeros((len(nodes), binned.n_features, stride + 1))
     out_h = np.zeros_like(out_g)
@@ -55,8 +61,12 @@ def test_build_equals_brute_force(backend: str) -> None:
     want_g, want_h = brute_force(binned, g, h, positions, [5, 3])
     np.testing.assert_allclose(hg, want_g, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(hh, want_h, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(totals[:, 0], [g[positions == 5].sum(), g[positions == 3].sum()])
-    np.testing.assert_array_equal(totals[:, 2], [(positions == 5).sum(), (positions == 3).sum()])
+    np.testing.assert_allclose(
+        totals[:, 0], [g[positions == 5].sum(), g[positions == 3].sum()]
+    )
+    np.testing.assert_array_equal(
+        totals[:, 2], [(positions == 5).sum(), (positions == 3).sum()]
+    )
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
@@ -86,22 +96,45 @@ def test_subtraction_equals_direct_build(backend: str) -> None:
     derived = subtract(tuple(a[0] for a in whole), tuple(a[0] for a in small))
     for d, want in zip(derived, direct, strict=True):
         np.testing.assert_array_equal(d, want[0])
-    # arbitrary float gradients: equal up to rounding
+    # float gradients: equal up to rounding; on the silos' grid, exactly equal
     g, h = rng.normal(size=binned.n_rows), rng.random(binned.n_rows)
-    whole = build_histograms(binned, g, h, parent, np.array([0]), backend)
-    small = build_histograms(binned, g, h, child, np.array([1]), backend)
-    direct = build_histograms(binned, g, h, child, np.array([2]), backend)
-    derived = subtract(tuple(a[0] for a in whole), tuple(a[0] for a in small))
-    for d, want in zip(derived, direct, strict=True):
-        np.testing.assert_allclose(d, want[0], rtol=1e-9, atol=1e-12)
+    exponent = gradient_exponent(binned.n_rows, 4.0)
+    for gg, hh, exact in (
+        (g, h, False),
+        (quantize(g, exponent), quantize(h, exponent), True),
+    ):
+        whole = build_histograms(binned, gg, hh, parent, np.array([0]), backend)
+        small = build_histograms(binned, gg, hh, child, np.array([1]), backend)
+        direct = build_histograms(binned, gg, hh, child, np.array([2]), backend)
+        derived = subtract(tuple(a[0] for a in whole), tuple(a[0] for a in small))
+        for d, want in zip(derived, direct, strict=True):
+            if exact:
+                np.testing.assert_array_equal(d, want[0])
+            else:
+                np.testing.assert_allclose(d, want[0], rtol=1e-9, atol=1e-12)
+
+
+def test_quantized_sums_do_not_depend_on_order() -> None:
+    rng = np.random.default_rng(9)
+    n = 50_000
+    g = rng.normal(size=n) * rng.choice([1e-8, 1e-3, 1.0], n)
+    exponent = gradient_exponent(n, float(np.abs(g).max()))
+    q = quantize(g, exponent)
+    assert np.max(np.abs(q - g)) <= 2.0**-exponent
+    sums = {float(np.sum(q[rng.permutation(n)])) for _ in range(5)}
+    sums.add(float(sum(np.sum(part) for part in np.array_split(q, 7))))
+    assert len(sums) == 1
+    raw = {float(np.sum(g[rng.permutation(n)])) for _ in range(5)}
+    assert len(raw) > 1  # without the grid, order shows in the last bits
 
 
 def test_sum_refuses_mismatched_or_empty_input() -> None:
     grad = np.zeros((1, 2, 5))
     a = NodeHistograms(np.array([[0, 0]]), grad, grad, np.zeros((1, 3)))
     b = NodeHistograms(np.array([[0, 1]]), grad, grad, np.zeros((1, 3)))
-    c = NodeHistograms(np.array([[0, 0]]), np.zeros((1, 2, 6)), np.zeros((1, 2, 6)),
-                       np.zeros((1, 3)))
+    c = NodeHistograms(
+        np.array([[0, 0]]), np.zeros((1, 2, 6)), np.zeros((1, 2, 6)), np.zeros((1, 3))
+    )
     with pytest.raises(InconsistentUpdatesError):
         sum_histograms([a, b])
     with pytest.raises(InconsistentUpdatesError):
@@ -122,7 +155,7 @@ def silo_payloads(n: int) -> list[tuple[int, ...]]:
     state = SiloTreeState.create("s", SiloData(X, y, ("a", "b", "c")), cuts, obj)
     shapes = [state.label_stats().shape]
     state.set_intercept(obj.intercept(state.label_stats(), None))
-    root = state.start_round()
+    root = state.start_round(40)
     shapes += [root.grad.shape, root.hess.shape, root.totals.shape, root.nodes.shape]
     level = state.level([NodeSplit(0, 0, 0, 1, False, 1)], [(0, 1)])
     shapes += [level.grad.shape, level.totals.shape]
@@ -140,4 +173,4 @@ def test_freed_silo_state_refuses_work() -> None:
     )
     state.free()
     with pytest.raises(RuntimeError, match="freed"):
-        state.start_round()
+        state.start_round(40)

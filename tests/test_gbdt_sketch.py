@@ -46,18 +46,36 @@ def reference_combine(a: QuantileSummary, b: QuantileSummary) -> list[tuple]:
     out, i, j, a_prev, b_prev = [], 0, 0, 0.0, 0.0
     while i < a.size and j < b.size:
         if a.values[i] == b.values[j]:
-            out.append((a.values[i], a.rmin[i] + b.rmin[j], a.rmax[i] + b.rmax[j],
-                        a.wmin[i] + b.wmin[j]))
+            out.append(
+                (
+                    a.values[i],
+                    a.rmin[i] + b.rmin[j],
+                    a.rmax[i] + b.rmax[j],
+                    a.wmin[i] + b.wmin[j],
+                )
+            )
             a_prev, b_prev = a.rmin[i] + a.wmin[i], b.rmin[j] + b.wmin[j]
             i, j = i + 1, j + 1
         elif a.values[i] < b.values[j]:
-            out.append((a.values[i], a.rmin[i] + b_prev,
-                        a.rmax[i] + b.rmax[j] - b.wmin[j], a.wmin[i]))
+            out.append(
+                (
+                    a.values[i],
+                    a.rmin[i] + b_prev,
+                    a.rmax[i] + b.rmax[j] - b.wmin[j],
+                    a.wmin[i],
+                )
+            )
             a_prev = a.rmin[i] + a.wmin[i]
             i += 1
         else:
-            out.append((b.values[j], b.rmin[j] + a_prev,
-                        b.rmax[j] + a.rmax[i] - a.wmin[i], b.wmin[j]))
+            out.append(
+                (
+                    b.values[j],
+                    b.rmin[j] + a_prev,
+                    b.rmax[j] + a.rmax[i] - a.wmin[i],
+                    b.wmin[j],
+                )
+            )
             b_prev = b.rmin[j] + b.wmin[j]
             j += 1
     for k in range(i, a.size):
@@ -108,7 +126,9 @@ def test_merged_bounds_hold_on_pooled_rows() -> None:
 def test_merged_cuts_close_to_pooled_quantiles() -> None:
     rng = np.random.default_rng(4)
     max_bin = 32
-    parts = [rng.gamma(1 + i, size=(3000 + 1000 * i, 1)).astype(np.float32) for i in range(4)]
+    parts = [
+        rng.gamma(1 + i, size=(3000 + 1000 * i, 1)).astype(np.float32) for i in range(4)
+    ]
     pooled = np.sort(np.concatenate(parts)[:, 0])
     size = 8 * max_bin
     merged = merge_sketches([summarize(p, size) for p in parts], size)
@@ -151,7 +171,9 @@ def test_merging_exact_summaries_does_not_depend_on_the_split() -> None:
     rng = np.random.default_rng(6)
     X = rng.integers(0, 50, size=(2000, 2)).astype(float)
     one = cut_points(merge_sketches([summarize(X, 512)], 512), 16)
-    four = cut_points(merge_sketches([summarize(p, 512) for p in np.array_split(X, 4)], 512), 16)
+    four = cut_points(
+        merge_sketches([summarize(p, 512) for p in np.array_split(X, 4)], 512), 16
+    )
     for a, b in zip(one, four, strict=True):
         np.testing.assert_array_equal(a, b)
 

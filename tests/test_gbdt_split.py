@@ -29,9 +29,16 @@ def exhaustive(X, g, h, cuts, p: TreeParams):
             for default_left in (False, True):
                 left = np.where(miss, default_left, X32[:, f] < thr)
                 hl, hr = h[left].sum(), h[~left].sum()
-                if hl < p.min_child_weight or hr < p.min_child_weight or hl <= 0 or hr <= 0:
+                if (
+                    hl < p.min_child_weight
+                    or hr < p.min_child_weight
+                    or hl <= 0
+                    or hr <= 0
+                ):
                     continue
-                gain = score(g[left].sum(), hl, p) + score(g[~left].sum(), hr, p) - parent
+                gain = (
+                    score(g[left].sum(), hl, p) + score(g[~left].sum(), hr, p) - parent
+                )
                 if gain > best[0] + 1e-9:
                     best = (gain, f, k, default_left)
     return best
@@ -46,7 +53,9 @@ def exhaustive(X, g, h, cuts, p: TreeParams):
     ],
 )
 @pytest.mark.parametrize("missing_as", [2.0, -2.0])
-def test_best_split_matches_exhaustive_search(params: TreeParams, missing_as: float) -> None:
+def test_best_split_matches_exhaustive_search(
+    params: TreeParams, missing_as: float
+) -> None:
     rng = np.random.default_rng(0)
     n = 400
     X = rng.normal(size=(n, 3))
@@ -56,7 +65,9 @@ def test_best_split_matches_exhaustive_search(params: TreeParams, missing_as: fl
     h = rng.uniform(0.1, 1.0, n)
     cuts = federated_cuts([X.astype(np.float32)], 16)
     binned = bin_matrix(X, cuts)
-    hg, hh, totals = build_histograms(binned, g, h, np.zeros(n, np.int32), np.array([0]))
+    hg, hh, totals = build_histograms(
+        binned, g, h, np.zeros(n, np.int32), np.array([0])
+    )
     (split,) = find_splits(hg, hh, totals, cuts, params)
     gain, f, k, default_left = exhaustive(X, g, h, cuts, params)
     assert split is not None
@@ -87,7 +98,9 @@ def test_gamma_and_depth_free_node_without_gain_gives_no_split() -> None:
     g = np.where(X[:, 0] > 0, 1.0, -1.0)
     h = np.ones(200)
     cuts = federated_cuts([X.astype(np.float32)], 8)
-    hist = build_histograms(bin_matrix(X, cuts), g, h, np.zeros(200, np.int32), np.array([0]))
+    hist = build_histograms(
+        bin_matrix(X, cuts), g, h, np.zeros(200, np.int32), np.array([0])
+    )
     (split,) = find_splits(*hist, cuts, TreeParams())
     assert split is not None
     (blocked,) = find_splits(*hist, cuts, TreeParams(gamma=split.gain * 1.01))
@@ -101,4 +114,6 @@ def test_leaf_weight_and_gain_formulas() -> None:
     assert leaf_weight(-5.0, 8.0, p) == pytest.approx(-0.5 * (-4.0) / 10.0)
     assert leaf_weight(0.5, 8.0, p) == 0.0  # inside the L1 dead zone
     assert leaf_weight(5.0, 0.5, p) == 0.0  # below min_child_weight
-    np.testing.assert_allclose(node_gain(np.array([-5.0]), np.array([8.0]), p), [16 / 10])
+    np.testing.assert_allclose(
+        node_gain(np.array([-5.0]), np.array([8.0]), p), [16 / 10]
+    )

@@ -161,3 +161,81 @@ def test_spec_file_round_trips_through_yaml(breast_cancer_dir: Path) -> None:
     spec = load_spec(breast_cancer_dir / "federation.yaml")
     assert [s.name for s in spec.silos] == [s["name"] for s in data["silos"]]
     assert all(Path(s.train).is_file() for s in spec.silos if s.train)
+
+
+def _pooled(data_dir: Path, split: str) -> pd.DataFrame:
+    files = sorted(data_dir.glob(f"silo-*/{split}.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+@pytest.mark.slow
+def test_breast_cancer_fedavg_is_within_two_points_of_pooled_logistic(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from fedsilo.flows.training import federated_training
+    from fedsilo.tasks.model_io import load_estimator
+
+    spec = make_spec(
+        breast_cancer_dir, tmp_path / "store", rounds=20,
+        cluster={"address": shared_cluster},
+    )
+    train, test = _pooled(breast_cancer_dir, "train"), _pooled(breast_cancer_dir, "test")
+    features = [c for c in train.columns if c != "label"]
+    pooled = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    pooled.fit(train[features], train["label"])
+    pooled_accuracy = pooled.score(test[features], test["label"])
+
+    summary = federated_training(spec)
+
+    federated = summary["final_metrics"]["accuracy"]
+    assert federated >= pooled_accuracy - 0.02
+    # The checkpoint rebuilds the very model the silos scored.
+    store = CheckpointStore(str(tmp_path / "store"), spec.name, summary["run_id"])
+    model = load_estimator(store)
+    rebuilt = model.score(test[model.feature_names_].to_numpy(), test["label"].to_numpy())
+    assert rebuilt == pytest.approx(federated, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "kind", "metric", "floor"),
+    [
+        ("wine", "mlp-classifier", "accuracy", 0.8),
+        ("wine", "logistic", "accuracy", 0.85),
+        ("diabetes", "sgd-regressor", "r2", 0.2),
+        ("diabetes", "mlp-regressor", "rmse", None),
+    ],
+)
+def test_every_model_kind_trains_across_silos(
+    dataset: str,
+    kind: str,
+    metric: str,
+    floor: float | None,
+    tmp_path: Path,
+    shared_cluster: str,
+) -> None:
+    from fedsilo.datasets.writer import write_federation
+    from fedsilo.flows.training import federated_training
+
+    spec_path = write_federation(
+        dataset, n_silos=3, partition="iid", out=tmp_path / "data", rounds=8,
+        model_kind=kind,
+    )
+    local = {"epochs": 5, "batch_size": 16}
+    params = {"hidden_layer_sizes": [16], "learning_rate_init": 0.01} if "mlp" in kind else {}
+    spec = make_spec(
+        spec_path.parent, tmp_path / "store", cluster={"address": shared_cluster},
+        model={"kind": kind, "params": params}, local=local,
+    )
+
+    summary = federated_training(spec)
+
+    value = summary["final_metrics"][metric]
+    assert np.isfinite(value)
+    if floor is not None:
+        assert value >= floor
+    store = CheckpointStore(str(tmp_path / "store"), spec.name, summary["run_id"])
+    assert store.complete_rounds() == list(range(1, 9))

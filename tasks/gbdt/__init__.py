@@ -6,7 +6,8 @@ the tree XGBoost's ``hist`` method would grow on the pooled rows with those cuts
 and the model exports as standard XGBoost JSON.
 
 Modules: ``sketch`` (quantile summaries, cut points), ``binning``, ``objective``,
-``histogram``, ``split``, ``silo_state`` (one silo's side), ``learner`` (the
-coordinator's side), ``model`` (trees and the numpy predictor) and
-``xgb_export``.
+``histogram`` (kernels, exact fixed-point sums, subtraction), ``split``,
+``params`` (XGBoost-named parameters), ``silo_state`` (one silo's side),
+``learner`` (the coordinator's side, ``train_in_memory``), ``model`` (trees and
+the numpy predictor) and ``xgb_export`` (JSON, ``trees_to_dataframe`` table).
 """

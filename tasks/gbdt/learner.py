@@ -18,7 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedsilo.errors import SiloDataError
-from fedsilo.tasks.gbdt.histogram import Backend, NodeHistograms, subtract, sum_histograms
+from fedsilo.tasks.gbdt.histogram import (
+    Backend,
+    NodeHistograms,
+    gradient_exponent,
+    subtract,
+    sum_histograms,
+)
 from fedsilo.tasks.gbdt.model import ROOT_PARENT, GBDTModel, Tree
 from fedsilo.tasks.gbdt.objective import Intercept, make_objective
 from fedsilo.tasks.gbdt.params import GBDTParams
@@ -37,8 +43,8 @@ _Hist = tuple[np.ndarray, np.ndarray, np.ndarray]
 class Federation(Protocol):
     """The silos as the coordinator sees them; every answer is a sum over silos."""
 
-    def start_round(self) -> NodeHistograms:
-        """Compute gradients at every silo; return root histograms of each tree."""
+    def start_round(self, exponent: int) -> NodeHistograms:
+        """Compute gradients on the grid ``2**-exponent``; return root histograms."""
         ...
 
     def level(
@@ -58,9 +64,9 @@ class InMemoryFederation:
     def __init__(self, silos: Sequence[SiloTreeState]) -> None:
         self.silos = list(silos)
 
-    def start_round(self) -> NodeHistograms:
+    def start_round(self, exponent: int) -> NodeHistograms:
         """Return the silos' summed root histograms."""
-        return sum_histograms([s.start_round() for s in self.silos])
+        return sum_histograms([s.start_round(exponent) for s in self.silos])
 
     def level(
         self, splits: Sequence[NodeSplit], nodes: Sequence[tuple[int, int]]
@@ -112,7 +118,10 @@ class _TreeBuilder:
 
     def finish(self, p: TreeParams, offset: float) -> Tree:
         left = np.array(self.left, np.int32)
-        weights = [leaf_weight(g, h, p) + offset for g, h in zip(self.grad, self.hess, strict=True)]
+        weights = [
+            leaf_weight(g, h, p) + offset
+            for g, h in zip(self.grad, self.hess, strict=True)
+        ]
         threshold = np.array(self.threshold, np.float32)
         return Tree(
             left=left,
@@ -133,18 +142,21 @@ def grow_round(
     cuts: Sequence[np.ndarray],
     p: TreeParams,
     offsets: np.ndarray,
+    exponent: int,
 ) -> tuple[list[Tree], LossSum]:
     """Grow one tree per output from summed histograms; return trees and loss.
 
     ``offsets`` (one per output) are added to every node value: the multi-class
-    intercepts in the first round, zeros otherwise.
+    intercepts in the first round, zeros otherwise. Silos round gradients to
+    multiples of ``2**-exponent`` (see ``histogram.gradient_exponent``).
     """
-    roots = federation.start_round()
+    roots = federation.start_round(exponent)
     n_trees = roots.n_nodes
-    builders = [_TreeBuilder(*roots.totals[t, :2]) for t in range(n_trees)]
+    at = roots.index()
     frontier = [(t, 0) for t in range(n_trees)]
+    builders = [_TreeBuilder(*roots.totals[at[k], :2]) for k in frontier]
     cache: dict[tuple[int, int], _Hist] = {
-        (t, 0): (roots.grad[t], roots.hess[t], roots.totals[t]) for t in range(n_trees)
+        k: (roots.grad[at[k]], roots.hess[at[k]], roots.totals[at[k]]) for k in frontier
     }
     depth = 0
     while frontier and depth < p.max_depth:
@@ -202,6 +214,8 @@ def train(
     params: GBDTParams,
     intercept: Intercept,
     *,
+    n_rows: int,
+    label_bound: float,
     feature_names: Sequence[str] | None = None,
     init_model: GBDTModel | None = None,
     callback: Callable[[GBDTModel, RoundResult], None] | None = None,
@@ -209,8 +223,10 @@ def train(
     """Boost ``num_boost_round`` rounds (after ``init_model``'s, when resuming).
 
     The silos must have ``set_intercept`` done (and, when resuming, the model's
-    trees replayed); ``callback`` sees the model after every round, e.g. to
-    checkpoint it.
+    trees replayed); ``n_rows`` is the federated row count and ``label_bound``
+    the largest silo ``label_bound()``: with the trees they bound the gradients,
+    which fixes each round's gradient grid. ``callback`` sees the model after
+    every round, e.g. to checkpoint it.
     """
     objective = make_objective(params.objective, params.num_class)
     trees: list[Tree] = list(init_model.trees) if init_model else []
@@ -226,9 +242,14 @@ def train(
         cuts=tuple(cuts),
         feature_names=tuple(feature_names) if feature_names is not None else None,
     )
+    margin_bound = abs(intercept.base_margin) + float(np.max(np.abs(intercept.offsets)))
+    margin_bound += sum(float(np.max(np.abs(t.value))) for t in trees)
     for r in range(start, start + params.num_boost_round):
         offsets = intercept.offsets if r == 0 else np.zeros(params.n_outputs)
-        new, loss = grow_round(federation, cuts, params.tree, offsets)
+        bound = objective.gradient_bound(label_bound, margin_bound)
+        exponent = gradient_exponent(n_rows, bound)
+        new, loss = grow_round(federation, cuts, params.tree, offsets, exponent)
+        margin_bound += sum(float(np.max(np.abs(t.value))) for t in new)
         trees.extend(new)
         info.extend(range(len(new)))
         model = GBDTModel(
@@ -247,9 +268,7 @@ def train(
     return model
 
 
-def federated_cuts(
-    data: Sequence[np.ndarray], max_bin: int
-) -> list[np.ndarray]:
+def federated_cuts(data: Sequence[np.ndarray], max_bin: int) -> list[np.ndarray]:
     """Return cut points from per-silo sketches (each silo's float32 features)."""
     size = sketch_size(max_bin)
     return cut_points(merge_sketches([summarize(X, size) for X in data], size), max_bin)
@@ -271,13 +290,17 @@ def train_in_memory(
     """
     p = params if isinstance(params, GBDTParams) else GBDTParams.from_dict(params)
     objective = make_objective(p.objective, p.num_class)
-    names = list(names) if names is not None else [f"silo-{i}" for i in range(len(silos))]
+    names = (
+        list(names) if names is not None else [f"silo-{i}" for i in range(len(silos))]
+    )
     if len(names) != len(silos):
         raise ValueError("names and silos differ in length")
     if not silos:
         raise ValueError("no silos to train on")
     data = [
-        prepare_silo_data(name, X, y, objective, label=str(getattr(y, "name", None) or "label"))
+        prepare_silo_data(
+            name, X, y, objective, label=str(getattr(y, "name", None) or "label")
+        )
         for name, (X, y) in zip(names, silos, strict=True)
     ]
     reference = data[0].feature_names
@@ -288,14 +311,19 @@ def train_in_memory(
             )
         for got, want in zip(d.feature_names, reference, strict=True):
             if got != want:
-                raise SiloDataError(name, f"feature {got!r} where {want!r} was expected", column=got)
+                raise SiloDataError(
+                    name, f"feature {got!r} where {want!r} was expected", column=got
+                )
     if cuts is None:
         cuts = federated_cuts([d.X for d in data], p.max_bin)
     elif len(cuts) != len(reference):
         raise ValueError(f"{len(cuts)} cut arrays for {len(reference)} features")
     stats = np.sum([objective.label_stats(d.y) for d in data], axis=0)
     intercept = objective.intercept(stats, p.base_score)
-    states = [SiloTreeState.create(n, d, cuts, objective, backend) for n, d in zip(names, data, strict=True)]
+    states = [
+        SiloTreeState.create(n, d, cuts, objective, backend)
+        for n, d in zip(names, data, strict=True)
+    ]
     for s in states:
         s.set_intercept(intercept)
     default = tuple(f"f{j}" for j in range(len(reference)))
@@ -306,6 +334,8 @@ def train_in_memory(
             cuts,
             p,
             intercept,
+            n_rows=objective.n_rows(stats),
+            label_bound=max(s.label_bound() for s in states),
             feature_names=named,
             callback=callback,
         )

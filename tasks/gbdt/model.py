@@ -61,13 +61,13 @@ class Tree:
             if not inner.any():
                 break
             x = X32[rows, self.feature[node]]
-            go_left = np.where(np.isnan(x), self.default_left[node], x < self.threshold[node])
+            go_left = np.where(
+                np.isnan(x), self.default_left[node], x < self.threshold[node]
+            )
             node = np.where(inner, np.where(go_left, left, self.right[node]), node)
         return node
 
-    def descend_binned(
-        self, binned: BinnedMatrix, node: np.ndarray
-    ) -> np.ndarray:
+    def descend_binned(self, binned: BinnedMatrix, node: np.ndarray) -> np.ndarray:
         """Return leaf ids of binned rows starting from nodes ``node``."""
         node = node.astype(np.int64, copy=True)
         rows = np.arange(binned.n_rows)

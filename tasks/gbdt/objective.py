@@ -69,6 +69,18 @@ class Objective(ABC):
         """Return the metric from a federated loss sum and row count."""
         return loss_sum / n if n else float("nan")
 
+    def n_rows(self, stats: np.ndarray) -> int:
+        """Return the federated row count from summed ``label_stats``."""
+        return int(stats[0])
+
+    def label_bound(self, y: np.ndarray) -> float:
+        """Return a silo's bound on labels the gradient bound needs (max over silos)."""
+        return 1.0
+
+    def gradient_bound(self, label_bound: float, margin_bound: float) -> float:
+        """Return a bound on every |gradient| and hessian given margin bounds."""
+        return 1.0
+
     def base_margin(self, base_score: np.float32) -> float:
         """Return the margin XGBoost starts from for a stored ``base_score``."""
         return float(base_score)
@@ -178,6 +190,14 @@ class SquaredError(Objective):
         """Return the root mean squared error."""
         return float(np.sqrt(loss_sum / n)) if n else float("nan")
 
+    def label_bound(self, y: np.ndarray) -> float:
+        """Return the largest |label| (the coordinator takes the max over silos)."""
+        return float(np.max(np.abs(y), initial=0.0))
+
+    def gradient_bound(self, label_bound: float, margin_bound: float) -> float:
+        """Return ``max(1, |y|max + |m|max)``: ``|m - y|`` and the unit hessian."""
+        return max(1.0, label_bound + margin_bound)
+
 
 def _softmax(m: np.ndarray) -> np.ndarray:
     z = np.exp(m - m.max(axis=1, keepdims=True))
@@ -205,6 +225,10 @@ class SoftmaxMulti(Objective):
         if np.any(y < 0) or np.any(y >= k) or np.any(y != np.floor(y)):
             return f"labels must be integers in [0, {k}) for multi:softprob"
         return None
+
+    def n_rows(self, stats: np.ndarray) -> int:
+        """Return the federated row count from summed class counts."""
+        return int(stats.sum())
 
     def label_stats(self, y: np.ndarray) -> np.ndarray:
         """Return the row count of every class."""

@@ -48,7 +48,9 @@ class GBDTParams:
         for key, value in params.items():
             name = ALIASES.get(key, key)
             if name in values and values[name] != value:
-                raise SpecError(f"parameter {name!r} is given twice with different values")
+                raise SpecError(
+                    f"parameter {name!r} is given twice with different values"
+                )
             values[name] = value
         for key in IGNORED:
             values.pop(key, None)
@@ -66,9 +68,18 @@ class GBDTParams:
                     raise SpecError(f"parameter {key!r} must be an integer, got {v!r}")
         for key in (*_FLOATS, "base_score"):
             v = values.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, int | float)
+            ):
                 raise SpecError(f"parameter {key!r} must be a number, got {v!r}")
-        tree_keys = {"eta", "max_depth", "reg_lambda", "reg_alpha", "gamma", "min_child_weight"}
+        tree_keys = {
+            "eta",
+            "max_depth",
+            "reg_lambda",
+            "reg_alpha",
+            "gamma",
+            "min_child_weight",
+        }
         tree = TreeParams(**{k: v for k, v in values.items() if k in tree_keys})
         top = ("objective", "num_class", "num_boost_round", "max_bin", "base_score")
         p = cls(**{k: values[k] for k in top if k in values}, tree=tree)
@@ -86,7 +97,9 @@ class GBDTParams:
         if self.objective == "multi:softprob" and self.num_class < 2:
             raise SpecError("multi:softprob needs num_class >= 2")
         if self.objective != "multi:softprob" and self.num_class not in (0, 1):
-            raise SpecError(f"num_class is only for multi:softprob, got {self.num_class}")
+            raise SpecError(
+                f"num_class is only for multi:softprob, got {self.num_class}"
+            )
         if not 2 <= self.max_bin <= MAX_BINS:
             raise SpecError(f"max_bin must be in [2, {MAX_BINS}], got {self.max_bin}")
         if self.num_boost_round < 1:

@@ -3,6 +3,19 @@
 Only aggregates leave a ``SiloTreeState``: label sums, histograms of nodes
 (shaped by nodes, features and bins, never by rows), row counts per node and
 loss sums. Everything is deterministic: the same rows give the same bytes.
+
+What leaves a silo, and what it reveals
+---------------------------------------
+- at setup: per-column quantile summaries (see ``sketch``), the row count and
+  the label sum (or class counts), and for regression the largest |label|;
+- per tree level: for each requested node, the sums of gradients and hessians
+  per feature and bin, the missing-value sums and the node's row count;
+- per round: the summed training loss.
+A node histogram is a sum over the node's rows, but a node holding one or a few
+of a silo's rows discloses those rows' bins and gradients (and so, for
+classification, their labels). Secure aggregation (the gradients are already
+fixed-point, see ``histogram.quantize``) or a minimum of rows per node and silo
+would close that; neither is implemented here.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from fedsilo.tasks.gbdt.histogram import (
     NodeHistograms,
     build_histograms,
     empty_histograms,
+    quantize,
 )
 from fedsilo.tasks.gbdt.model import Tree
 from fedsilo.tasks.gbdt.objective import Intercept, Objective
@@ -119,7 +133,9 @@ def prepare_silo_data(
     labels = np.asarray(y)
     if labels.ndim != 1 or labels.shape[0] != n_rows:
         raise SiloDataError(
-            silo, f"labels have shape {labels.shape}, expected ({n_rows},)", column=label
+            silo,
+            f"labels have shape {labels.shape}, expected ({n_rows},)",
+            column=label,
         )
     problem = objective.label_problem(labels)
     if problem is not None:
@@ -187,18 +203,25 @@ class SiloTreeState:
         """Return the label sums the coordinator needs for the intercept."""
         return self.objective.label_stats(self._data()[1])
 
+    def label_bound(self) -> float:
+        """Return the label bound the coordinator needs (take the max over silos)."""
+        return self.objective.label_bound(self._data()[1])
+
     def set_intercept(self, intercept: Intercept) -> None:
         """Start every margin at the base margin; offsets apply to round one."""
         _, _, margin = self._data()
         margin[:] = intercept.base_margin
         self._offsets = np.asarray(intercept.offsets, dtype=np.float64).copy()
 
-    def start_round(self) -> NodeHistograms:
-        """Compute gradients, put every row at the root, return root histograms."""
+    def start_round(self, exponent: int) -> NodeHistograms:
+        """Compute gradients on the grid ``2**-exponent``, return root histograms.
+
+        Every row starts at the root of each of the round's trees.
+        """
         _, y, margin = self._data()
         g, h = self.objective.gradients(y, margin + self._offsets)
-        self._grad = np.ascontiguousarray(g.T)
-        self._hess = np.ascontiguousarray(h.T)
+        self._grad = np.ascontiguousarray(quantize(g, exponent).T)
+        self._hess = np.ascontiguousarray(quantize(h, exponent).T)
         self._positions = np.zeros((g.shape[1], margin.shape[0]), dtype=np.int32)
         return self.histograms([(t, 0) for t in range(g.shape[1])])
 
@@ -262,7 +285,7 @@ class SiloTreeState:
         ``trees[t]`` fits output ``t``; its leaves already hold the offsets of the
         first round, which is why the offsets are cleared here.
         """
-        binned, y, margin = self._data()
+        binned, _, margin = self._data()
         _, _, positions = self._round()
         if len(trees) != margin.shape[1]:
             raise ValueError(f"expected {margin.shape[1]} trees, got {len(trees)}")
@@ -282,7 +305,9 @@ class SiloTreeState:
         binned, _, margin = self._data()
         start = np.zeros(binned.n_rows, np.int64)
         for tree, k in zip(trees, tree_info, strict=True):
-            margin[:, k] += tree.value[tree.descend_binned(binned, start)].astype(np.float64)
+            margin[:, k] += tree.value[tree.descend_binned(binned, start)].astype(
+                np.float64
+            )
         if trees:
             self._offsets = np.zeros_like(self._offsets)
 

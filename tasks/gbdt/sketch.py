@@ -147,9 +147,7 @@ def combine(parts: Sequence[QuantileSummary]) -> QuantileSummary:
     return QuantileSummary(values=values, rmin=rmin, rmax=rmax, wmin=wmin)
 
 
-def merge_summaries(
-    parts: Sequence[QuantileSummary], max_size: int
-) -> QuantileSummary:
+def merge_summaries(parts: Sequence[QuantileSummary], max_size: int) -> QuantileSummary:
     """Merge one column's summaries from several silos and prune to ``max_size``."""
     return prune(combine(parts), max_size)
 
@@ -184,9 +182,7 @@ def column_cuts(summary: QuantileSummary, max_bin: int) -> np.ndarray:
     return np.r_[values, last].astype(np.float32)
 
 
-def cut_points(
-    merged: Sequence[QuantileSummary], max_bin: int
-) -> list[np.ndarray]:
+def cut_points(merged: Sequence[QuantileSummary], max_bin: int) -> list[np.ndarray]:
     """Return float32 cut points per feature from merged summaries."""
     if max_bin < 2:
         raise ValueError("max_bin must be at least 2")

@@ -112,11 +112,11 @@ def find_splits(
         if not (loss_chg > RT_EPS and loss_chg >= p.gamma):
             out.append(None)
             continue
-        f, k, d = np.unravel_index(int(b), (n_features, stride, 2))
+        f, k, d = (int(v) for v in np.unravel_index(int(b), (n_features, stride, 2)))
         out.append(
             SplitInfo(
-                feature=int(f),
-                bin=int(k),
+                feature=f,
+                bin=k,
                 threshold=np.float32(cuts[f][k]),
                 default_left=bool(d),
                 gain=loss_chg,

@@ -196,8 +196,17 @@ def trees_dataframe(model: GBDTModel) -> pd.DataFrame:
     rows: dict[str, list[Any]] = {
         c: []
         for c in (
-            "Tree", "Node", "ID", "Feature", "Split", "Yes", "No", "Missing",
-            "Gain", "Cover", "Category",
+            "Tree",
+            "Node",
+            "ID",
+            "Feature",
+            "Split",
+            "Yes",
+            "No",
+            "Missing",
+            "Gain",
+            "Cover",
+            "Category",
         )
     }
     for i, tree in enumerate(model.trees):
