@@ -17,7 +17,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 CLASSIFIERS = frozenset({"sgd-logistic", "logistic", "mlp-classifier"})
 REGRESSORS = frozenset({"sgd-regressor", "mlp-regressor"})
 ModelKind = Literal[
-    "sgd-logistic", "sgd-regressor", "logistic", "mlp-classifier", "mlp-regressor"
+    "sgd-logistic",
+    "sgd-regressor",
+    "logistic",
+    "mlp-classifier",
+    "mlp-regressor",
+    "xgboost",
 ]
 
 
@@ -30,6 +35,20 @@ class ModelSpec(_Strict):
 
     kind: ModelKind = "sgd-logistic"
     params: dict[str, Any] = Field(default_factory=dict)
+    trees_per_round: int = Field(1, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _xgboost_params(self) -> ModelSpec:
+        if self.kind == "xgboost":
+            from fedsilo.tasks.gbdt.params import GBDTParams
+
+            try:
+                GBDTParams.from_dict(self.params)
+            except SpecError as error:
+                raise ValueError(f"params: {error.reason}") from None
+        elif self.trees_per_round != 1:
+            raise ValueError("trees_per_round applies to kind 'xgboost' only")
+        return self
 
 
 class StrategySpec(_Strict):
@@ -112,6 +131,13 @@ class FederationSpec(_Strict):
             raise ValueError(f"model {self.model.kind!r} is a regressor")
         if self.task == "regression" and self.model.kind in CLASSIFIERS:
             raise ValueError(f"model {self.model.kind!r} is a classifier")
+        if self.model.kind == "xgboost":
+            objective = self.model.params.get("objective", "reg:squarederror")
+            wanted = "regression" if objective.startswith("reg:") else "classification"
+            if wanted != self.task:
+                raise ValueError(
+                    f"model.params.objective {objective!r} needs task {wanted!r}"
+                )
         if self.strategy.min_silos > len(self.silos):
             raise ValueError(
                 f"strategy.min_silos={self.strategy.min_silos} exceeds the "
@@ -139,7 +165,7 @@ def _format_errors(source: str, error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"]
+        msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
         parts.append(f"{loc}: {msg}")
