@@ -7,11 +7,12 @@ import time
 from prefect import flow, get_run_logger
 
 from fedsilo.errors import SiloFailedError
+from fedsilo.flows.reporting import publish_round, round_table
 from fedsilo.tasks import run_state
 from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.metrics import global_metrics
-from fedsilo.tasks.sampling import sample_silos
 from fedsilo.tasks.round_tasks import aggregate, checkpoint, evaluate_local, fit_local
+from fedsilo.tasks.sampling import sample_silos
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -68,6 +69,11 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
         bytes_down=sum(u.bytes_down for u in updates),
         bytes_up=sum(u.bytes_up for u in updates),
         checkpoint=path,
+    )
+    publish_round(
+        state.spec.name,
+        round_number,
+        round_table(evaluations, updates, test_metrics),
     )
     get_run_logger().info(
         "round %d: %d/%d silos trained, test %s, %.2fs",

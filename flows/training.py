@@ -14,6 +14,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from fedsilo.cluster import SiloCluster, silo_cluster
 from fedsilo.connectors.schema import check_schemas
 from fedsilo.errors import CheckpointError
+from fedsilo.flows.reporting import publish_summary
 from fedsilo.flows.round import federated_round, format_metrics
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks import run_state, sklearn_models
@@ -257,6 +258,7 @@ def federated_training(
             run_state.forget(run_id)
             opened["prepared"].clear()
     final = state.history[-1] if state.history else None
+    publish_summary(spec.name, run_id, store.run_path, state.history)
     if final is not None:
         logger.info("finished %s: %s", run_id, format_metrics(final.metrics))
     return {

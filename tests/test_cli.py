@@ -16,7 +16,9 @@ import yaml
 from fedsilo.cli import main
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fedsilo.cli", *args],
         capture_output=True,
@@ -65,8 +67,15 @@ def test_missing_spec_file(tmp_path: Path) -> None:
 
 
 def test_split_refuses_a_bad_partition_count(tmp_path: Path) -> None:
-    result = run_cli("datasets", "split", "breast_cancer", "--silos", "0",
-                     "--out", str(tmp_path / "x"))
+    result = run_cli(
+        "datasets",
+        "split",
+        "breast_cancer",
+        "--silos",
+        "0",
+        "--out",
+        str(tmp_path / "x"),
+    )
 
     assert result.returncode == 2
     assert len(error_lines(result)) == 1
@@ -127,7 +136,9 @@ def test_bad_silo_data_is_one_line_naming_silo_and_column(
     mutate, reason, column = BAD_DATA[case]
     mutate(data / "silo-2" / "train.parquet")
 
-    result = run_cli("run", str(spec_path), env={"PREFECT_API_URL": str(PREFECT_API_URL.value())})
+    result = run_cli(
+        "run", str(spec_path), env={"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    )
 
     assert result.returncode == 2, result.stderr
     (line,) = error_lines(result)
@@ -135,10 +146,14 @@ def test_bad_silo_data_is_one_line_naming_silo_and_column(
     assert reason in line
     if column:
         assert f"column {column!r}" in line
-    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("_SUCCESS"))
+    assert not (tmp_path / "store").exists() or not any(
+        (tmp_path / "store").rglob("_SUCCESS")
+    )
 
 
-def test_in_process_main_reports_spec_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_in_process_main_reports_spec_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text("- just\n- a list\n")
 

@@ -19,7 +19,9 @@ def test_fraction_and_min_silos_set_the_count() -> None:
 def test_sample_is_seeded_and_varies_by_round() -> None:
     first = sample_silos(SILOS, 0.3, 1, seed=7, round_number=1)
     assert first == sample_silos(SILOS, 0.3, 1, seed=7, round_number=1)
-    rounds = {tuple(sample_silos(SILOS, 0.3, 1, seed=7, round_number=r)) for r in range(20)}
+    rounds = {
+        tuple(sample_silos(SILOS, 0.3, 1, seed=7, round_number=r)) for r in range(20)
+    }
     assert len(rounds) > 5
     assert all(set(r) <= set(SILOS) for r in rounds)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,10 +181,15 @@ def test_breast_cancer_fedavg_is_within_two_points_of_pooled_logistic(
     from fedsilo.tasks.model_io import load_estimator
 
     spec = make_spec(
-        breast_cancer_dir, tmp_path / "store", rounds=20,
+        breast_cancer_dir,
+        tmp_path / "store",
+        rounds=20,
         cluster={"address": shared_cluster},
     )
-    train, test = _pooled(breast_cancer_dir, "train"), _pooled(breast_cancer_dir, "test")
+    train, test = (
+        _pooled(breast_cancer_dir, "train"),
+        _pooled(breast_cancer_dir, "test"),
+    )
     features = [c for c in train.columns if c != "label"]
     pooled = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     pooled.fit(train[features], train["label"])
@@ -196,7 +202,9 @@ def test_breast_cancer_fedavg_is_within_two_points_of_pooled_logistic(
     # The checkpoint rebuilds the very model the silos scored.
     store = CheckpointStore(str(tmp_path / "store"), spec.name, summary["run_id"])
     model = load_estimator(store)
-    rebuilt = model.score(test[model.feature_names_].to_numpy(), test["label"].to_numpy())
+    rebuilt = model.score(
+        test[model.feature_names_].to_numpy(), test["label"].to_numpy()
+    )
     assert rebuilt == pytest.approx(federated, abs=1e-12)
 
 
@@ -221,14 +229,25 @@ def test_every_model_kind_trains_across_silos(
     from fedsilo.flows.training import federated_training
 
     spec_path = write_federation(
-        dataset, n_silos=3, partition="iid", out=tmp_path / "data", rounds=8,
+        dataset,
+        n_silos=3,
+        partition="iid",
+        out=tmp_path / "data",
+        rounds=8,
         model_kind=kind,
     )
     local = {"epochs": 5, "batch_size": 16}
-    params = {"hidden_layer_sizes": [16], "learning_rate_init": 0.01} if "mlp" in kind else {}
+    params = (
+        {"hidden_layer_sizes": [16], "learning_rate_init": 0.01}
+        if "mlp" in kind
+        else {}
+    )
     spec = make_spec(
-        spec_path.parent, tmp_path / "store", cluster={"address": shared_cluster},
-        model={"kind": kind, "params": params}, local=local,
+        spec_path.parent,
+        tmp_path / "store",
+        cluster={"address": shared_cluster},
+        model={"kind": kind, "params": params},
+        local=local,
     )
 
     summary = federated_training(spec)
@@ -239,3 +258,87 @@ def test_every_model_kind_trains_across_silos(
         assert value >= floor
     store = CheckpointStore(str(tmp_path / "store"), spec.name, summary["run_id"])
     assert store.complete_rounds() == list(range(1, 9))
+
+
+def test_fraction_samples_trainers_and_every_silo_scores(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
+) -> None:
+    from fedsilo.flows.training import federated_training
+
+    seen: list[Any] = []
+    run_state.listeners.append(lambda result, state: seen.append(result))
+    spec = make_spec(
+        breast_cancer_dir,
+        tmp_path / "store",
+        rounds=3,
+        cluster={"address": shared_cluster},
+        strategy={"kind": "fedavg", "fraction": 0.5, "min_silos": 1},
+    )
+    try:
+        federated_training(spec)
+    finally:
+        run_state.listeners.pop()
+
+    for result in seen:
+        assert len(result.selected) == 2
+        assert sorted(result.fit_workers) == sorted(result.selected)
+        assert sorted(result.eval_workers) == [s.name for s in spec.silos]
+    assert len({r.selected for r in seen}) > 1 or len(seen) == 1
+
+
+def test_prefect_records_round_flow_runs_and_artifacts(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    from fedsilo.flows.reporting import artifact_key
+    from fedsilo.flows.training import federated_training
+
+    spec = make_spec(
+        breast_cancer_dir,
+        tmp_path / "store",
+        rounds=2,
+        name="artifact-check",
+        cluster={"address": shared_cluster},
+    )
+
+    federated_training(spec)
+
+    with get_client(sync_client=True) as client:
+        parents = [r for r in client.read_flow_runs() if r.name == "artifact-check"]
+        assert len(parents) == 1 and parents[0].state.is_completed()
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parents[0].id])
+            )
+        )
+        assert sorted(r.name for r in children) == ["round-0001", "round-0002"]
+        assert all(r.state.is_completed() for r in children)
+        key = artifact_key("artifact-check", "round-metrics")
+        tables = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+        assert len(tables) == 2
+        assert {t.flow_run_id for t in tables} == {r.id for r in children}
+        summary = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[artifact_key("artifact-check", "summary")])
+            )
+        )
+    assert len(summary) == 1
+    assert str(tmp_path / "store") in summary[0].data
+    table = tables[0].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert {row["silo"] for row in rows} == {
+        "silo-0",
+        "silo-1",
+        "silo-2",
+        "silo-3",
+        "global",
+    }

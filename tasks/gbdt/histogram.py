@@ -21,18 +21,17 @@ one silo or many. (Fixed-point values are also what secure aggregation masks.)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
 from fedsilo.tasks.gbdt.binning import BinnedMatrix
+from fedsilo.tasks.gbdt.jit import kernels
 
 Backend = Literal["auto", "numpy", "numba"]
-_numba_kernel: Callable[..., None] | None = None
-_numba_checked = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,47 +87,9 @@ def empty_histograms(n_features: int, stride: int) -> NodeHistograms:
     )
 
 
-def _load_numba() -> Callable[..., None] | None:
-    global _numba_kernel, _numba_checked
-    if _numba_checked:
-        return _numba_kernel
-    _numba_checked = True
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    @numba.njit(cache=True, nogil=True)
-    def kernel(
-        bins: Any,
-        missing: Any,
-        use_missing: bool,
-        rows: Any,
-        slots: Any,
-        g: Any,
-        h: Any,
-        missing_slot: int,
-        out: Any,
-    ) -> None:  # pragma: no cover - compiled
-        # out[slot, feature, bin, 0 | 1]: gradient and hessian side by side
-        n_features = bins.shape[1]
-        for r in range(rows.shape[0]):
-            i = rows[r]
-            s = slots[r]
-            gi = g[i]
-            hi = h[i]
-            for f in range(n_features):
-                b = missing_slot if use_missing and missing[i, f] else bins[i, f]
-                out[s, f, b, 0] += gi
-                out[s, f, b, 1] += hi
-
-    _numba_kernel = kernel
-    return kernel
-
-
 def numba_available() -> bool:
-    """Return whether the numba kernel can be used."""
-    return _load_numba() is not None
+    """Return whether the numba kernels can be used."""
+    return kernels() is not None
 
 
 def _select(positions: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,37 +141,41 @@ def build_histograms(
     """
     nodes = np.asarray(nodes, dtype=np.int64)
     m, n_features, stride = nodes.shape[0], binned.n_features, binned.stride
-    rows, slots = _select(positions, nodes)
-    totals = np.stack(
-        [
-            np.bincount(slots, grad[rows], minlength=m),
-            np.bincount(slots, hess[rows], minlength=m),
-            np.bincount(slots, minlength=m).astype(np.float64),
-        ],
-        axis=1,
-    )
-    kernel = None if backend == "numpy" else _load_numba()
-    if kernel is None and backend == "numba":
+    jit = None if backend == "numpy" else kernels()
+    if jit is None and backend == "numba":
         raise RuntimeError("numba is not installed")
-    if kernel is None:
+    if jit is None:
+        rows, slots = _select(positions, nodes)
+        totals = np.stack(
+            [
+                np.bincount(slots, grad[rows], minlength=m),
+                np.bincount(slots, hess[rows], minlength=m),
+                np.bincount(slots, minlength=m).astype(np.float64),
+            ],
+            axis=1,
+        )
         out_g = np.zeros((m, n_features, stride + 1))
         out_h = np.zeros((m, n_features, stride + 1))
         _numpy_kernel(binned, rows, slots, grad, hess, out_g, out_h)
-    else:
-        out = np.zeros((m, n_features, stride + 1, 2))
-        missing = binned.missing
-        kernel(
-            binned.bins,
-            missing if missing is not None else np.zeros((1, 1), bool),
-            missing is not None,
-            rows,
-            slots,
-            np.ascontiguousarray(grad, dtype=np.float64),
-            np.ascontiguousarray(hess, dtype=np.float64),
-            stride,
-            out,
-        )
-        out_g, out_h = out[..., 0].copy(), out[..., 1].copy()
+        return out_g, out_h, totals
+    lut = np.full(int(nodes.max(initial=-1)) + 1, -1, dtype=np.int64)
+    lut[nodes] = np.arange(m)
+    out = np.zeros((m, n_features, stride + 1, 2))
+    totals = np.zeros((m, 3))
+    missing = binned.missing
+    jit.histogram(
+        binned.bins,
+        missing if missing is not None else np.zeros((1, 1), bool),
+        missing is not None,
+        positions,
+        lut,
+        np.ascontiguousarray(grad, dtype=np.float64),
+        np.ascontiguousarray(hess, dtype=np.float64),
+        stride,
+        out,
+        totals,
+    )
+    out_g, out_h = out[..., 0].copy(), out[..., 1].copy()
     return out_g, out_h, totals
 
 

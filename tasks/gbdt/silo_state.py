@@ -36,6 +36,7 @@ from fedsilo.tasks.gbdt.histogram import (
     empty_histograms,
     quantize,
 )
+from fedsilo.tasks.gbdt.jit import kernels
 from fedsilo.tasks.gbdt.model import Tree
 from fedsilo.tasks.gbdt.objective import Intercept, Objective
 
@@ -232,9 +233,33 @@ class SiloTreeState:
         by_tree: dict[int, list[NodeSplit]] = {}
         for s in splits:
             by_tree.setdefault(s.tree, []).append(s)
+        jit = None if self.backend == "numpy" else kernels()
         for t, tree_splits in by_tree.items():
             pos = positions[t]
-            size = int(max(pos.max(initial=0), max(s.node for s in tree_splits))) + 1
+            size = max(s.node for s in tree_splits) + 1
+            if jit is not None:
+                feature = np.full(size, -1, np.int64)
+                bin_ = np.zeros(size, np.int64)
+                default_left = np.zeros(size, bool)
+                left = np.zeros(size, np.int32)
+                for s in tree_splits:
+                    feature[s.node] = s.feature
+                    bin_[s.node] = s.bin
+                    default_left[s.node] = s.default_left
+                    left[s.node] = s.left
+                missing = binned.missing
+                jit.route(
+                    binned.bins,
+                    missing if missing is not None else np.zeros((1, 1), bool),
+                    missing is not None,
+                    pos,
+                    feature,
+                    bin_,
+                    default_left,
+                    left,
+                )
+                continue
+            size = max(size, int(pos.max(initial=0)) + 1)
             split_at = np.zeros(size, bool)
             feature = np.zeros(size, np.int64)
             bin_ = np.zeros(size, np.int64)
@@ -290,7 +315,7 @@ class SiloTreeState:
         if len(trees) != margin.shape[1]:
             raise ValueError(f"expected {margin.shape[1]} trees, got {len(trees)}")
         for t, tree in enumerate(trees):
-            leaf = tree.descend_binned(binned, positions[t])
+            leaf = tree.descend_binned(binned, positions[t], self.backend)
             margin[:, t] += tree.value[leaf].astype(np.float64)
         self._offsets = np.zeros_like(self._offsets)
         self._grad = self._hess = self._positions = None
@@ -305,7 +330,9 @@ class SiloTreeState:
         binned, _, margin = self._data()
         start = np.zeros(binned.n_rows, np.int64)
         for tree, k in zip(trees, tree_info, strict=True):
-            margin[:, k] += tree.value[tree.descend_binned(binned, start)].astype(
+            margin[:, k] += tree.value[
+                tree.descend_binned(binned, start, self.backend)
+            ].astype(
                 np.float64
             )
         if trees:

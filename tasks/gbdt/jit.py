@@ -1,0 +1,207 @@
+"""Compiled (numba) kernels of the silo's and coordinator's hot loops.
+
+Each kernel mirrors a numpy implementation elsewhere in this package and gives
+bitwise equal results: rows are visited in increasing order (as ``flatnonzero``
+and ``bincount`` do), sums run left to right (as ``cumsum`` does) and gains use
+the same float64 operations in the same order. Without numba, ``kernels()``
+returns None and callers use their numpy code.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency
+    numba = None
+
+_kernels: SimpleNamespace | None = None
+
+
+def kernels() -> SimpleNamespace | None:
+    """Return the compiled kernels, or None when numba is not installed."""
+    return _kernels
+
+
+if numba is not None:
+    jit = numba.njit(cache=True, nogil=True)
+
+    @jit
+    def route(
+        bins: Any,
+        missing: Any,
+        use_missing: bool,
+        pos: Any,
+        feature: Any,
+        split_bin: Any,
+        default_left: Any,
+        left: Any,
+    ) -> None:  # pragma: no cover - compiled
+        # feature[node] < 0: the node is not split at this level
+        size = feature.shape[0]
+        for i in range(pos.shape[0]):
+            node = pos[i]
+            if node >= size:
+                continue
+            f = feature[node]
+            if f < 0:
+                continue
+            if use_missing and missing[i, f]:
+                go_left = default_left[node]
+            else:
+                go_left = bins[i, f] <= split_bin[node]
+            pos[i] = left[node] if go_left else left[node] + 1
+
+    @jit
+    def histogram(
+        bins: Any,
+        missing: Any,
+        use_missing: bool,
+        pos: Any,
+        lut: Any,
+        g: Any,
+        h: Any,
+        missing_slot: int,
+        out: Any,
+        totals: Any,
+    ) -> None:  # pragma: no cover - compiled
+        # out[slot, feature, bin, 0 | 1]; totals[slot] = (G, H, rows)
+        n_features = bins.shape[1]
+        size = lut.shape[0]
+        for i in range(pos.shape[0]):
+            p = pos[i]
+            if p >= size:
+                continue
+            s = lut[p]
+            if s < 0:
+                continue
+            gi = g[i]
+            hi = h[i]
+            totals[s, 0] += gi
+            totals[s, 1] += hi
+            totals[s, 2] += 1.0
+            if use_missing:
+                for f in range(n_features):
+                    b = missing_slot if missing[i, f] else bins[i, f]
+                    out[s, f, b, 0] += gi
+                    out[s, f, b, 1] += hi
+            else:
+                for f in range(n_features):
+                    b = bins[i, f]
+                    out[s, f, b, 0] += gi
+                    out[s, f, b, 1] += hi
+
+    @jit
+    def descend(
+        bins: Any,
+        missing: Any,
+        use_missing: bool,
+        start: Any,
+        left: Any,
+        right: Any,
+        feature: Any,
+        split_bin: Any,
+        default_left: Any,
+        out: Any,
+    ) -> None:  # pragma: no cover - compiled
+        for i in range(start.shape[0]):
+            node = start[i]
+            while left[node] >= 0:
+                f = feature[node]
+                if use_missing and missing[i, f]:
+                    go_left = default_left[node]
+                else:
+                    go_left = bins[i, f] <= split_bin[node]
+                node = left[node] if go_left else right[node]
+            out[i] = node
+
+    @jit
+    def gain(
+        g: float, h: float, reg_lambda: float, reg_alpha: float, mcw: float
+    ) -> float:  # pragma: no cover - compiled
+        if not (h >= mcw and h > 0.0):
+            return 0.0
+        if reg_alpha > 0.0:
+            a = abs(g) - reg_alpha
+            if a < 0.0:
+                a = 0.0
+            sign = 1.0 if g > 0.0 else (-1.0 if g < 0.0 else 0.0)
+            t = sign * a
+        else:
+            t = g
+        return (t * t) / (h + reg_lambda)
+
+    @jit
+    def best_splits(
+        grad: Any,
+        hess: Any,
+        totals: Any,
+        n_bins: Any,
+        reg_lambda: float,
+        reg_alpha: float,
+        mcw: float,
+        best: Any,
+        sums: Any,
+    ) -> None:  # pragma: no cover - compiled
+        # best[i] = (feature, bin, default_left), sums[i] = (gain, GL, HL, GR, HR)
+        m, n_features, width = grad.shape
+        stride = width - 1
+        for i in range(m):
+            g_total = totals[i, 0]
+            h_total = totals[i, 1]
+            parent = gain(g_total, h_total, reg_lambda, reg_alpha, mcw)
+            top = -np.inf
+            bf = 0
+            bk = 0
+            bd = 0
+            for f in range(n_features):
+                miss_g = grad[i, f, stride]
+                miss_h = hess[i, f, stride]
+                limit = min(stride, n_bins[f])
+                lg = 0.0
+                lh = 0.0
+                for k in range(limit):
+                    lg += grad[i, f, k]
+                    lh += hess[i, f, k]
+                    for d in range(2):
+                        gl = lg + miss_g if d == 1 else lg
+                        hl = lh + miss_h if d == 1 else lh
+                        gr = g_total - gl
+                        hr = h_total - hl
+                        if not (hl >= mcw and hr >= mcw and hl > 0.0 and hr > 0.0):
+                            continue
+                        value = (
+                            gain(gl, hl, reg_lambda, reg_alpha, mcw)
+                            + gain(gr, hr, reg_lambda, reg_alpha, mcw)
+                            - parent
+                        )
+                        if value > top:
+                            top = value
+                            bf = f
+                            bk = k
+                            bd = d
+            best[i, 0] = bf
+            best[i, 1] = bk
+            best[i, 2] = bd
+            sums[i, 0] = top
+            if top > -np.inf:
+                gl = 0.0
+                hl = 0.0
+                for k in range(bk + 1):
+                    gl += grad[i, bf, k]
+                    hl += hess[i, bf, k]
+                if bd == 1:
+                    gl += grad[i, bf, stride]
+                    hl += hess[i, bf, stride]
+                sums[i, 1] = gl
+                sums[i, 2] = hl
+                sums[i, 3] = g_total - gl
+                sums[i, 4] = h_total - hl
+
+    _kernels = SimpleNamespace(
+        route=route, histogram=histogram, descend=descend, best_splits=best_splits
+    )
