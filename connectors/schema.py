@@ -66,7 +66,8 @@ def check_schemas(
             if kinds[name] not in {"numeric", "bool"}:
                 raise SiloDataError(
                     schema.silo,
-                    f"feature has dtype {columns[name].dtype}; features must be numeric",
+                    f"feature has dtype {columns[name].dtype}; "
+                    "features must be numeric",
                     column=name,
                 )
         extra = [name for name in columns if name not in kinds]

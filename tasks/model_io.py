@@ -55,7 +55,8 @@ def load_estimator(store: CheckpointStore, round_number: int | None = None) -> A
     )
     steps: list[tuple[str, Any]] = []
     if model.get("scaler"):
-        steps.append(("scale", _scaler(model["scaler"]["mean"], model["scaler"]["scale"])))
+        scaler = model["scaler"]
+        steps.append(("scale", _scaler(scaler["mean"], scaler["scale"])))
     steps.append(("model", estimator))
     pipeline = Pipeline(steps)
     pipeline.feature_names_ = list(model["features"])  # type: ignore[attr-defined]
