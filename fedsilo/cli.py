@@ -12,6 +12,7 @@ from typing import Any
 from fedsilo.errors import FedsiloError
 
 EXIT_USER_ERROR = 2
+EXIT_BUSY = 75  # EX_TEMPFAIL: another run of the federation holds its lock
 
 
 def _print_progress(result: Any, state: Any) -> None:
@@ -63,10 +64,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         history.append(result)
         _print_progress(result, state)
 
+    from fedsilo.locking import federation_lock
+    from fedsilo.tasks.checkpoint_store import new_run_id
+
+    if args.resume and not args.run_id:
+        raise FedsiloError("--resume needs --run-id (the run to continue)")
+    run_id = args.run_id or new_run_id()
     run_state.listeners.append(listener)
     started = time.perf_counter()
     try:
-        summary = federated_training(spec, run_id=args.run_id, resume=args.resume)
+        with federation_lock(spec.name, spec.checkpoints, run_id):
+            summary = federated_training(spec, run_id=run_id, resume=args.resume)
     finally:
         run_state.listeners.remove(listener)
     print(_final_table(summary, history, time.perf_counter() - started))
@@ -163,8 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except FedsiloError as error:
+        from fedsilo.locking import FederationBusyError
+
         print(f"fedsilo: error: {error.reason}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return EXIT_BUSY if isinstance(error, FederationBusyError) else EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("fedsilo: interrupted", file=sys.stderr)
         return 130
