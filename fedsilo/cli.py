@@ -105,6 +105,51 @@ def cmd_datasets_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Serve one silo: a Dask worker named after it, holding its data config."""
+    import asyncio
+    import re
+
+    from fedsilo.connectors.silo_config import load_silo_config, serve_silo_worker
+    from fedsilo.spec import NAME_PATTERN
+
+    if re.match(NAME_PATTERN, args.silo) is None:
+        raise FedsiloError(
+            f"--silo {args.silo!r}: use letters, digits, '.', '_' and '-' only"
+        )
+    config = load_silo_config(args.data)
+    if not args.verbose:
+        from fedsilo.prefect_env import quiet_dask_logs
+
+        quiet_dask_logs()
+
+    def ready(address: str) -> None:
+        print(
+            f"fedsilo worker: silo {args.silo!r} serving at {address}, "
+            f"scheduler {args.scheduler}",
+            flush=True,
+        )
+
+    why = asyncio.run(
+        serve_silo_worker(
+            args.scheduler,
+            args.silo,
+            config,
+            host=args.host,
+            port=args.port,
+            timeout=args.timeout,
+            on_ready=ready,
+        )
+    )
+    if why == "closed":
+        print(
+            f"fedsilo worker: silo {args.silo!r}: the scheduler closed the connection",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fedsilo", description=__doc__)
@@ -159,6 +204,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     split.add_argument("--overwrite", action="store_true")
     split.set_defaults(handler=cmd_datasets_split)
+
+    worker = sub.add_parser(
+        "worker",
+        help="serve one silo: a Dask worker that reads the silo's data where it is",
+        description="Start a single-threaded Dask worker named after the silo. Its "
+        "data sources (paths, URLs, credentials) come from SILO_CONFIG on this "
+        "machine; the central spec names the silo only.",
+    )
+    worker.add_argument(
+        "--scheduler", required=True, help="Dask scheduler address, tcp://HOST:PORT"
+    )
+    worker.add_argument(
+        "--silo", required=True, help="the silo's name, as the central spec has it"
+    )
+    worker.add_argument(
+        "--data",
+        required=True,
+        metavar="SILO_CONFIG",
+        help="YAML: train, test (path, fsspec URL or {url, table|query}), "
+        "test_fraction, storage_options",
+    )
+    worker.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    worker.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default: any free)"
+    )
+    worker.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the scheduler at start (default 60)",
+    )
+    worker.add_argument("--verbose", action="store_true", help="show Dask's logs")
+    worker.set_defaults(handler=cmd_worker)
     return parser
 
 

@@ -6,11 +6,20 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
+from fedsilo.connectors.sql import SqlSource, resolve_sqlite_url, url_password
 from fedsilo.errors import SpecError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -72,14 +81,46 @@ class PreprocessingSpec(_Strict):
     scale: Literal["standard", "none"] = "standard"
 
 
+def _source_kind(value: Any) -> str:
+    return "sql" if isinstance(value, dict | SqlSource) else "path"
+
+
+#: Where a silo's rows are: a Parquet/CSV path or fsspec URL, or an SQL source
+#: ``{url, table}`` / ``{url, query}`` (``fedsilo.connectors.sql.SqlSource``).
+DataSource = Annotated[
+    Annotated[str, Tag("path")] | Annotated[SqlSource, Tag("sql")],
+    Discriminator(_source_kind),
+]
+
+
 class SiloSpec(_Strict):
-    """One silo: a name, where its rows are, and how its test rows are chosen."""
+    """One silo: a name and, unless its own worker holds them, where its rows are.
+
+    Without ``train`` the silo's worker reads the sources of its own silo config
+    (``fedsilo worker --data SILO_CONFIG``): the central spec then names the
+    silo only, and the coordinator never learns where its rows are.
+    """
 
     name: str = Field(pattern=NAME_PATTERN)
-    train: str | None = None
-    test: str | None = None
+    train: DataSource | None = None
+    test: DataSource | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sources(self) -> SiloSpec:
+        if self.train is None and self.test is not None:
+            raise ValueError(
+                "test needs train (omit both to use the silo worker's own config)"
+            )
+        for field, source in (("train", self.train), ("test", self.test)):
+            if isinstance(source, SqlSource) and url_password(source.url):
+                raise ValueError(
+                    f"{field}.url holds a password, and the central spec is recorded "
+                    "in Prefect and in every checkpoint; keep credentials at the "
+                    "silo (fedsilo worker --data SILO_CONFIG, or PGPASSWORD/.pgpass)"
+                )
+        return self
 
 
 class ClusterSpec(_Strict):
@@ -155,7 +196,13 @@ def _is_url(location: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location) is not None
 
 
-def _resolve(location: str | None, base: Path) -> str | None:
+def resolve_source(
+    location: str | SqlSource | None, base: Path
+) -> str | SqlSource | None:
+    """Make a relative path (or SQLite file in a URL) absolute, relative to ``base``."""
+    if isinstance(location, SqlSource):
+        url = resolve_sqlite_url(location.url, base)
+        return location.model_copy(update={"url": url})
     if location is None or _is_url(location) or Path(location).is_absolute():
         return location
     return str((base / location).resolve())
@@ -186,7 +233,10 @@ def parse_spec(
         return spec
     silos = [
         s.model_copy(
-            update={"train": _resolve(s.train, base), "test": _resolve(s.test, base)}
+            update={
+                "train": resolve_source(s.train, base),
+                "test": resolve_source(s.test, base),
+            }
         )
         for s in spec.silos
     ]

@@ -90,8 +90,21 @@ _RUN_DIR_RE = re.compile(r"^run=(.+)$")
 _VERSIONED = ("fedsilo", "numpy", "pyarrow", "pandas", "scikit-learn")
 # Integer and float dtypes stored as float64; integers are checked to be exact.
 _STORABLE_KINDS = frozenset("biuf")
-# What fsspec backends and pyarrow raise on I/O or corrupt data.
-_IO_ERRORS = (OSError, pa.ArrowException)
+
+
+def _botocore_error() -> type[Exception]:
+    """Return botocore's base error, or OSError when botocore is not installed."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return OSError
+    return BotoCoreError
+
+
+# What fsspec backends and pyarrow raise on I/O or corrupt data. s3fs turns S3's
+# error replies into OSError but lets botocore's own errors through (no
+# credentials, endpoint unreachable, invalid bucket name): those are I/O too.
+_IO_ERRORS = (OSError, pa.ArrowException, _botocore_error())
 
 
 @dataclass(frozen=True, slots=True)

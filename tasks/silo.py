@@ -8,6 +8,7 @@ refers to through Dask futures.
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import pandas as pd
 
 from fedsilo.connectors.files import read_table
 from fedsilo.connectors.schema import describe_columns
+from fedsilo.connectors.silo_config import worker_silo_config
+from fedsilo.connectors.sql import SqlSource, read_sql
 from fedsilo.errors import SiloDataError
 from fedsilo.tasks import sklearn_models
 from fedsilo.tasks.messages import (
@@ -29,6 +32,8 @@ from fedsilo.tasks.messages import (
 )
 from fedsilo.tasks.metrics import classification_scores, regression_scores
 from fedsilo.tasks.statistics import moments
+
+_log = logging.getLogger("fedsilo.silo")
 
 
 def worker_name() -> str:
@@ -43,11 +48,15 @@ def worker_name() -> str:
 
 @dataclass(frozen=True, slots=True)
 class SiloSource:
-    """Where one silo's rows are, as the silo itself knows it."""
+    """Where one silo's rows are, as the central spec states it.
+
+    ``train`` None means "ask the silo": its worker reads the sources of the
+    silo config it was started with (``fedsilo worker --data``).
+    """
 
     silo: str
-    train: str | None
-    test: str | None
+    train: str | SqlSource | None
+    test: str | SqlSource | None
     test_fraction: float
     storage_options: dict[str, Any]
 
@@ -92,17 +101,70 @@ def silo_seed(seed: int, round_number: int, silo: str) -> np.random.Generator:
     return np.random.default_rng([seed, round_number, zlib.crc32(silo.encode())])
 
 
+def _read(
+    silo: str, location: str | SqlSource, options: dict[str, Any]
+) -> pd.DataFrame:
+    if isinstance(location, SqlSource):
+        return read_sql(silo, location)
+    return read_table(silo, location, storage_options=options)
+
+
+def _configured_source(silo: str) -> tuple[SiloSource, list[str]]:
+    """Return the silo worker's own sources, and the locations to keep private."""
+    config = worker_silo_config(silo)
+    if config is None:
+        raise SiloDataError(
+            silo,
+            "the spec gives no train source and this silo's worker holds no silo "
+            "config; start it with `fedsilo worker --silo NAME --data SILO_CONFIG` "
+            "or give silos[].train in the spec",
+        )
+    source = SiloSource(
+        silo,
+        config.train,
+        config.test,
+        config.test_fraction,
+        dict(config.storage_options),
+    )
+    return source, config.locations()
+
+
+def _private(error: SiloDataError, locations: list[str]) -> SiloDataError:
+    """Return the error with the silo's own paths and URLs replaced by a label."""
+    column = f", column {error.column!r}" if error.column else ""
+    prefix = f"silo {error.silo!r}{column}"
+    reason = error.reason.removeprefix(prefix + ": ")
+    for location in sorted(locations, key=len, reverse=True):
+        reason = reason.replace(location, "<its silo config's source>")
+    return SiloDataError(error.silo, reason, column=error.column)
+
+
 def load_silo(source: SiloSource, target: str, seed: int) -> SiloData:
-    """Read a silo's train (and test) rows; without a test source hold some out."""
+    """Read a silo's train (and test) rows; without a test source hold some out.
+
+    Without a train source in the spec, the rows come from the silo config of
+    the worker this runs on; errors then name the silo but not its paths or URLs
+    (the worker logs them in full).
+    """
+    private: list[str] = []
+    if source.train is None:
+        source, private = _configured_source(source.silo)
+    try:
+        return _load(source, seed)
+    except SiloDataError as error:
+        if not private:
+            raise
+        _log.error("%s", error.reason)
+        raise _private(error, private) from None
+
+
+def _load(source: SiloSource, seed: int) -> SiloData:
     if source.train is None:
         raise SiloDataError(source.silo, "no train source is configured")
-    train = read_table(
-        source.silo, source.train, storage_options=source.storage_options
-    )
+    options = source.storage_options
+    train = _read(source.silo, source.train, options)
     if source.test is not None:
-        test = read_table(
-            source.silo, source.test, storage_options=source.storage_options
-        )
+        test = _read(source.silo, source.test, options)
         return SiloData(source.silo, train, test, "file")
     rng = np.random.default_rng([seed, zlib.crc32(source.silo.encode())])
     order = rng.permutation(len(train))

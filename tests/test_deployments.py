@@ -128,7 +128,7 @@ def test_deploy_schedule_and_run_through_a_worker(
             assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
             assert deployment.enforce_parameter_schema
             assert "spec" in deployment.parameter_openapi_schema["properties"]
-            with pytest.raises(Exception, match="(?i)validation|schema|422"):
+            with pytest.raises(Exception, match=r"(?i)validation|schema|422"):
                 client.create_flow_run_from_deployment(
                     deployment.id, parameters={"spec": {"name": "no-silos"}}
                 )

@@ -120,6 +120,28 @@ if numba is not None:
             out[i] = node
 
     @jit
+    def leaves(
+        X: Any,
+        left: Any,
+        right: Any,
+        feature: Any,
+        threshold: Any,
+        default_left: Any,
+        out: Any,
+    ) -> None:  # pragma: no cover - compiled
+        # float32 values as XGBoost routes them: left iff x < threshold, NaN default
+        for i in range(X.shape[0]):
+            node = 0
+            while left[node] >= 0:
+                x = X[i, feature[node]]
+                if np.isnan(x):
+                    go_left = default_left[node]
+                else:
+                    go_left = x < threshold[node]
+                node = left[node] if go_left else right[node]
+            out[i] = node
+
+    @jit
     def gain(
         g: float, h: float, reg_lambda: float, reg_alpha: float, mcw: float
     ) -> float:  # pragma: no cover - compiled
@@ -203,5 +225,9 @@ if numba is not None:
                 sums[i, 4] = h_total - hl
 
     _kernels = SimpleNamespace(
-        route=route, histogram=histogram, descend=descend, best_splits=best_splits
+        route=route,
+        histogram=histogram,
+        descend=descend,
+        leaves=leaves,
+        best_splits=best_splits,
     )

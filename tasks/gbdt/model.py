@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsilo.tasks.gbdt.binning import BinnedMatrix
+from fedsilo.tasks.gbdt.jit import kernels
 from fedsilo.tasks.gbdt.objective import Objective, make_objective
 
 ROOT_PARENT = 2_147_483_647
@@ -51,8 +52,21 @@ class Tree:
             d[i] = d[self.parent[i]] + 1
         return int(d.max(initial=0))
 
-    def leaves(self, X32: np.ndarray) -> np.ndarray:
+    def leaves(self, X32: np.ndarray, backend: str = "auto") -> np.ndarray:
         """Return the leaf id reached by every row of a float32 matrix."""
+        jit = None if backend == "numpy" else kernels()
+        if jit is not None and X32.dtype == np.float32:
+            out = np.empty(X32.shape[0], np.int64)
+            jit.leaves(
+                X32,
+                self.left,
+                self.right,
+                self.feature,
+                self.threshold,
+                self.default_left,
+                out,
+            )
+            return out
         node = np.zeros(X32.shape[0], np.int64)
         rows = np.arange(X32.shape[0])
         for _ in range(self.depth()):
@@ -67,8 +81,28 @@ class Tree:
             node = np.where(inner, np.where(go_left, left, self.right[node]), node)
         return node
 
-    def descend_binned(self, binned: BinnedMatrix, node: np.ndarray) -> np.ndarray:
+    def descend_binned(
+        self, binned: BinnedMatrix, node: np.ndarray, backend: str = "auto"
+    ) -> np.ndarray:
         """Return leaf ids of binned rows starting from nodes ``node``."""
+        jit = None if backend == "numpy" else kernels()
+        if jit is not None:
+            start = np.ascontiguousarray(node, dtype=np.int64)
+            out = np.empty(binned.n_rows, np.int64)
+            missing = binned.missing
+            jit.descend(
+                binned.bins,
+                missing if missing is not None else np.zeros((1, 1), bool),
+                missing is not None,
+                start,
+                self.left,
+                self.right,
+                self.feature,
+                self.split_bin,
+                self.default_left,
+                out,
+            )
+            return out
         node = node.astype(np.int64, copy=True)
         rows = np.arange(binned.n_rows)
         for _ in range(self.depth() + 1):

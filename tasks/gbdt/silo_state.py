@@ -338,6 +338,15 @@ class SiloTreeState:
         if trees:
             self._offsets = np.zeros_like(self._offsets)
 
+    def labels(self) -> np.ndarray:
+        """Return the silo's labels (read them, do not change them)."""
+        return self._data()[1]
+
+    def predictions(self) -> np.ndarray:
+        """Return the current model's predictions on the silo's rows."""
+        _, _, margin = self._data()
+        return self.objective.transform(margin + self._offsets)
+
     def loss(self) -> LossSum:
         """Return the summed training loss at the current margins."""
         _, y, margin = self._data()
