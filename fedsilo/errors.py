@@ -47,3 +47,7 @@ class SiloFailedError(FedsiloError):
     def __init__(self, silo: str, reason: str) -> None:
         super().__init__(f"silo {silo!r}: {reason}")
         self.silo = silo
+
+
+class SiloLateError(SiloFailedError):
+    """A silo missed the round's deadline; its late result is discarded."""

@@ -66,6 +66,9 @@ class StrategySpec(_Strict):
     kind: Literal["fedavg"] = "fedavg"
     fraction: float = Field(1.0, gt=0.0, le=1.0)
     min_silos: int = Field(1, ge=1)
+    deadline: float | None = Field(
+        None, gt=0.0, description="seconds a round waits for local fits"
+    )
 
 
 class LocalSpec(_Strict):

@@ -6,7 +6,7 @@ import time
 
 from prefect import flow, get_run_logger
 
-from fedsilo.errors import SiloFailedError
+from fedsilo.errors import SiloFailedError, SiloLateError
 from fedsilo.flows.reporting import publish_round, round_table
 from fedsilo.tasks import run_state
 from fedsilo.tasks.messages import Evaluation, LocalUpdate
@@ -37,24 +37,42 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
     )
     fits = [fit_local.submit(run_id, silo, round_number) for silo in selected]
     updates: list[LocalUpdate] = []
+    absent: dict[str, str] = {}
     failures: list[SiloFailedError] = []
+    logger = get_run_logger()
     for future in fits:
         try:
             updates.append(future.result())
         except SiloFailedError as error:
             failures.append(error)
-            get_run_logger().warning("round %d: %s", round_number, error.reason)
-    if failures and len(updates) < state.spec.strategy.min_silos:
-        raise failures[0]
+            absent[error.silo] = (
+                "late" if isinstance(error, SiloLateError) else "failed"
+            )
+            logger.warning("round %d: %s", round_number, error.reason)
+    if len(updates) < strategy.min_silos:
+        if failures:
+            raise SiloFailedError(
+                failures[0].silo,
+                f"{failures[0].reason.split(': ', 1)[-1]}; round {round_number} "
+                f"got {len(updates)} update(s), strategy.min_silos is "
+                f"{strategy.min_silos}",
+            )
+        raise SiloFailedError(selected[0], "no update arrived")
     state.last_updates = updates
     state.params = aggregate(run_id, round_number, updates)
     answered = [u.silo for u in updates]
-    failed = {f.silo for f in failures}
-    # Every silo still reachable scores the new model, trained this round or not.
-    scorers = [silo for silo in silos if silo not in failed]
+    # Every silo still reachable scores the new model, trained this round or not;
+    # a late silo is still busy with its discarded fit, so it sits this one out.
+    scorers = [silo for silo in silos if silo not in absent]
     evals = [evaluate_local.submit(run_id, silo, round_number) for silo in scorers]
-    evaluations: list[Evaluation] = [e for future in evals for e in future.result()]
-    path = checkpoint(run_id, round_number, evaluations, updates)
+    evaluations: list[Evaluation] = []
+    for silo, future in zip(scorers, evals, strict=True):
+        try:
+            evaluations.extend(future.result())
+        except SiloFailedError as error:
+            absent[silo] = "failed"
+            logger.warning("round %d: %s", round_number, error.reason)
+    path = checkpoint(run_id, round_number, evaluations, updates, absent)
     test_metrics = global_metrics(
         [e for e in evaluations if e.split == "test"], state.spec.task
     )
@@ -62,6 +80,7 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
         round=round_number,
         selected=tuple(selected),
         silos=tuple(answered),
+        absent=dict(absent),
         metrics=test_metrics,
         seconds=time.perf_counter() - started,
         fit_workers={u.silo: u.worker for u in updates},

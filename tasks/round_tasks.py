@@ -12,7 +12,7 @@ from distributed import Future
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fedsilo.errors import FedsiloError, SiloFailedError
+from fedsilo.errors import FedsiloError, SiloFailedError, SiloLateError
 from fedsilo.tasks import run_state
 from fedsilo.tasks.aggregation import weighted_average
 from fedsilo.tasks.checkpoint_store import MetricRow
@@ -21,13 +21,23 @@ from fedsilo.tasks.metrics import global_metrics
 from fedsilo.tasks.silo import silo_evaluate, silo_fit
 
 
-def wait_silo(silo: str, future: Future, timeout: float) -> object:
-    """Return a silo task's result; failures name the silo."""
+def wait_silo(
+    silo: str, future: Future, timeout: float, deadline: float | None = None
+) -> object:
+    """Return a silo task's result; failures name the silo.
+
+    Past ``deadline`` seconds the silo is late: its task is cancelled and
+    whatever it sends afterwards is never read.
+    """
+    wait = timeout if deadline is None else min(timeout, deadline)
     try:
-        return future.result(timeout=timeout)
+        return future.result(timeout=wait)
     except FedsiloError:
         raise
     except TimeoutError:
+        future.cancel()
+        if deadline is not None and deadline <= timeout:
+            raise SiloLateError(silo, f"missed the {deadline:g}s deadline") from None
         raise SiloFailedError(silo, f"no reply within {timeout:g}s") from None
     except Exception as error:
         text = str(error).splitlines()[0] if str(error) else ""
@@ -52,7 +62,9 @@ def fit_local(run_id: str, silo: str, round_number: int) -> LocalUpdate:
         round_number,
         key=f"fit-{silo}-r{round_number}",
     )
-    update = wait_silo(silo, future, state.spec.cluster.silo_timeout)
+    update = wait_silo(
+        silo, future, state.spec.cluster.silo_timeout, state.spec.strategy.deadline
+    )
     assert isinstance(update, LocalUpdate)
     return update
 
@@ -94,7 +106,10 @@ def evaluate_local(run_id: str, silo: str, round_number: int) -> list[Evaluation
 
 
 def metric_rows(
-    evaluations: list[Evaluation], updates: list[LocalUpdate], task: str
+    evaluations: list[Evaluation],
+    updates: list[LocalUpdate],
+    task: str,
+    absent: dict[str, str] | None = None,
 ) -> list[MetricRow]:
     """Long-format rows: every silo's metrics, the global ones, and traffic."""
     rows = []
@@ -115,6 +130,8 @@ def metric_rows(
         rows.append(MetricRow(update.silo, "train", "bytes_down", update.bytes_down, n))
         rows.append(MetricRow(update.silo, "train", "bytes_up", update.bytes_up, n))
         rows.append(MetricRow(update.silo, "train", "fit_seconds", update.seconds, n))
+    for silo, kind in sorted((absent or {}).items()):
+        rows.append(MetricRow(silo, "train", kind, 1.0, 0))
     return rows
 
 
@@ -129,8 +146,13 @@ def checkpoint(
     round_number: int,
     evaluations: list[Evaluation],
     updates: list[LocalUpdate],
+    absent: dict[str, str],
 ) -> str:
-    """Write the round's metrics and global model to the store, atomically."""
+    """Write the round's metrics and global model to the store, atomically.
+
+    ``absent`` names the selected silos that sent no update and why ("late"
+    or "failed"); they are recorded as metrics rows of value 1.
+    """
     state = run_state.get(run_id)
-    rows = metric_rows(evaluations, updates, state.spec.task)
+    rows = metric_rows(evaluations, updates, state.spec.task, absent)
     return state.store.write_round(round_number, rows, state.params)

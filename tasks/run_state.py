@@ -30,6 +30,7 @@ class RoundResult:
     round: int
     selected: tuple[str, ...]
     silos: tuple[str, ...]
+    absent: dict[str, str]
     metrics: dict[str, float]
     seconds: float
     fit_workers: dict[str, str]

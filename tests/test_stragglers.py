@@ -1,0 +1,99 @@
+"""A slow silo misses the round deadline: the round goes on without it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from distributed import Client
+
+from fedsilo.errors import SiloFailedError
+from fedsilo.spec import FederationSpec, load_spec
+from fedsilo.tasks import run_state
+from fedsilo.tasks.checkpoint_store import CheckpointStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+
+def _spec(data: Path, store: Path, address: str, **strategy: Any) -> FederationSpec:
+    spec = load_spec(data / "federation.yaml")
+    return FederationSpec.model_validate(
+        {
+            **spec.model_dump(),
+            "rounds": 3,
+            "checkpoints": str(store),
+            "cluster": {"address": address},
+            "strategy": {"kind": "fedavg", **strategy},
+        }
+    )
+
+
+def _stall(address: str, silo: str, seconds: float) -> None:
+    """Keep the silo's single worker thread busy, as a slow silo would be."""
+    with Client(address, timeout=30) as client:
+        worker = next(
+            a
+            for a, w in client.scheduler_info()["workers"].items()
+            if w["name"] == silo
+        )
+        client.submit(time.sleep, seconds, workers=[worker], pure=False).release()
+
+
+def test_late_silo_is_recorded_and_the_round_goes_on(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
+) -> None:
+    from fedsilo.flows.training import federated_training
+
+    seen: list[Any] = []
+
+    def listener(result: Any, state: Any) -> None:
+        seen.append(result)
+        if result.round == 1:
+            _stall(shared_cluster, "silo-2", 8.0)
+
+    spec = _spec(
+        breast_cancer_dir, tmp_path / "store", shared_cluster, min_silos=3, deadline=2.0
+    )
+    run_state.listeners.append(listener)
+    try:
+        summary = federated_training(spec)
+    finally:
+        run_state.listeners.remove(listener)
+
+    assert seen[0].absent == {}
+    assert seen[1].absent == {"silo-2": "late"}
+    assert "silo-2" not in seen[1].silos and len(seen[1].silos) == 3
+    metrics = CheckpointStore(
+        str(tmp_path / "store"), spec.name, summary["run_id"]
+    ).read_metrics(2)
+    late = metrics[(metrics.metric == "late")]
+    assert late.silo.tolist() == ["silo-2"] and late.value.tolist() == [1.0]
+
+
+def test_too_few_answers_fail_naming_the_silo_and_keep_earlier_rounds(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
+) -> None:
+    from fedsilo.flows.training import federated_training
+
+    def listener(result: Any, state: Any) -> None:
+        if result.round == 1:
+            _stall(shared_cluster, "silo-1", 8.0)
+
+    spec = _spec(
+        breast_cancer_dir, tmp_path / "store", shared_cluster, min_silos=4, deadline=2.0
+    )
+    run_state.listeners.append(listener)
+    try:
+        with pytest.raises(
+            SiloFailedError, match=r"silo 'silo-1'.*deadline.*min_silos is 4"
+        ):
+            federated_training(spec, run_id="stalled")
+    finally:
+        run_state.listeners.remove(listener)
+
+    store = CheckpointStore(str(tmp_path / "store"), spec.name, "stalled")
+    assert store.complete_rounds() == [1]
+    assert set(store.read_params(1)) == {"coef_", "intercept_", "t_"}
+    time.sleep(7)  # let the stalled worker finish before other tests use it
