@@ -1,0 +1,1 @@
+"""Privacy maths: secure aggregation masks, DP clipping and noise, accounting."""

@@ -1,0 +1,237 @@
+"""Privacy accounting for DP-FedAvg and DP histograms with Google's dp_accounting.
+
+One round of DP-FedAvg is a sampled Gaussian mechanism: silos take part with
+probability ``sampling_rate`` (q) and the sum of their clipped updates gets
+Gaussian noise of ``noise_multiplier`` (z) times the clip. ``rounds`` rounds
+compose. ``epsilon_spent`` gives the epsilon of the whole run at ``delta``.
+
+Accountants: ``"rdp"`` (Renyi DP, dp_accounting's default orders; fast, since
+the RDP of k rounds is k times that of one, it is computed once per (z, q)) or
+``"pld"`` (privacy loss distributions: tighter, often 10-15 % lower epsilon,
+and seconds per evaluation). dp_accounting logs a warning for fractional RDP
+orders near 1 whose series does not converge and leaves them out; that only
+loosens very large epsilons.
+
+Sampling: ``"poisson"`` (each silo independently with probability q; the
+analysis of McMahan et al., neighbouring = add or remove one silo) or
+``"fixed"`` (exactly ``round(q * population)`` silos without replacement, as
+``fedsilo.tasks.sampling.sample_silos`` does; RDP only, neighbouring = replace
+one silo, whose L2 sensitivity of the clipped sum is ``2 * clip``, so the
+mechanism's multiplier is z / 2). With q = 1 (every silo every round) both are
+plain composition of Gaussian mechanisms.
+
+The stop rule: before round ``r`` starts, ``would_exceed(..., rounds_done=r-1)``
+is true if the run would spend more than its budget after ``r`` rounds; or ask
+``rounds_within_budget`` once at the start.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import dp_accounting
+import numpy as np
+from dp_accounting import rdp as dp_rdp
+from dp_accounting.pld import PLDAccountant
+
+from fedsilo.tasks.privacy.errors import PrivacyBudgetExceededError
+
+Accountant = Literal["rdp", "pld"]
+Sampling = Literal["poisson", "fixed"]
+
+
+def round_event(
+    noise_multiplier: float,
+    sampling_rate: float,
+    *,
+    sampling: Sampling = "poisson",
+    population: int | None = None,
+) -> dp_accounting.DpEvent:
+    """Return the dp_accounting event of one DP-FedAvg round."""
+    if noise_multiplier < 0:
+        raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+    if not 0.0 < sampling_rate <= 1.0:
+        raise ValueError(f"sampling_rate must be in (0, 1], got {sampling_rate}")
+    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+    if sampling_rate == 1.0:
+        return gaussian
+    if sampling == "poisson":
+        return dp_accounting.PoissonSampledDpEvent(sampling_rate, gaussian)
+    if population is None or population < 1:
+        raise ValueError("fixed-size sampling needs the population of silos")
+    sample = max(1, round(sampling_rate * population))
+    return dp_accounting.SampledWithoutReplacementDpEvent(
+        population, sample, dp_accounting.GaussianDpEvent(noise_multiplier / 2)
+    )
+
+
+def _relation(
+    sampling: Sampling, sampling_rate: float
+) -> dp_accounting.NeighboringRelation:
+    if sampling == "fixed" and sampling_rate < 1.0:
+        return dp_accounting.NeighboringRelation.REPLACE_ONE
+    return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+@functools.lru_cache(maxsize=256)
+def _rdp_per_round(
+    noise_multiplier: float,
+    sampling_rate: float,
+    sampling: Sampling,
+    population: int | None,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    accountant = dp_rdp.RdpAccountant(
+        neighboring_relation=_relation(sampling, sampling_rate)
+    )
+    accountant.compose(
+        round_event(
+            noise_multiplier, sampling_rate, sampling=sampling, population=population
+        )
+    )
+    return tuple(accountant.orders.tolist()), tuple(accountant.rdp.tolist())
+
+
+def epsilon_spent(
+    noise_multiplier: float,
+    sampling_rate: float,
+    rounds: int,
+    delta: float,
+    *,
+    accountant: Accountant = "rdp",
+    sampling: Sampling = "poisson",
+    population: int | None = None,
+) -> float:
+    """Return the epsilon at ``delta`` after ``rounds`` DP-FedAvg rounds."""
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if rounds == 0:
+        return 0.0
+    if noise_multiplier == 0:
+        return math.inf
+    if accountant == "rdp":
+        orders, per_round = _rdp_per_round(
+            noise_multiplier, sampling_rate, sampling, population
+        )
+        rdp = rounds * np.asarray(per_round)
+        return float(dp_rdp.compute_epsilon(np.asarray(orders), rdp, delta)[0])
+    if sampling == "fixed" and sampling_rate < 1.0:
+        raise ValueError("the PLD accountant has no fixed-size sampling; use 'rdp'")
+    pld = PLDAccountant()
+    pld.compose(round_event(noise_multiplier, sampling_rate), rounds)
+    return float(pld.get_epsilon(delta))
+
+
+def rounds_within_budget(
+    noise_multiplier: float,
+    sampling_rate: float,
+    delta: float,
+    epsilon_budget: float,
+    *,
+    accountant: Accountant = "rdp",
+    sampling: Sampling = "poisson",
+    population: int | None = None,
+    max_rounds: int = 1_000_000,
+) -> int:
+    """Return the most rounds whose epsilon stays within the budget (<= max_rounds)."""
+
+    def spent(rounds: int) -> float:
+        return epsilon_spent(
+            noise_multiplier,
+            sampling_rate,
+            rounds,
+            delta,
+            accountant=accountant,
+            sampling=sampling,
+            population=population,
+        )
+
+    if spent(1) > epsilon_budget:
+        return 0
+    low, high = 1, 2  # spent(low) within budget; find high over it
+    while high <= max_rounds and spent(high) <= epsilon_budget:
+        low, high = high, high * 2
+    high = min(high, max_rounds + 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if spent(middle) <= epsilon_budget:
+            low = middle
+        else:
+            high = middle
+    return min(low, max_rounds)
+
+
+def would_exceed(
+    noise_multiplier: float,
+    sampling_rate: float,
+    rounds_done: int,
+    delta: float,
+    epsilon_budget: float,
+    *,
+    accountant: Accountant = "rdp",
+    sampling: Sampling = "poisson",
+    population: int | None = None,
+) -> bool:
+    """Return whether one more round would spend more than ``epsilon_budget``."""
+    epsilon = epsilon_spent(
+        noise_multiplier,
+        sampling_rate,
+        rounds_done + 1,
+        delta,
+        accountant=accountant,
+        sampling=sampling,
+        population=population,
+    )
+    return epsilon > epsilon_budget
+
+
+def check_budget(
+    noise_multiplier: float,
+    sampling_rate: float,
+    rounds_done: int,
+    delta: float,
+    epsilon_budget: float,
+    *,
+    accountant: Accountant = "rdp",
+    sampling: Sampling = "poisson",
+    population: int | None = None,
+) -> float:
+    """Return the epsilon after one more round; raise if it exceeds the budget."""
+    epsilon = epsilon_spent(
+        noise_multiplier,
+        sampling_rate,
+        rounds_done + 1,
+        delta,
+        accountant=accountant,
+        sampling=sampling,
+        population=population,
+    )
+    if epsilon > epsilon_budget:
+        raise PrivacyBudgetExceededError(epsilon, epsilon_budget, rounds_done + 1)
+    return epsilon
+
+
+def gbdt_releases(
+    rounds: int, max_depth: int, *, base_score_release: bool = True
+) -> int:
+    """Return how many noisy histogram releases a GBDT run makes.
+
+    One per level (``max_depth`` per round of trees; the trees of one round are
+    released together and counted in the sensitivity), plus one if the base
+    score is computed from the data.
+    """
+    return rounds * max_depth + (1 if base_score_release else 0)
+
+
+def gbdt_epsilon(
+    noise_multiplier: float,
+    releases: int,
+    delta: float,
+    *,
+    accountant: Accountant = "rdp",
+) -> float:
+    """Return the row-level epsilon of ``releases`` noisy histogram releases."""
+    return epsilon_spent(noise_multiplier, 1.0, releases, delta, accountant=accountant)

@@ -1,0 +1,1 @@
+"""Byzantine-robust aggregation and update validation: pure maths over named arrays."""
