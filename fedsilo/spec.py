@@ -60,15 +60,33 @@ class ModelSpec(_Strict):
         return self
 
 
+class ServerOptimizerSpec(_Strict):
+    """An optimiser stepping on the round's pseudo-gradient (Reddi et al. 2021)."""
+
+    kind: Literal["fedavgm", "fedadagrad", "fedadam", "fedyogi"]
+    learning_rate: float = Field(1.0, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.99, ge=0.0, lt=1.0)
+    tau: float = Field(1e-3, gt=0.0)
+
+
 class StrategySpec(_Strict):
     """How updates are combined and which silos take part in a round."""
 
-    kind: Literal["fedavg"] = "fedavg"
+    kind: Literal["fedavg", "median", "trimmed-mean", "krum", "multi-krum"] = "fedavg"
     fraction: float = Field(1.0, gt=0.0, le=1.0)
     min_silos: int = Field(1, ge=1)
     deadline: float | None = Field(
         None, gt=0.0, description="seconds a round waits for local fits"
     )
+    beta: float = Field(0.1, ge=0.0, lt=0.5, description="trimmed-mean: cut share")
+    byzantine: int = Field(1, ge=0, description="krum: silos assumed faulty (f)")
+    multi_krum_m: int | None = Field(None, ge=1, description="multi-krum: kept")
+    norm_bound: float | None = Field(
+        None, gt=0.0, description="reject updates farther than this from the model"
+    )
+    server_optimizer: ServerOptimizerSpec | None = None
 
 
 class LocalSpec(_Strict):
@@ -126,25 +144,82 @@ class SiloSpec(_Strict):
         return self
 
 
+class TlsSpec(_Strict):
+    """Mutual TLS for scheduler, workers and client: PEM files (see docs/tls.md).
+
+    ``cert_file``/``key_file`` are the coordinator's; an embedded cluster uses
+    them for its scheduler and workers too. Relative paths resolve against the
+    spec file's directory.
+    """
+
+    ca_file: str = Field(min_length=1)
+    cert_file: str = Field(min_length=1)
+    key_file: str = Field(min_length=1)
+
+    def resolved(self, base: Path) -> TlsSpec:
+        """Return a copy whose relative paths are made absolute against ``base``."""
+        paths = {
+            field: str((base / Path(getattr(self, field)).expanduser()).resolve())
+            for field in ("ca_file", "cert_file", "key_file")
+        }
+        return self.model_copy(update=paths)
+
+
 class ClusterSpec(_Strict):
     """Where the silo workers are: null address means an embedded LocalCluster."""
 
     address: str | None = None
     timeout: float = Field(60.0, gt=0.0)
     silo_timeout: float = Field(600.0, gt=0.0)
+    tls: TlsSpec | None = None
+
+    @model_validator(mode="after")
+    def _tls_address(self) -> ClusterSpec:
+        plain = self.address is not None and not self.address.startswith("tls://")
+        if self.tls is not None and plain:
+            raise ValueError(
+                f"address {self.address!r}: with tls set, give the scheduler's "
+                "tls:// address"
+            )
+        return self
+
+
+class AdaptiveClipSpec(_Strict):
+    """Adaptive clipping (Andrew et al. 2021): the clip tracks a norm quantile."""
+
+    target_quantile: float = Field(0.5, gt=0.0, lt=1.0)
+    learning_rate: float = Field(0.2, ge=0.0)
+    count_stddev: float = Field(
+        ..., gt=0.0, description="noise on the clip votes; must exceed z/2"
+    )
+
+
+class DPSpec(_Strict):
+    """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018)."""
+
+    clip: float = Field(gt=0.0, description="L2 bound of each silo's update")
+    noise_multiplier: float = Field(gt=0.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    epsilon_budget: float | None = Field(
+        None, gt=0.0, description="stop before the run would spend more"
+    )
+    adaptive: AdaptiveClipSpec | None = None
+
+    @model_validator(mode="after")
+    def _votes_fit(self) -> DPSpec:
+        if self.adaptive and 2 * self.adaptive.count_stddev <= self.noise_multiplier:
+            raise ValueError(
+                "adaptive.count_stddev must exceed noise_multiplier / 2 "
+                f"({self.noise_multiplier / 2:g})"
+            )
+        return self
 
 
 class PrivacySpec(_Strict):
-    """Privacy options; only the defaults are available in this release."""
+    """Secure aggregation and differential privacy of the model updates."""
 
     secure_aggregation: bool = False
-    dp: None = None
-
-    @model_validator(mode="after")
-    def _not_yet(self) -> PrivacySpec:
-        if self.secure_aggregation:
-            raise ValueError("secure_aggregation is not available in this release")
-        return self
+    dp: DPSpec | None = None
 
 
 class FederationSpec(_Strict):
@@ -175,7 +250,36 @@ class FederationSpec(_Strict):
             raise ValueError(f"model {self.model.kind!r} is a regressor")
         if self.task == "regression" and self.model.kind in CLASSIFIERS:
             raise ValueError(f"model {self.model.kind!r} is a classifier")
+        if self.privacy.secure_aggregation or self.privacy.dp:
+            if self.strategy.kind != "fedavg":
+                raise ValueError(
+                    f"strategy.kind {self.strategy.kind!r} needs each silo's update; "
+                    "with secure aggregation or DP the coordinator sees only sums "
+                    "(use fedavg)"
+                )
+            if self.strategy.norm_bound is not None:
+                raise ValueError(
+                    "strategy.norm_bound checks single updates, which secure "
+                    "aggregation and DP hide; DP clipping bounds them instead"
+                )
+        f = self.strategy.byzantine
+        if self.strategy.kind in {"krum", "multi-krum"} and len(self.silos) < 2 * f + 3:
+            raise ValueError(
+                f"strategy {self.strategy.kind!r} tolerating byzantine={f} needs at "
+                f"least {2 * f + 3} silos, the spec lists {len(self.silos)}"
+            )
+        if self.privacy.secure_aggregation and len(self.silos) < 2:
+            raise ValueError("secure aggregation needs at least two silos")
         if self.model.kind == "xgboost":
+            if self.privacy.secure_aggregation or self.privacy.dp:
+                raise ValueError(
+                    "privacy options are not available for kind 'xgboost' yet"
+                )
+            if self.strategy.kind != "fedavg" or self.strategy.server_optimizer:
+                raise ValueError(
+                    "kind 'xgboost' sums histograms; strategy.kind and "
+                    "server_optimizer do not apply"
+                )
             objective = self.model.params.get("objective", "reg:squarederror")
             wanted = "regression" if objective.startswith("reg:") else "classification"
             if wanted != self.task:
@@ -243,7 +347,10 @@ def parse_spec(
         )
         for s in spec.silos
     ]
-    return spec.model_copy(update={"silos": silos})
+    cluster = spec.cluster
+    if cluster.tls is not None:
+        cluster = cluster.model_copy(update={"tls": cluster.tls.resolved(base)})
+    return spec.model_copy(update={"silos": silos, "cluster": cluster})
 
 
 def load_spec(path: str | Path) -> FederationSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prefect import flow, get_run_logger
 
@@ -13,6 +14,31 @@ from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.metrics import global_metrics
 from fedsilo.tasks.round_tasks import aggregate, checkpoint, evaluate_local, fit_local
 from fedsilo.tasks.sampling import sample_silos
+
+#: A secure round is masked again at most this many times when silos drop out.
+MAX_SECURE_ATTEMPTS = 3
+
+
+def _fit(
+    run_id: str,
+    round_number: int,
+    attempt: int,
+    roster: tuple[str, ...],
+    logger: Any,
+) -> tuple[list[LocalUpdate], list[SiloFailedError]]:
+    """Run the roster's local fits; return the updates and the silos' failures."""
+    futures = [
+        fit_local.submit(run_id, silo, round_number, attempt, roster) for silo in roster
+    ]
+    updates: list[LocalUpdate] = []
+    failures: list[SiloFailedError] = []
+    for future in futures:
+        try:
+            updates.append(future.result())
+        except SiloFailedError as error:
+            failures.append(error)
+            logger.warning("round %d: %s", round_number, error.reason)
+    return updates, failures
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -35,31 +61,42 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
     selected = sample_silos(
         silos, strategy.fraction, strategy.min_silos, state.spec.seed, round_number
     )
-    fits = [fit_local.submit(run_id, silo, round_number) for silo in selected]
-    updates: list[LocalUpdate] = []
-    absent: dict[str, str] = {}
-    failures: list[SiloFailedError] = []
     logger = get_run_logger()
-    for future in fits:
-        try:
-            updates.append(future.result())
-        except SiloFailedError as error:
-            failures.append(error)
+    secure = state.spec.privacy.secure_aggregation
+    roster = tuple(selected)
+    absent: dict[str, str] = {}
+    for attempt in range(MAX_SECURE_ATTEMPTS if secure else 1):
+        updates, failures = _fit(run_id, round_number, attempt, roster, logger)
+        for error in failures:
             absent[error.silo] = (
                 "late" if isinstance(error, SiloLateError) else "failed"
             )
-            logger.warning("round %d: %s", round_number, error.reason)
-    if len(updates) < strategy.min_silos:
-        if failures:
-            raise SiloFailedError(
-                failures[0].silo,
-                f"{failures[0].reason.split(': ', 1)[-1]}; round {round_number} "
-                f"got {len(updates)} update(s), strategy.min_silos is "
-                f"{strategy.min_silos}",
-            )
-        raise SiloFailedError(selected[0], "no update arrived")
+        if not (secure and failures) or len(updates) < max(strategy.min_silos, 2):
+            break
+        # Masks shared with a silo that dropped out no longer cancel: mask again
+        # among the silos still present (Bonawitz et al.'s round abort + retry).
+        roster = tuple(u.silo for u in updates)
+        logger.warning(
+            "round %d: secure aggregation retried without %s",
+            round_number,
+            sorted(e.silo for e in failures),
+        )
+    if len(updates) < strategy.min_silos or (secure and failures):
+        first = failures[0] if failures else None
+        raise SiloFailedError(
+            first.silo if first else selected[0],
+            f"{first.reason.split(': ', 1)[-1] if first else 'no update arrived'}; "
+            f"round {round_number} got {len(updates)} update(s), "
+            f"strategy.min_silos is {strategy.min_silos}",
+        )
     state.last_updates = updates
-    state.params = aggregate(run_id, round_number, updates)
+    combined = aggregate(run_id, round_number, updates, len(selected))
+    state.params = combined.params
+    rejected = {r.silo: r.reason for r in combined.rejected}
+    for silo, reason in rejected.items():
+        logger.warning(
+            "round %d: update of silo %r rejected: %s", round_number, silo, reason
+        )
     answered = [u.silo for u in updates]
     # Every silo still reachable scores the new model, trained this round or not;
     # a late silo is still busy with its discarded fit, so it sits this one out.
@@ -72,7 +109,7 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
         except SiloFailedError as error:
             absent[silo] = "failed"
             logger.warning("round %d: %s", round_number, error.reason)
-    path = checkpoint(run_id, round_number, evaluations, updates, absent)
+    path = checkpoint(run_id, round_number, evaluations, updates, absent, rejected)
     test_metrics = global_metrics(
         [e for e in evaluations if e.split == "test"], state.spec.task
     )
@@ -81,6 +118,7 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
         selected=tuple(selected),
         silos=tuple(answered),
         absent=dict(absent),
+        rejected=rejected,
         metrics=test_metrics,
         seconds=time.perf_counter() - started,
         fit_workers={u.silo: u.worker for u in updates},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from prefect import flow, get_run_logger, task
@@ -19,7 +19,10 @@ from fedsilo.flows.round import federated_round, format_metrics
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks import run_state, sklearn_models
 from fedsilo.tasks.checkpoint_store import CheckpointStore, new_run_id
+from fedsilo.tasks.privacy.accountant import would_exceed
 from fedsilo.tasks.round_tasks import wait_silo
+from fedsilo.tasks.sampling import sample_silos
+from fedsilo.tasks.server_optimizers import make_server_optimizer
 from fedsilo.tasks.silo import (
     FitConfig,
     SiloSource,
@@ -28,6 +31,7 @@ from fedsilo.tasks.silo import (
     silo_moments,
     silo_schema,
 )
+from fedsilo.tasks.silo_privacy import STATE_TENSORS, make_keypair, public_key
 from fedsilo.tasks.statistics import standard_scaler
 
 
@@ -182,6 +186,79 @@ def _metadata(
     }
 
 
+def setup_privacy(state: run_state.RunState, server: dict[str, Any]) -> None:
+    """Make silo key pairs, the DP clip and the server optimiser (or restore them)."""
+    spec = state.spec
+    if spec.privacy.secure_aggregation:
+        for silo in spec.silos:
+            state.keypairs[silo.name] = _pinned(
+                state.cluster,
+                silo.name,
+                make_keypair,
+                key=f"keypair-{silo.name}-{state.run_id}",
+            )
+        publics = {
+            name: _pinned(
+                state.cluster,
+                name,
+                public_key,
+                future,
+                key=f"public-{name}-{state.run_id}",
+            )
+            for name, future in state.keypairs.items()
+        }
+        state.public_keys = _gather(spec, publics)
+    dp = spec.privacy.dp
+    if dp is not None:
+        state.dp_clip = float(server.get("dp_clip", dp.clip))
+    chosen = spec.strategy.server_optimizer
+    if chosen is not None:
+        options = chosen.model_dump(exclude={"kind"})
+        hyper = {
+            "fedavgm": {"learning_rate", "momentum"},
+            "fedadagrad": {"learning_rate", "tau"},
+            "fedadam": {"learning_rate", "beta1", "beta2", "tau"},
+            "fedyogi": {"learning_rate", "beta1", "beta2", "tau"},
+        }[chosen.kind]
+        state.server_optimizer = make_server_optimizer(
+            chosen.kind,
+            state.params,
+            **{k: v for k, v in options.items() if k in hyper},
+            exclude=cast(Any, STATE_TENSORS & set(state.params)),
+        )
+        saved = {k: v for k, v in server.items() if k != "dp_clip"}
+        if saved:
+            state.server_optimizer.load_state_dict(saved)
+
+
+def budget_stop(state: run_state.RunState, round_number: int) -> str | None:
+    """Return why the run must stop before ``round_number`` (DP budget), if it must."""
+    dp = state.spec.privacy.dp
+    if dp is None or dp.epsilon_budget is None:
+        return None
+    n = len(state.spec.silos)
+    strategy = state.spec.strategy
+    sampled = len(
+        sample_silos(
+            [str(i) for i in range(n)], strategy.fraction, strategy.min_silos, 0, 1
+        )
+    )
+    if would_exceed(
+        dp.noise_multiplier,
+        sampled / n,
+        round_number - 1,
+        dp.delta,
+        dp.epsilon_budget,
+        sampling="fixed",
+        population=n,
+    ):
+        return (
+            f"stopped before round {round_number}: it would spend more than the "
+            f"privacy budget epsilon={dp.epsilon_budget:g} (delta={dp.delta:g})"
+        )
+    return None
+
+
 @flow(
     name="federated-training",
     flow_run_name="{spec.name}",
@@ -195,8 +272,12 @@ def federated_training(
     run_id = run_id or new_run_id()
     silo_names = [s.name for s in spec.silos]
     with silo_cluster(
-        silo_names, spec.cluster.address, spec.cluster.timeout
+        silo_names, spec.cluster.address, spec.cluster.timeout, spec.cluster.tls
     ) as cluster:
+        if spec.model.kind == "xgboost":
+            from fedsilo.flows.boosting import train_boosted
+
+            return train_boosted(spec, cluster, run_id, resume)
         opened = open_silos(spec, cluster, run_id)
         features, classes = opened["features"], opened["classes"]
         store = CheckpointStore(
@@ -218,8 +299,15 @@ def federated_training(
         )
         start_round = 1
         latest = store.latest_complete_round() if resume else None
+        server: dict[str, Any] = {}
         if latest is not None:
-            params = store.read_params(latest)
+            stored = store.read_params(latest)
+            params = {k: v for k, v in stored.items() if not k.startswith("server/")}
+            server = {
+                k.removeprefix("server/"): v
+                for k, v in stored.items()
+                if k.startswith("server/")
+            }
             start_round = latest + 1
             logger.info("resuming run %s after round %d", run_id, latest)
         else:
@@ -244,9 +332,15 @@ def federated_training(
             prepared=opened["prepared"],
             params=params,
         )
+        setup_privacy(state, server)
         run_state.register(state)
+        stopped = None
         try:
             for round_number in range(start_round, spec.rounds + 1):
+                stopped = budget_stop(state, round_number)
+                if stopped:
+                    logger.warning(stopped)
+                    break
                 # The parent flow keeps its heartbeat; the short round flows skip
                 # theirs (joining its thread costs ~1 s per round).
                 with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
@@ -257,6 +351,7 @@ def federated_training(
         finally:
             run_state.forget(run_id)
             opened["prepared"].clear()
+            state.keypairs.clear()
     final = state.history[-1] if state.history else None
     publish_summary(spec.name, run_id, store.run_path, state.history)
     if final is not None:
@@ -266,6 +361,8 @@ def federated_training(
         "run_path": store.run_path,
         "rounds": [r.round for r in state.history],
         "final_metrics": final.metrics if final else {},
+        "stopped": stopped,
+        "epsilon": state.epsilon,
         "features": features,
         "classes": list(classes),
     }

@@ -6,6 +6,7 @@ Nothing here may carry rows: only parameters, counts, statistics and metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,7 @@ class LocalUpdate:
     bytes_down: int
     bytes_up: int
     metrics: dict[str, float] = field(default_factory=dict)
+    masked: Any = None  # a privacy.secagg.MaskedUpdate when params are hidden
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,5 +59,5 @@ def load_estimator(store: CheckpointStore, round_number: int | None = None) -> A
         steps.append(("scale", _scaler(scaler["mean"], scaler["scale"])))
     steps.append(("model", estimator))
     pipeline = Pipeline(steps)
-    pipeline.feature_names_ = list(model["features"])  # type: ignore[attr-defined]
+    pipeline.feature_names_ = list(model["features"])
     return pipeline

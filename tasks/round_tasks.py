@@ -14,11 +14,14 @@ from prefect.cache_policies import NO_CACHE
 
 from fedsilo.errors import FedsiloError, SiloFailedError, SiloLateError
 from fedsilo.tasks import run_state
-from fedsilo.tasks.aggregation import weighted_average
 from fedsilo.tasks.checkpoint_store import MetricRow
 from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.metrics import global_metrics
+from fedsilo.tasks.privacy.accountant import epsilon_spent
+from fedsilo.tasks.privacy.secagg import MaskContext
+from fedsilo.tasks.round_aggregation import Combined, combine
 from fedsilo.tasks.silo import silo_evaluate, silo_fit
+from fedsilo.tasks.silo_privacy import PrivacyRequest
 
 
 def wait_silo(
@@ -44,14 +47,47 @@ def wait_silo(
         raise SiloFailedError(silo, f"{type(error).__name__}: {text}") from error
 
 
+def privacy_request(
+    state: run_state.RunState,
+    silo: str,
+    round_number: int,
+    attempt: int,
+    roster: tuple[str, ...],
+) -> PrivacyRequest | None:
+    """Return how the silo must protect this round's update (None: send as is)."""
+    privacy = state.spec.privacy
+    if not privacy.secure_aggregation and privacy.dp is None:
+        return None
+    clip = state.dp_clip if privacy.dp is not None else None
+    vote = privacy.dp is not None and privacy.dp.adaptive is not None
+    if not privacy.secure_aggregation:
+        return PrivacyRequest(clip=clip, vote=vote)
+    me = state.silo_index(silo)
+    peers = {
+        state.silo_index(other): state.public_keys[other]
+        for other in roster
+        if other != silo
+    }
+    context = MaskContext(state.run_id, round_number, attempt)
+    return PrivacyRequest(
+        clip=clip, vote=vote, silo_index=me, peers_public=peers, context=context
+    )
+
+
 @task(
     name="fit-local",
     task_run_name="fit-{silo}-r{round_number:04d}",
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def fit_local(run_id: str, silo: str, round_number: int) -> LocalUpdate:
-    """Train the global model at one silo and return its update."""
+def fit_local(
+    run_id: str,
+    silo: str,
+    round_number: int,
+    attempt: int = 0,
+    roster: tuple[str, ...] = (),
+) -> LocalUpdate:
+    """Train the global model at one silo and return its (protected) update."""
     state = run_state.get(run_id)
     future = state.submit(
         silo,
@@ -60,7 +96,9 @@ def fit_local(run_id: str, silo: str, round_number: int) -> LocalUpdate:
         state.params,
         state.config,
         round_number,
-        key=f"fit-{silo}-r{round_number}",
+        privacy_request(state, silo, round_number, attempt, roster),
+        state.keypairs.get(silo),
+        key=f"fit-{silo}-r{round_number}-a{attempt}",
     )
     update = wait_silo(
         silo, future, state.spec.cluster.silo_timeout, state.spec.strategy.deadline
@@ -76,10 +114,35 @@ def fit_local(run_id: str, silo: str, round_number: int) -> LocalUpdate:
     persist_result=False,
 )
 def aggregate(
-    run_id: str, round_number: int, updates: list[LocalUpdate]
-) -> dict[str, np.ndarray]:
-    """FedAvg: average the silos' parameters weighted by their training rows."""
-    return weighted_average([(u.params, float(u.n_samples)) for u in updates])
+    run_id: str, round_number: int, updates: list[LocalUpdate], expected_silos: int
+) -> Combined:
+    """Combine the updates by the strategy, then step the server optimiser."""
+    state = run_state.get(run_id)
+    spec = state.spec
+    dp = spec.privacy.dp
+    combined = combine(
+        updates,
+        state.params,
+        spec.strategy,
+        dp=dp,
+        clip=state.dp_clip,
+        expected_silos=expected_silos,
+        rng=np.random.default_rng([spec.seed, round_number, 0xD9]),
+    )
+    if state.server_optimizer is not None:
+        combined.params = state.server_optimizer.step(state.params, combined.params)
+    if dp is not None:
+        state.dp_clip = combined.clip
+        n = len(spec.silos)
+        state.epsilon = epsilon_spent(
+            dp.noise_multiplier,
+            expected_silos / n,
+            round_number,
+            dp.delta,
+            sampling="fixed",
+            population=n,
+        )
+    return combined
 
 
 @task(
@@ -135,6 +198,20 @@ def metric_rows(
     return rows
 
 
+def privacy_rows(state: run_state.RunState) -> list[MetricRow]:
+    """Return the privacy spent so far and the current DP clip as global rows."""
+    dp = state.spec.privacy.dp
+    if dp is None or state.epsilon is None:
+        return []
+    rows = [
+        MetricRow("global", "train", "epsilon", state.epsilon, 0),
+        MetricRow("global", "train", "delta", dp.delta, 0),
+    ]
+    if state.dp_clip is not None:
+        rows.append(MetricRow("global", "train", "dp_clip", state.dp_clip, 0))
+    return rows
+
+
 @task(
     name="checkpoint",
     task_run_name="checkpoint-r{round_number:04d}",
@@ -147,6 +224,7 @@ def checkpoint(
     evaluations: list[Evaluation],
     updates: list[LocalUpdate],
     absent: dict[str, str],
+    rejected: dict[str, str],
 ) -> str:
     """Write the round's metrics and global model to the store, atomically.
 
@@ -155,4 +233,8 @@ def checkpoint(
     """
     state = run_state.get(run_id)
     rows = metric_rows(evaluations, updates, state.spec.task, absent)
-    return state.store.write_round(round_number, rows, state.params)
+    rows += [MetricRow(silo, "train", "rejected", 1.0, 0) for silo in sorted(rejected)]
+    rows += privacy_rows(state)
+    return state.store.write_round(
+        round_number, rows, {**state.params, **state.server_state()}
+    )

@@ -30,7 +30,6 @@ class RoundResult:
     round: int
     selected: tuple[str, ...]
     silos: tuple[str, ...]
-    absent: dict[str, str]
     metrics: dict[str, float]
     seconds: float
     fit_workers: dict[str, str]
@@ -38,6 +37,8 @@ class RoundResult:
     bytes_down: int
     bytes_up: int
     checkpoint: str
+    absent: dict[str, str] = field(default_factory=dict)  # silo -> late/failed
+    rejected: dict[str, str] = field(default_factory=dict)  # silo -> reason
 
 
 @dataclass(slots=True)
@@ -53,6 +54,25 @@ class RunState:
     params: dict[str, np.ndarray]
     history: list[RoundResult] = field(default_factory=list)
     last_updates: list[LocalUpdate] = field(default_factory=list)
+    keypairs: dict[str, Future] = field(default_factory=dict)  # stay on workers
+    public_keys: dict[str, bytes] = field(default_factory=dict)
+    dp_clip: float | None = None
+    server_optimizer: Any = None  # a tasks.server_optimizers.ServerOptimizer
+    epsilon: float | None = None
+
+    def silo_index(self, silo: str) -> int:
+        """Return the silo's fixed place in the spec (its secure-aggregation id)."""
+        return [s.name for s in self.spec.silos].index(silo)
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        """Return what a checkpoint needs beyond the model to resume exactly."""
+        out: dict[str, np.ndarray] = {}
+        if self.server_optimizer is not None:
+            state = self.server_optimizer.state_dict()
+            out.update({f"server/{k}": v for k, v in state.items()})
+        if self.dp_clip is not None:
+            out["server/dp_clip"] = np.array(self.dp_clip)
+        return out
 
     def submit(self, silo: str, fn: Callable[..., Any], *args: Any, key: str) -> Future:
         """Run ``fn`` on the silo's own worker and nowhere else."""

@@ -31,6 +31,8 @@ from fedsilo.tasks.messages import (
     nbytes_of,
 )
 from fedsilo.tasks.metrics import classification_scores, regression_scores
+from fedsilo.tasks.privacy.secagg import KeyPair
+from fedsilo.tasks.silo_privacy import PrivacyRequest, protect
 from fedsilo.tasks.statistics import moments
 
 _log = logging.getLogger("fedsilo.silo")
@@ -256,8 +258,14 @@ def silo_fit(
     global_params: dict[str, np.ndarray],
     config: FitConfig,
     round_number: int,
+    privacy: PrivacyRequest | None = None,
+    keys: KeyPair | None = None,
 ) -> LocalUpdate:
-    """Train the global model on the silo's rows; return only its new arrays."""
+    """Train the global model on the silo's rows; return only its new arrays.
+
+    With a privacy request the arrays are clipped and/or masked before they
+    leave (tasks/silo_privacy.py).
+    """
     started = time.perf_counter()
     estimator = sklearn_models.materialise(
         config.kind,
@@ -278,6 +286,13 @@ def silo_fit(
         rng=silo_seed(config.seed, round_number, prepared.silo),
     )
     params = sklearn_models.extract_params(config.kind, estimator)
+    masked = None
+    metrics: dict[str, float] = {}
+    if privacy is not None:
+        params, masked, metrics = protect(
+            params, global_params, len(prepared.X_train), privacy, keys
+        )
+    sent = nbytes_of(params) + (0 if masked is None else int(masked.values.nbytes))
     return LocalUpdate(
         silo=prepared.silo,
         round=round_number,
@@ -286,7 +301,9 @@ def silo_fit(
         n_samples=len(prepared.X_train),
         seconds=time.perf_counter() - started,
         bytes_down=nbytes_of(global_params),
-        bytes_up=nbytes_of(params),
+        bytes_up=sent,
+        metrics=metrics,
+        masked=masked,
     )
 
 

@@ -264,15 +264,81 @@ def test_min_silos_equal_to_silo_count_accepted() -> None:
     assert spec.strategy.min_silos == 2
 
 
-def test_secure_aggregation_refused(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path / "fed.yaml", _spec_dict(privacy={"secure_aggregation": True})
-    )
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        (
+            {
+                "privacy": {"secure_aggregation": True},
+                "strategy": {"kind": "median", "min_silos": 2},
+            },
+            "coordinator sees only sums",
+        ),
+        (
+            {
+                "privacy": {"dp": {"clip": 1.0, "noise_multiplier": 1.0}},
+                "strategy": {"kind": "fedavg", "norm_bound": 3.0},
+            },
+            "norm_bound",
+        ),
+        (
+            {"strategy": {"kind": "krum", "byzantine": 1, "min_silos": 1}},
+            "needs at least 5 silos",
+        ),
+        (
+            {
+                "privacy": {
+                    "dp": {
+                        "clip": 1.0,
+                        "noise_multiplier": 1.0,
+                        "adaptive": {"count_stddev": 0.2},
+                    }
+                }
+            },
+            "count_stddev must exceed",
+        ),
+        (
+            {
+                "privacy": {"secure_aggregation": True},
+                "model": {
+                    "kind": "xgboost",
+                    "params": {"objective": "binary:logistic"},
+                },
+            },
+            "not available for kind 'xgboost'",
+        ),
+    ],
+)
+def test_privacy_and_strategy_combinations_are_checked(
+    tmp_path: Path, changes: dict[str, Any], fragment: str
+) -> None:
+    path = _write(tmp_path / "fed.yaml", _spec_dict(**changes))
 
     reason = _load_error(path)
 
-    assert "privacy" in reason
-    assert "secure_aggregation" in reason
+    assert fragment in reason
+
+
+def test_privacy_options_load(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "fed.yaml",
+        _spec_dict(
+            privacy={
+                "secure_aggregation": True,
+                "dp": {"clip": 1.0, "noise_multiplier": 1.1, "epsilon_budget": 8.0},
+            },
+            strategy={
+                "kind": "fedavg",
+                "min_silos": 2,
+                "server_optimizer": {"kind": "fedadam", "learning_rate": 0.05},
+            },
+        ),
+    )
+
+    spec = load_spec(path)
+
+    assert spec.privacy.dp is not None and spec.privacy.dp.epsilon_budget == 8.0
+    assert spec.strategy.server_optimizer is not None
 
 
 def test_parse_spec_errors_name_source() -> None:

@@ -1,0 +1,131 @@
+"""Turn one round's silo replies into the next global model (no I/O).
+
+The strategy decides how: FedAvg, a robust aggregator over validated updates,
+secure aggregation (only the sum is ever decoded) and client-level DP (clipped
+changes, Gaussian noise on their sum); a server optimiser may then step on the
+result. Everything here is plain arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedsilo.errors import InconsistentUpdatesError
+from fedsilo.spec import DPSpec, StrategySpec
+from fedsilo.tasks.aggregation import weighted_average
+from fedsilo.tasks.messages import LocalUpdate
+from fedsilo.tasks.privacy.dp import (
+    AdaptiveClip,
+    add_gaussian_noise,
+    dp_mean,
+    update_clip,
+    update_noise_multiplier,
+)
+from fedsilo.tasks.privacy.encoding import layout_of, unflatten
+from fedsilo.tasks.privacy.secagg import unmask_sum, unmask_weighted_average
+from fedsilo.tasks.robust.aggregation import robust_aggregate
+from fedsilo.tasks.robust.validation import Rejection, shapes_of, validate_updates
+from fedsilo.tasks.silo_privacy import STATE_TENSORS, dp_tensors
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(slots=True)
+class Combined:
+    """The aggregate of a round and what happened on the way."""
+
+    params: Params
+    rejected: list[Rejection] = field(default_factory=list)
+    clip: float | None = None  # DP clip for the next round (adaptive clipping)
+
+
+def _unmasked_mean_params(updates: Sequence[LocalUpdate], template: Params) -> Params:
+    mean, _ = unmask_weighted_average([u.masked for u in updates])
+    return unflatten(mean, layout_of(template))
+
+
+def _dp_step(
+    updates: Sequence[LocalUpdate],
+    global_params: Params,
+    dp: DPSpec,
+    clip: float,
+    expected_silos: int,
+    rng: np.random.Generator,
+) -> tuple[Params, float]:
+    """Return (new params, next clip) from clipped changes plus noise."""
+    template = dp_tensors(global_params)
+    adaptive = dp.adaptive
+    if updates and updates[0].masked is not None:
+        total = unmask_sum([u.masked for u in updates])
+        vote_sum = float(total[-1]) if adaptive else 0.0
+        vector = total[:-1] if adaptive else total
+        summed = unflatten(vector, layout_of(template))
+    else:
+        summed = {
+            name: np.sum([u.params[name] for u in updates], axis=0) for name in template
+        }
+        vote_sum = float(sum(u.metrics.get("clip_vote", 0.0) for u in updates))
+    z = dp.noise_multiplier
+    if adaptive:
+        z = update_noise_multiplier(z, adaptive.count_stddev)
+    noisy = add_gaussian_noise(summed, clip, z, rng)
+    mean_change = dp_mean(noisy, expected_silos)
+    new = {
+        name: (
+            np.asarray(value)
+            if name in STATE_TENSORS
+            else np.asarray(value, dtype=np.float64) + mean_change[name]
+        ).astype(np.asarray(value).dtype, copy=False)
+        for name, value in global_params.items()
+    }
+    next_clip = clip
+    if adaptive:
+        state = AdaptiveClip(
+            clip=clip,
+            target_quantile=adaptive.target_quantile,
+            learning_rate=adaptive.learning_rate,
+            count_stddev=adaptive.count_stddev,
+        )
+        next_clip = update_clip(state, vote_sum, expected_silos, rng).clip
+    return new, next_clip
+
+
+def combine(
+    updates: Sequence[LocalUpdate],
+    global_params: Params,
+    strategy: StrategySpec,
+    *,
+    dp: DPSpec | None = None,
+    clip: float | None = None,
+    expected_silos: int = 1,
+    rng: np.random.Generator | None = None,
+) -> Combined:
+    """Return the next global model (before any server optimiser)."""
+    if dp is not None:
+        if rng is None or clip is None:
+            raise ValueError("DP needs a generator and the current clip")
+        new, next_clip = _dp_step(updates, global_params, dp, clip, expected_silos, rng)
+        return Combined(new, clip=next_clip)
+    if updates and updates[0].masked is not None:
+        return Combined(_unmasked_mean_params(updates, global_params))
+    valid, rejected = validate_updates(
+        [(u.silo, u.params) for u in updates],
+        shapes_of(global_params),
+        norm_bound=strategy.norm_bound,
+        center=global_params if strategy.norm_bound is not None else None,
+    )
+    kept = [u for u in updates if u.silo in valid]
+    if not kept:
+        reasons = "; ".join(f"{r.silo}: {r.reason}" for r in rejected)
+        raise InconsistentUpdatesError(f"every update was rejected ({reasons})")
+    pairs = [(valid[u.silo], float(u.n_samples)) for u in kept]
+    if strategy.kind == "fedavg":
+        return Combined(weighted_average(pairs), rejected)
+    f = max(strategy.byzantine - len(rejected), 0)
+    new = robust_aggregate(
+        pairs, strategy.kind, beta=strategy.beta, f=f, m=strategy.multi_krum_m
+    )
+    return Combined(new, rejected)
