@@ -118,6 +118,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             f"--silo {args.silo!r}: use letters, digits, '.', '_' and '-' only"
         )
     config = load_silo_config(args.data)
+    # Load the silo-side code (pandas, scikit-learn) before joining, so that the
+    # federation's first task is not slowed down by imports.
+    import fedsilo.tasks.silo  # noqa: F401
+
     if not args.verbose:
         from fedsilo.prefect_env import quiet_dask_logs
 
@@ -130,23 +134,89 @@ def cmd_worker(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    why = asyncio.run(
-        serve_silo_worker(
-            args.scheduler,
-            args.silo,
-            config,
-            host=args.host,
-            port=args.port,
-            timeout=args.timeout,
-            on_ready=ready,
+    import dask
+
+    # The worker builds its distributed.Security from Dask's config.
+    with dask.config.set(_worker_tls_config(args)):
+        why = asyncio.run(
+            serve_silo_worker(
+                args.scheduler,
+                args.silo,
+                config,
+                host=args.host,
+                port=args.port,
+                timeout=args.timeout,
+                on_ready=ready,
+            )
         )
-    )
     if why == "closed":
         print(
             f"fedsilo worker: silo {args.silo!r}: the scheduler closed the connection",
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _worker_tls_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the Dask config of a worker's mutual TLS; empty for plain TCP."""
+    files = (args.tls_ca_file, args.tls_cert, args.tls_key)
+    tls_address = args.scheduler.startswith("tls://")
+    if not any(files):
+        if tls_address:
+            raise FedsiloError(
+                f"--scheduler {args.scheduler}: a tls:// scheduler needs "
+                "--tls-ca-file, --tls-cert and --tls-key"
+            )
+        return {}
+    if not all(files):
+        raise FedsiloError("give all of --tls-ca-file, --tls-cert and --tls-key")
+    if not tls_address:
+        raise FedsiloError(
+            f"--scheduler {args.scheduler}: with TLS files, give the scheduler's "
+            "tls:// address"
+        )
+    from fedsilo.certs import tls_security
+
+    tls_security(*files)  # checks the files now, so a bad one is one clear line
+    ca_file, cert, key = (str(Path(f).resolve()) for f in files)
+    return {
+        "distributed.comm.require-encryption": True,
+        "distributed.comm.tls.ca-file": ca_file,
+        "distributed.comm.tls.worker.cert": cert,
+        "distributed.comm.tls.worker.key": key,
+    }
+
+
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    """Create the federation's CA: DIR/ca.pem and DIR/ca-key.pem."""
+    from fedsilo.certs import init_ca
+
+    made = init_ca(args.dir, days=args.days, force=args.force)
+    print(
+        f"wrote {made.cert} (CA certificate: give it to every silo and the "
+        f"coordinator) and {made.key} (CA key, mode 0600: keep it with the "
+        f"operator); valid until {made.not_after:%Y-%m-%d}"
+    )
+    return 0
+
+
+def cmd_certs_issue(args: argparse.Namespace) -> int:
+    """Sign a certificate for a silo worker, the coordinator or the scheduler."""
+    from fedsilo.certs import DEFAULT_HOSTS, issue_cert
+
+    made = issue_cert(
+        args.dir,
+        args.name,
+        days=args.days,
+        hosts=args.host or DEFAULT_HOSTS,
+        force=args.force,
+    )
+    names = ", ".join([*made.dns_names, *made.ip_addresses])
+    print(
+        f"wrote {made.cert} and {made.key} (mode 0600) for {args.name!r}: "
+        f"names {names}; valid until {made.not_after:%Y-%m-%d}"
+    )
     return 0
 
 
@@ -237,8 +307,60 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds to wait for the scheduler at start (default 60)",
     )
+    worker.add_argument(
+        "--tls-ca-file",
+        metavar="PEM",
+        help="the federation's CA certificate (mutual TLS; needs a tls:// scheduler)",
+    )
+    worker.add_argument(
+        "--tls-cert", metavar="PEM", help="this silo's certificate, signed by the CA"
+    )
+    worker.add_argument(
+        "--tls-key", metavar="PEM", help="this silo's private key (mode 0600)"
+    )
     worker.add_argument("--verbose", action="store_true", help="show Dask's logs")
     worker.set_defaults(handler=cmd_worker)
+
+    certs = sub.add_parser(
+        "certs",
+        help="a CA and certificates for mutual TLS between scheduler, workers "
+        "and coordinator",
+    )
+    csub = certs.add_subparsers(dest="certs_command", required=True)
+    init = csub.add_parser(
+        "init", help="create the federation's CA (DIR/ca.pem, DIR/ca-key.pem)"
+    )
+    init.add_argument("--dir", required=True, help="directory for the CA's files")
+    init.add_argument(
+        "--days", type=int, default=3650, help="validity in days (default 3650)"
+    )
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA (its certificates stop being trusted)",
+    )
+    init.set_defaults(handler=cmd_certs_init)
+    issue = csub.add_parser(
+        "issue",
+        help="sign a certificate for a silo, the coordinator or the scheduler "
+        "(DIR/NAME.pem, DIR/NAME-key.pem)",
+    )
+    issue.add_argument("name", help="a silo's name, 'coordinator' or 'scheduler'")
+    issue.add_argument("--dir", required=True, help="directory holding the CA")
+    issue.add_argument(
+        "--days", type=int, default=365, help="validity in days (default 365)"
+    )
+    issue.add_argument(
+        "--host",
+        action="append",
+        metavar="HOST",
+        help="an IP address or DNS name the holder is reached at, repeatable "
+        "(default 127.0.0.1); NAME and localhost are always included",
+    )
+    issue.add_argument(
+        "--force", action="store_true", help="replace NAME's existing certificate"
+    )
+    issue.set_defaults(handler=cmd_certs_issue)
     return parser
 
 

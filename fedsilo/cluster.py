@@ -7,10 +7,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from distributed import Client, Nanny, Scheduler, SpecCluster
+from distributed import Client, Nanny, Scheduler, Security, SpecCluster
 
 from fedsilo.errors import ClusterError
+
+if TYPE_CHECKING:
+    from fedsilo.spec import TlsSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +52,26 @@ def wait_for_silos(
         time.sleep(0.1)
 
 
-def embedded_cluster(silos: Sequence[str]) -> SpecCluster:
-    """Start a scheduler and one single-threaded worker process per silo on loopback."""
+def _tls_security(tls: TlsSpec | None) -> Security | None:
+    """Return the coordinator's mutual-TLS ``Security``, or None for plain TCP."""
+    if tls is None:
+        return None
+    from fedsilo.certs import tls_security
+
+    return tls_security(tls.ca_file, tls.cert_file, tls.key_file)
+
+
+def embedded_cluster(
+    silos: Sequence[str], security: Security | None = None
+) -> SpecCluster:
+    """Start a scheduler and one single-threaded worker process per silo on loopback.
+
+    With ``security`` (mutual TLS, see ``fedsilo.certs.tls_security``) the
+    scheduler, the workers and their nannies speak tls:// only.
+    """
+    tls: dict[str, Any] = (
+        {} if security is None else {"security": security, "protocol": "tls"}
+    )
     workers = {
         silo: {
             "cls": Nanny,
@@ -58,6 +80,7 @@ def embedded_cluster(silos: Sequence[str]) -> SpecCluster:
                 "nthreads": 1,
                 "host": "127.0.0.1",
                 "silence_logs": logging.CRITICAL,
+                **tls,
             },
         }
         for silo in silos
@@ -69,22 +92,34 @@ def embedded_cluster(silos: Sequence[str]) -> SpecCluster:
             "port": 0,
             "dashboard": False,
             "dashboard_address": "127.0.0.1:0",
+            **tls,
         },
     }
     return SpecCluster(
-        workers=workers, scheduler=scheduler, silence_logs=logging.WARNING
+        workers=workers,
+        scheduler=scheduler,
+        silence_logs=logging.WARNING,
+        security=security,
     )
 
 
 @contextmanager
 def silo_cluster(
-    silos: Sequence[str], address: str | None, timeout: float
+    silos: Sequence[str],
+    address: str | None,
+    timeout: float,
+    tls: TlsSpec | None = None,
 ) -> Iterator[SiloCluster]:
-    """Attach to ``address``, or start an embedded cluster; close what we started."""
+    """Attach to ``address``, or start an embedded cluster; close what we started.
+
+    With ``tls`` every connection is mutual TLS with the coordinator's
+    certificate; an embedded cluster then listens on tls://127.0.0.1.
+    """
+    security = _tls_security(tls)
     if address is None:
-        cluster = embedded_cluster(silos)
+        cluster = embedded_cluster(silos, security)
         try:
-            client = Client(cluster, timeout=timeout)
+            client = Client(cluster, timeout=timeout, security=security)
             try:
                 workers = wait_for_silos(client, silos, timeout)
                 yield SiloCluster(client, workers, cluster.scheduler_address, True)
@@ -94,7 +129,7 @@ def silo_cluster(
             cluster.close()
         return
     try:
-        client = Client(address, timeout=timeout)
+        client = Client(address, timeout=timeout, security=security)
     except OSError as error:
         raise ClusterError(
             f"cannot reach the Dask scheduler at {address}: {error}"
