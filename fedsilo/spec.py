@@ -293,10 +293,24 @@ class FederationSpec(_Strict):
             )
         return self
 
+    def public_dict(self) -> dict[str, Any]:
+        """Return the spec without storage options (they may hold credentials)."""
+        data = self.model_dump(mode="json")
+        data.pop("storage_options", None)
+        for silo in data["silos"]:
+            silo.pop("storage_options", None)
+            for side in ("train", "test"):
+                if isinstance(silo.get(side), dict) and "url" in silo[side]:
+                    silo[side] = {**silo[side], "url": "<hidden>"}
+        return data
+
+    def public_json(self) -> str:
+        """Return :meth:`public_dict` as JSON: what checkpoints may record."""
+        return json.dumps(self.public_dict(), sort_keys=True)
+
     def spec_hash(self) -> str:
-        """Return a stable short hash of the spec's content."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        """Return a stable short hash of the spec (credentials excluded)."""
+        return hashlib.sha256(self.public_json().encode()).hexdigest()[:16]
 
 
 def _is_url(location: str) -> bool:

@@ -179,7 +179,7 @@ def _metadata(
         else {k: v.tolist() for k, v in scaler.items()},
     }
     return {
-        "fedsilo.spec": spec.model_dump_json(),
+        "fedsilo.spec": spec.public_json(),
         "fedsilo.spec_hash": spec.spec_hash(),
         "fedsilo.model": json.dumps(model),
         "fedsilo.sklearn_version": version("scikit-learn"),
