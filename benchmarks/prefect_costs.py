@@ -58,7 +58,9 @@ def empty_task(i: int) -> int:
 @task(name="dask-roundtrip", **OPTIONS)
 def dask_task(i: int, worker: str) -> int:
     client: Client = CLIENT["client"]
-    future = client.submit(_noop, i, workers=[worker], allow_other_workers=False, pure=False)
+    future = client.submit(
+        _noop, i, workers=[worker], allow_other_workers=False, pure=False
+    )
     return int(future.result(timeout=60))
 
 
@@ -105,7 +107,9 @@ def measure(repeat: int) -> dict[str, float]:
 
         def wave_dask(pins: list[str] = pins) -> None:
             futures = [
-                client.submit(_noop, i, workers=[w], allow_other_workers=False, pure=False)
+                client.submit(
+                    _noop, i, workers=[w], allow_other_workers=False, pure=False
+                )
                 for i, w in enumerate(pins)
             ]
             client.gather(futures)
@@ -125,10 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args(argv)
     quiet_dask_logs()
-    with LocalCluster(
-        n_workers=4, threads_per_worker=1, processes=True, dashboard_address=None,
-        silence_logs=logging.WARNING,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=4,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         CLIENT["client"] = client
         figures = measure(args.repeat)
     for name, seconds in figures.items():

@@ -36,8 +36,22 @@ IDLE_LEAVES = (
     "get (queue.py",
     "_wait_for_tstate_lock",
     "acquire",
+    # Python frames that block in C (no inner frame is sampled while they wait):
+    "main (multiprocessing/resource_tracker.py",  # reading its pipe
+    "heartbeat_loop (prefect/flow_engine.py",  # time.sleep(1) between beats
 )
 _FRAME = re.compile(r"^(?P<name>.+) \((?P<where>[^()]*)\)$")
+
+
+def _split_stack(stack: str) -> list[str]:
+    """Split on ';' but keep a quoted process command line (it may hold ';')."""
+    parts: list[str] = []
+    for piece in stack.split(";"):
+        if parts and parts[-1].startswith("process ") and not parts[-1].endswith('"'):
+            parts[-1] += ";" + piece
+        else:
+            parts.append(piece)
+    return parts
 
 
 def parse(path: str) -> list[tuple[str, str, list[str], int]]:
@@ -49,7 +63,7 @@ def parse(path: str) -> list[tuple[str, str, list[str], int]]:
             if not line:
                 continue
             stack, _, count = line.rpartition(" ")
-            parts = stack.split(";")
+            parts = _split_stack(stack)
             processes = [p for p in parts if p.startswith("process ")]
             threads = [p for p in parts if p.startswith("thread ")]
             frames = [p for p in parts if not p.startswith(("process ", "thread "))]
@@ -59,13 +73,25 @@ def parse(path: str) -> list[tuple[str, str, list[str], int]]:
     return out
 
 
+def root_process(path: str) -> str:
+    """Return the label of the profiled (outermost) process."""
+    with open(path) as handle:
+        return _split_stack(handle.readline().rpartition(" ")[0])[0]
+
+
 def short_process(process: str) -> str:
     """Return 'pid command' of a py-spy process label, shortened."""
     match = re.match(r'process (\d+):"(.*)"', process)
     if not match:
         return process
     pid, command = match.groups()
-    for key in ("uvicorn", "spawn_main", "forkserver", "round_overhead", "fedavg_job_a"):
+    for key in (
+        "uvicorn",
+        "spawn_main",
+        "forkserver",
+        "round_overhead",
+        "fedavg_job_a",
+    ):
         if key in command:
             return f"{pid} {key}"
     return f"{pid} {command[:60]}"
@@ -77,8 +103,11 @@ def thread_name(thread: str) -> str:
 
 
 def is_idle(frames: list[str]) -> bool:
-    """Whether a sample's innermost frame is waiting."""
-    return not frames or any(frames[-1].startswith(i) or i in frames[-1] for i in IDLE_LEAVES)
+    """Whether a sample's innermost frame is waiting (a heuristic: a frame that
+    calls into C and blocks there looks busy unless it is listed above)."""
+    return not frames or any(
+        frames[-1].startswith(i) or i in frames[-1] for i in IDLE_LEAVES
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("profile")
     parser.add_argument("--thread", default="MainThread")
     parser.add_argument("--top", type=int, default=40)
-    parser.add_argument("--match", action="append", default=[], help="only frames containing this")
+    parser.add_argument(
+        "--match", action="append", default=[], help="only frames containing this"
+    )
     args = parser.parse_args(argv)
     rows = parse(args.profile)
     if not rows:
         print("empty profile")
         return 1
-    main_process = rows[0][0].split(";")[0]
+    main_process = root_process(args.profile)
 
     busy: Counter[tuple[str, str]] = Counter()
     total: Counter[tuple[str, str]] = Counter()
@@ -107,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         by_process[key[0]] += busy[key]
         if busy[key] or count == max(total.values()):
             print(f"{key[0]:<28} {key[1][:34]:<34} {count:>8} {busy[key]:>7}")
-    print("busy samples per process:", dict(sorted(by_process.items(), key=lambda kv: -kv[1])))
+    print(
+        "busy samples per process:",
+        dict(sorted(by_process.items(), key=lambda kv: -kv[1])),
+    )
 
     inclusive: Counter[str] = Counter()
     n = 0
@@ -118,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         for frame in set(frames):
             if not args.match or any(m in frame for m in args.match):
                 inclusive[frame] += count
-    print(f"\n{args.thread} of {short_process(main_process)}: {n} samples; "
-          "inclusive share of its (wall) time")
+    print(
+        f"\n{args.thread} of {short_process(main_process)}: {n} samples; "
+        "inclusive share of its (wall) time"
+    )
     for frame, count in inclusive.most_common(args.top):
         print(f"{100 * count / n:6.1f}%  {frame}")
     return 0

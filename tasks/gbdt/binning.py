@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsilo.tasks.gbdt.jit import kernels
+
 MAX_BINS = 65_536
 
 
@@ -73,6 +75,17 @@ def bin_matrix(X: np.ndarray, cuts: Sequence[np.ndarray]) -> BinnedMatrix:
     check_cuts(cuts)
     n_bins = np.array([c.size for c in cuts], dtype=np.int64)
     dtype = bin_dtype(int(n_bins.max(initial=1)))
+    jit = kernels()
+    if jit is not None and len(cuts):
+        X32 = np.ascontiguousarray(X, dtype=np.float32)
+        offsets = np.r_[0, np.cumsum(n_bins)].astype(np.int64)
+        flat = np.concatenate(cuts).astype(np.float32)
+        bins = np.empty(X.shape, dtype=dtype)
+        missing = np.zeros(X.shape, dtype=bool)
+        any_missing = jit.bin_rows(X32, flat, offsets, bins, missing)
+        return BinnedMatrix(
+            bins=bins, missing=missing if any_missing else None, n_bins=n_bins
+        )
     bins = np.empty(X.shape, dtype=dtype)
     for j, c in enumerate(cuts):
         bins[:, j] = bin_column(X[:, j], c)

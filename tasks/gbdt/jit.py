@@ -17,7 +17,7 @@ import numpy as np
 try:
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency
-    numba = None
+    numba = None  # type: ignore[assignment]
 
 _kernels: SimpleNamespace | None = None
 
@@ -41,7 +41,7 @@ if numba is not None:
         default_left: Any,
         left: Any,
     ) -> None:  # pragma: no cover - compiled
-        # feature[node] < 0: the node is not split at this level
+        """Move rows of split nodes to a child; ``feature[node] < 0``: not split."""
         size = feature.shape[0]
         for i in range(pos.shape[0]):
             node = pos[i]
@@ -69,7 +69,7 @@ if numba is not None:
         out: Any,
         totals: Any,
     ) -> None:  # pragma: no cover - compiled
-        # out[slot, feature, bin, 0 | 1]; totals[slot] = (G, H, rows)
+        """Add rows of ``lut``'s nodes to out[slot, feature, bin, 0|1] and totals."""
         n_features = bins.shape[1]
         size = lut.shape[0]
         for i in range(pos.shape[0]):
@@ -108,6 +108,7 @@ if numba is not None:
         default_left: Any,
         out: Any,
     ) -> None:  # pragma: no cover - compiled
+        """Write the leaf each binned row reaches from its ``start`` node."""
         for i in range(start.shape[0]):
             node = start[i]
             while left[node] >= 0:
@@ -120,6 +121,39 @@ if numba is not None:
             out[i] = node
 
     @jit
+    def bin_rows(
+        X: Any, cuts: Any, offsets: Any, bins: Any, missing: Any
+    ) -> bool:  # pragma: no cover - compiled
+        """Bin rows as ``binning.bin_column``; return whether any value was NaN.
+
+        ``bins[i, j]`` is ``searchsorted(cuts_j, X[i, j], "right")`` clamped to
+        the last bin; NaN gives bin 0 and ``missing[i, j]``.
+        """
+        any_missing = False
+        n, m = X.shape
+        for i in range(n):
+            for j in range(m):
+                x = X[i, j]
+                if np.isnan(x):
+                    bins[i, j] = 0
+                    missing[i, j] = True
+                    any_missing = True
+                    continue
+                lo = offsets[j]
+                end = offsets[j + 1]
+                hi = end
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if cuts[mid] <= x:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                b = lo - offsets[j]
+                last = end - offsets[j] - 1
+                bins[i, j] = b if b < last else last
+        return any_missing
+
+    @jit
     def leaves(
         X: Any,
         left: Any,
@@ -129,15 +163,12 @@ if numba is not None:
         default_left: Any,
         out: Any,
     ) -> None:  # pragma: no cover - compiled
-        # float32 values as XGBoost routes them: left iff x < threshold, NaN default
+        """Write each row's leaf: left iff x < threshold (float32), NaN by default."""
         for i in range(X.shape[0]):
             node = 0
             while left[node] >= 0:
                 x = X[i, feature[node]]
-                if np.isnan(x):
-                    go_left = default_left[node]
-                else:
-                    go_left = x < threshold[node]
+                go_left = default_left[node] if np.isnan(x) else x < threshold[node]
                 node = left[node] if go_left else right[node]
             out[i] = node
 
@@ -145,6 +176,7 @@ if numba is not None:
     def gain(
         g: float, h: float, reg_lambda: float, reg_alpha: float, mcw: float
     ) -> float:  # pragma: no cover - compiled
+        """Return ``split.node_gain`` of one node."""
         if not (h >= mcw and h > 0.0):
             return 0.0
         if reg_alpha > 0.0:
@@ -169,7 +201,11 @@ if numba is not None:
         best: Any,
         sums: Any,
     ) -> None:  # pragma: no cover - compiled
-        # best[i] = (feature, bin, default_left), sums[i] = (gain, GL, HL, GR, HR)
+        """Best split per node, as ``split.find_splits`` scans and breaks ties.
+
+        ``best[i] = (feature, bin, default_left)``, ``sums[i] = (gain, GL, HL,
+        GR, HR)``; gain is -inf where no split is valid.
+        """
         m, n_features, width = grad.shape
         stride = width - 1
         for i in range(m):
@@ -226,6 +262,7 @@ if numba is not None:
 
     _kernels = SimpleNamespace(
         route=route,
+        bin_rows=bin_rows,
         histogram=histogram,
         descend=descend,
         leaves=leaves,

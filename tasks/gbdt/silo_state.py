@@ -332,9 +332,7 @@ class SiloTreeState:
         for tree, k in zip(trees, tree_info, strict=True):
             margin[:, k] += tree.value[
                 tree.descend_binned(binned, start, self.backend)
-            ].astype(
-                np.float64
-            )
+            ].astype(np.float64)
         if trees:
             self._offsets = np.zeros_like(self._offsets)
 

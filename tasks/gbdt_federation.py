@@ -1,0 +1,315 @@
+"""The silos of a boosting run as the learner sees them, over the Dask client.
+
+:class:`DaskFederation` implements ``gbdt.learner.Federation``. Every exchange
+is one call per silo to the silo's resident
+:class:`~fedsilo.tasks.gbdt_silo.BoostingSilo` on its own worker (never
+elsewhere); the coordinator collects the replies and sums them. A tree level is
+one exchange: the splits just chosen travel with the request for the next
+level's histograms, and the last one of a tree also starts the next tree, so a
+tree of depth ``d`` costs ``d`` exchanges. They go through Dask directly, not
+as Prefect tasks, in one of two ways (:data:`TRANSPORTS`):
+
+- ``"actor"`` (default): the silo's state is a Dask actor, created by a pinned
+  ``Client.submit(..., actor=True)``; a call is one request to its worker
+  (about 1-5 ms here), not routed through the scheduler's task machinery;
+- ``"submit"``: a call is a pinned ``Client.submit`` per silo on the future of
+  the silo's state, then a direct gather. Each such task passes the client's,
+  scheduler's and worker's batched streams (10, 5 and 2 ms send intervals), so
+  back-to-back exchanges cost 15-40 ms each here; see docs/gbdt.md.
+
+Either way the coordinator holds only futures (and actor handles) of the
+silo-resident state, and :meth:`SiloCalls.free` releases them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from distributed import Actor, Client, Future
+
+from fedsilo.errors import FedsiloError, SiloFailedError
+from fedsilo.tasks import gbdt_silo
+from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
+from fedsilo.tasks.gbdt.model import Tree
+from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
+from fedsilo.tasks.round_tasks import wait_silo
+
+Transport = Literal["actor", "submit"]
+TRANSPORTS: tuple[Transport, ...] = ("actor", "submit")
+#: Environment variable that selects the transport of per-level exchanges.
+TRANSPORT_ENV = "FEDSILO_GBDT_TRANSPORT"
+
+
+def default_transport() -> Transport:
+    """Return the transport named by ``FEDSILO_GBDT_TRANSPORT`` (default actor)."""
+    value = os.environ.get(TRANSPORT_ENV, "actor")
+    if value not in TRANSPORTS:
+        raise FedsiloError(f"{TRANSPORT_ENV}={value!r}: use one of {list(TRANSPORTS)}")
+    return "submit" if value == "submit" else "actor"
+
+
+#: Observers of every exchange: ``(silo, call name, (sent, reply))``. Tests use
+#: them to assert on payloads; nothing else should.
+observers: list[Callable[[str, str, Any], None]] = []
+
+
+@dataclass(slots=True)
+class Traffic:
+    """Bytes sent to and received from one silo, and the exchanges made."""
+
+    down: int = 0
+    up: int = 0
+    calls: int = 0
+
+
+def payload_bytes(value: Any) -> int:
+    """Return the size of a message: array buffers of histograms, else pickled."""
+    if isinstance(value, NodeHistograms):
+        return value.nbytes
+    if isinstance(value, tuple):
+        return sum(payload_bytes(v) for v in value)
+    return len(pickle.dumps(value, protocol=5))
+
+
+def _wait_all(futures: Sequence[Future], timeout: float) -> bool:
+    """Wait until every future is done (or failed); False after ``timeout`` s.
+
+    Unlike ``distributed.wait`` this uses the futures' own client, not the
+    process's default one.
+    """
+    if not futures:
+        return True
+    remaining = [len(futures)]
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def one_done(_: Future) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                done.set()
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    return done.wait(timeout)
+
+
+def _failure(silo: str, error: BaseException) -> FedsiloError:
+    if isinstance(error, FedsiloError):
+        return error
+    if isinstance(error, TimeoutError):
+        return SiloFailedError(silo, "no reply in time")
+    text = str(error).splitlines()[0] if str(error) else ""
+    return SiloFailedError(silo, f"{type(error).__name__}: {text}")
+
+
+@dataclass(slots=True)
+class SiloCalls:
+    """Pinned work at every silo's worker, with failures naming the silo.
+
+    ``submit``/``gather`` run plain tasks (setup: reading, checking, sketching);
+    ``open`` makes each silo's resident state and ``call`` reaches it.
+    """
+
+    client: Client
+    workers: dict[str, str]  # silo -> worker address
+    run_key: str
+    timeout: float
+    transport: Transport = "actor"
+    traffic: dict[str, Traffic] = field(default_factory=dict)
+    states: dict[str, Future] = field(default_factory=dict)
+    actors: dict[str, Any] = field(default_factory=dict)
+    _counter: Any = field(default_factory=itertools.count)
+
+    def submit(
+        self,
+        silo: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        name: str,
+        actor: bool = False,
+    ) -> Future:
+        """Run ``fn`` on the silo's own worker, under a unique key."""
+        return self.client.submit(
+            fn,
+            *args,
+            key=f"{name}-{silo}-{self.run_key}-{next(self._counter)}",
+            workers=[self.workers[silo]],
+            allow_other_workers=False,
+            pure=False,
+            actor=actor,
+        )
+
+    def gather(self, futures: dict[str, Future]) -> dict[str, Any]:
+        """Wait for one future per silo and fetch the replies from the workers."""
+        if not _wait_all(list(futures.values()), self.timeout):
+            late = [s for s, f in futures.items() if not f.done()]
+            raise SiloFailedError(late[0], f"no reply within {self.timeout:g}s")
+        for silo, future in futures.items():
+            if future.status != "finished":
+                wait_silo(silo, future, self.timeout)  # raises, naming the silo
+        values = self.client.gather(list(futures.values()), direct=True)
+        return dict(zip(futures, values, strict=True))
+
+    def each(
+        self, name: str, fn: Callable[..., Any], per_silo: dict[str, Sequence[Any]]
+    ) -> dict[str, Any]:
+        """Run ``fn(*per_silo[silo])`` as a task at every silo; count the traffic."""
+        futures = {
+            silo: self.submit(silo, fn, *args, name=name)
+            for silo, args in per_silo.items()
+        }
+        replies = self.gather(futures)
+        for silo, args in per_silo.items():
+            self._count(silo, name, args, replies[silo])
+        return replies
+
+    def _count(self, silo: str, name: str, args: Sequence[Any], reply: Any) -> None:
+        sent = [a for a in args if not isinstance(a, Future)]
+        t = self.traffic.setdefault(silo, Traffic())
+        t.down += payload_bytes(tuple(sent)) if sent else 0
+        t.up += payload_bytes(reply)
+        t.calls += 1
+        for observer in list(observers):
+            observer(silo, name, (tuple(sent), reply))
+
+    # -- silo-resident state -----------------------------------------------------
+    def open(self, fn: Callable[..., Any], per_silo: dict[str, Sequence[Any]]) -> None:
+        """Create each silo's resident state with ``fn(*args)`` on its worker."""
+        actor = self.transport == "actor"
+        self.states = {
+            silo: self.submit(silo, fn, *args, name="gbdt-silo", actor=actor)
+            for silo, args in per_silo.items()
+        }
+        if actor:
+            self.gather(self.states)  # surfaces a silo's error, naming the silo
+            # Actor calls go through the scheduler unless the client talks to
+            # workers directly: that would send every histogram twice.
+            self.client.direct_to_workers = True
+            # Handles bound to this client (deserialized ones take the default).
+            with self.client.as_current():
+                self.actors = {
+                    silo: Actor(gbdt_silo.BoostingSilo, self.workers[silo], f.key)
+                    for silo, f in self.states.items()
+                }
+
+    def call(self, method: str, per_silo: dict[str, Sequence[Any]]) -> dict[str, Any]:
+        """Call ``method`` of every listed silo's state; return replies by silo."""
+        if method not in gbdt_silo.CALLS:
+            raise ValueError(f"not a silo call: {method!r}")
+        if self.transport == "submit":
+            replies = self.each(
+                f"gbdt-{method}",
+                gbdt_silo.call,
+                {s: (self.states[s], method, *a) for s, a in per_silo.items()},
+            )
+            return replies
+        pending = {
+            silo: getattr(self.actors[silo], method)(*args)
+            for silo, args in per_silo.items()
+        }
+        replies = {}
+        deadline = time.monotonic() + self.timeout
+        for silo, future in pending.items():
+            try:
+                replies[silo] = future.result(
+                    timeout=max(deadline - time.monotonic(), 0.001)
+                )
+            except Exception as error:
+                raise _failure(silo, error) from error
+        for silo, args in per_silo.items():
+            self._count(silo, f"gbdt-{method}", args, replies[silo])
+        return replies
+
+    def call_all(self, method: str, *args: Any) -> dict[str, Any]:
+        """Call ``method(*args)`` at every silo."""
+        return self.call(method, {silo: args for silo in self.states})
+
+    def free(self) -> None:
+        """Free every silo's resident state and release its future; never raises."""
+        if self.states:
+            try:
+                if self.transport == "actor":
+                    pending = [a.free() for a in self.actors.values()]
+                    for future in pending:
+                        future.result(timeout=10)
+                else:
+                    futures = {
+                        s: self.submit(s, gbdt_silo.call, f, "free", name="gbdt-free")
+                        for s, f in self.states.items()
+                    }
+                    _wait_all(list(futures.values()), 10)
+            except Exception:
+                pass
+        self.actors.clear()
+        self.states.clear()
+
+
+@dataclass(slots=True)
+class DaskFederation:
+    """``learner.Federation`` over Dask: silo-resident state, summed replies.
+
+    ``trees_left`` (set per Prefect round) says how many more rounds of trees
+    follow; while it is positive, finishing a round also starts the next one at
+    every silo with the last gradient grid, saving an exchange per tree. The
+    start is used only when the learner asks for that same grid.
+    """
+
+    calls: SiloCalls
+    trees_left: int = 0
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"start": 0.0, "level": 0.0, "finish": 0.0}
+    )
+    exchanges: int = 0
+    _exponent: int | None = None
+    _started: NodeHistograms | None = None
+
+    def start_round(self, exponent: int) -> NodeHistograms:
+        """Start a round at every silo; return the summed root histograms."""
+        started = time.perf_counter()
+        ready, self._started = self._started, None
+        if ready is None or exponent != self._exponent:
+            ready = sum_histograms(
+                list(self.calls.call_all("start_round", exponent).values())
+            )
+            self.exchanges += 1
+        self._exponent = exponent
+        self.seconds["start"] += time.perf_counter() - started
+        return ready
+
+    def level(
+        self, splits: Sequence[NodeSplit], nodes: Sequence[tuple[int, int]]
+    ) -> NodeHistograms:
+        """Send a level's splits with the request for the next nodes' histograms."""
+        started = time.perf_counter()
+        replies = self.calls.call_all("grow_level", list(splits), list(nodes))
+        total = sum_histograms(list(replies.values()))
+        self.exchanges += 1
+        self.seconds["level"] += time.perf_counter() - started
+        return total
+
+    def finish_round(self, trees: Sequence[Tree]) -> LossSum:
+        """Send the round's trees; return the summed training loss."""
+        started = time.perf_counter()
+        self.trees_left -= 1
+        total = LossSum(0.0, 0)
+        if self.trees_left > 0 and self._exponent is not None:
+            replies = self.calls.call_all(
+                "finish_and_start", list(trees), self._exponent
+            )
+            for loss, _ in replies.values():
+                total = total + loss
+            self._started = sum_histograms([h for _, h in replies.values()])
+        else:
+            for loss in self.calls.call_all("finish_round", list(trees)).values():
+                total = total + loss
+        self.exchanges += 1
+        self.seconds["finish"] += time.perf_counter() - started
+        return total

@@ -1,0 +1,361 @@
+"""Federated boosting at a silo, on its own Dask worker.
+
+These functions run inside the silo's worker process. The rows are read there
+(``tasks.silo.load_silo``), validated and binned there, and stay there for the
+whole run in one :class:`BoostingSilo` (binned train and test rows, labels,
+margins, node positions), which the coordinator only ever refers to through a
+Dask future and frees with :func:`free_silo` when the run ends or fails.
+
+What a reply holds (and nothing else): quantile summaries of feature columns
+and label sums at setup; per tree level the gradient/hessian histograms of the
+nodes asked for; per tree the summed training loss; per round the metrics and
+their sums. ``docs/gbdt.md`` says what each of these reveals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fedsilo.errors import SiloDataError
+from fedsilo.tasks.gbdt.histogram import Backend, NodeHistograms
+from fedsilo.tasks.gbdt.model import Tree
+from fedsilo.tasks.gbdt.objective import Intercept, Objective, make_objective
+from fedsilo.tasks.gbdt.silo_state import (
+    LossSum,
+    NodeSplit,
+    SiloTreeState,
+    prepare_silo_data,
+)
+from fedsilo.tasks.gbdt.silo_state import (
+    SiloData as GBDTData,
+)
+from fedsilo.tasks.gbdt.sketch import QuantileSummary, summarize
+from fedsilo.tasks.messages import Evaluation
+from fedsilo.tasks.metrics import classification_scores, regression_scores
+from fedsilo.tasks.silo import SiloData, worker_name
+
+
+@dataclass(frozen=True, slots=True)
+class BoostingSetup:
+    """What every silo needs to know to validate and bin its rows."""
+
+    features: tuple[str, ...]
+    target: str
+    task: str  # "classification" or "regression"
+    objective: str
+    num_class: int
+    backend: Backend = "auto"
+
+    def make_objective(self) -> Objective:
+        """Return the objective being boosted."""
+        return make_objective(self.objective, self.num_class)
+
+    @property
+    def classes(self) -> np.ndarray:
+        """Return the class labels (0..K-1) of a classification federation."""
+        return np.arange(max(self.num_class, 2))
+
+
+@dataclass(frozen=True, slots=True)
+class SiloSketch:
+    """A silo's reply at setup: column summaries, row count and label sums."""
+
+    silo: str
+    summaries: tuple[QuantileSummary, ...]
+    n_rows: int
+    label_stats: np.ndarray
+    label_bound: float
+
+
+@dataclass(frozen=True, slots=True)
+class BoostingRows:
+    """A silo's validated rows before binning (resident, freed once binned)."""
+
+    silo: str
+    train: GBDTData
+    X_test: np.ndarray  # float32, NaN for missing
+    y_test: np.ndarray  # float64
+
+
+class BoostingSilo:
+    """A silo's resident boosting state: binned rows, labels, margins.
+
+    Holds the training side in a ``SiloTreeState`` and, for evaluation, the
+    float32 test rows with their margins, kept up to date tree by tree. Every
+    call after :meth:`free` raises RuntimeError.
+    """
+
+    def __init__(
+        self,
+        silo: str,
+        state: SiloTreeState,
+        X_test: np.ndarray,
+        y_test: np.ndarray,
+        intercept: Intercept,
+        backend: Backend,
+    ) -> None:
+        self.silo = silo
+        self.backend: Backend = backend
+        self.seconds: dict[str, float] = {}
+        self._state: SiloTreeState | None = state
+        self._X_test: np.ndarray | None = X_test
+        self._y_test: np.ndarray | None = y_test
+        k = state.objective.n_outputs
+        margin = np.full((X_test.shape[0], k), intercept.base_margin)
+        self._test_margin: np.ndarray | None = margin
+        self._test_offsets = np.asarray(intercept.offsets, np.float64).copy()
+
+    @property
+    def state(self) -> SiloTreeState:
+        """Return the training side, or raise if the silo was freed."""
+        if self._state is None:
+            raise RuntimeError(f"silo {self.silo!r}: boosting state was freed")
+        return self._state
+
+    def _test(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._X_test is None or self._y_test is None or self._test_margin is None:
+            raise RuntimeError(f"silo {self.silo!r}: boosting state was freed")
+        return self._X_test, self._y_test, self._test_margin
+
+    def add_test_trees(self, trees: Sequence[Tree], tree_info: Sequence[int]) -> None:
+        """Add trees to the test margins, routing raw float32 values like XGBoost."""
+        X, _, margin = self._test()
+        for tree, k in zip(trees, tree_info, strict=True):
+            leaf = tree.leaves(X, self.backend)
+            margin[:, k] += tree.value[leaf].astype(np.float64)
+        if trees:
+            self._test_offsets = np.zeros_like(self._test_offsets)
+
+    def predictions(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return (labels, predictions) of the current model on train or test rows."""
+        objective = self.state.objective
+        if split == "train":
+            return self.state.labels(), self.state.predictions()
+        _, y, margin = self._test()
+        return y, objective.transform(margin + self._test_offsets)
+
+    def free(self) -> None:
+        """Drop every row and per-row array."""
+        if self._state is not None:
+            self._state.free()
+        self._state = None
+        self._X_test = self._y_test = self._test_margin = None
+
+    # -- the calls the coordinator makes (as Dask tasks or as actor methods) ----
+    def worker(self) -> str:
+        """Return the name of the worker holding the silo (a check that it is open)."""
+        self.state.n_rows  # noqa: B018 - raises once freed
+        return worker_name()
+
+    def start_round(self, exponent: int) -> NodeHistograms:
+        """Compute gradients on the grid ``2**-exponent``; return root histograms."""
+        started = time.thread_time()
+        out = self.state.start_round(exponent)
+        self._busy("start_round", started)
+        return out
+
+    def grow_level(
+        self, splits: Sequence[NodeSplit], nodes: Sequence[tuple[int, int]]
+    ) -> NodeHistograms:
+        """Apply the level's splits; return histograms of the nodes to build."""
+        started = time.thread_time()
+        out = self.state.level(splits, nodes)
+        self._busy("grow_level", started)
+        return out
+
+    def finish_round(self, trees: Sequence[Tree]) -> LossSum:
+        """Add the round's trees to the train and test margins; return the loss."""
+        started = time.thread_time()
+        loss = self.state.finish_round(trees)
+        self.add_test_trees(trees, range(len(trees)))
+        self._busy("finish_round", started)
+        return loss
+
+    def timings(self) -> dict[str, float]:
+        """Return the CPU seconds this silo has spent per call (its thread's)."""
+        return dict(self.seconds)
+
+    def _busy(self, call: str, started: float) -> None:
+        self.seconds[call] = self.seconds.get(call, 0.0) + (
+            time.thread_time() - started
+        )
+
+    def finish_and_start(
+        self, trees: Sequence[Tree], exponent: int
+    ) -> tuple[LossSum, NodeHistograms]:
+        """Finish this round and start the next on the grid ``2**-exponent``."""
+        return self.finish_round(trees), self.start_round(exponent)
+
+    def evaluate(self, setup: BoostingSetup, round_number: int) -> list[Evaluation]:
+        """Score the current model on the silo's train and test rows."""
+        return evaluate(self, setup, round_number)
+
+
+def call(silo: BoostingSilo, method: str, *args: object) -> object:
+    """Call one of the silo's methods (how a Dask task reaches it)."""
+    if method not in CALLS:
+        raise ValueError(f"not a silo call: {method!r}")
+    return getattr(silo, method)(*args)
+
+
+#: The methods the coordinator may call on a silo.
+CALLS = frozenset(
+    {
+        "worker",
+        "start_round",
+        "grow_level",
+        "finish_round",
+        "finish_and_start",
+        "evaluate",
+        "timings",
+        "free",
+    }
+)
+
+
+# -- setup ---------------------------------------------------------------------
+
+
+def _label_problem(
+    silo: str, y: np.ndarray, setup: BoostingSetup, split: str
+) -> str | None:
+    """Return why labels do not suit the objective, or None."""
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        return f"{split} labels have dtype {y.dtype}; xgboost needs numeric labels" + (
+            f" 0..{setup.num_class - 1}" if setup.task == "classification" else ""
+        )
+    values = y.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        return f"{split} labels must be finite (no missing value or infinity)"
+    if setup.task == "classification":
+        k = max(setup.num_class, 2)
+        bad = values[(values < 0) | (values >= k) | (values != np.floor(values))]
+        if bad.size:
+            return (
+                f"{split} label {bad[0]:g} is outside the classes 0..{k - 1} "
+                f"of {setup.objective}"
+            )
+    problem = setup.make_objective().label_problem(values)
+    return None if problem is None else f"{split} {problem}"
+
+
+def _test_matrix(silo: str, frame: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
+    columns = []
+    for name in features:
+        col = frame[name]
+        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            raise SiloDataError(
+                silo,
+                f"test rows have dtype {col.dtype}; features must be numeric",
+                column=name,
+            )
+        values = col.to_numpy(dtype=np.float32, na_value=np.nan)
+        if np.isinf(values).any():
+            raise SiloDataError(silo, "test rows have infinite values", column=name)
+        columns.append(values)
+    if not columns:
+        return np.empty((len(frame), 0), np.float32)
+    return np.ascontiguousarray(np.column_stack(columns))
+
+
+def prepare_rows(data: SiloData, setup: BoostingSetup) -> BoostingRows:
+    """Validate the silo's rows for boosting; errors name the silo and column."""
+    silo = data.silo
+    objective = setup.make_objective()
+    for split, frame in (("train", data.train), ("test", data.test)):
+        y = frame[setup.target].to_numpy()
+        if pd.isna(y).any():
+            raise SiloDataError(
+                silo, f"{split} rows have missing labels", column=setup.target
+            )
+        problem = _label_problem(silo, y, setup, split)
+        if problem is not None:
+            raise SiloDataError(silo, problem, column=setup.target)
+    features = list(setup.features)
+    train = prepare_silo_data(
+        silo,
+        data.train[features],
+        data.train[setup.target].to_numpy().astype(np.float64),
+        objective,
+        label=setup.target,
+    )
+    return BoostingRows(
+        silo=silo,
+        train=train,
+        X_test=_test_matrix(silo, data.test, features),
+        y_test=data.test[setup.target].to_numpy().astype(np.float64),
+    )
+
+
+def sketch_rows(
+    rows: BoostingRows, setup: BoostingSetup, max_size: int | None
+) -> SiloSketch:
+    """Summarise the labels and (unless ``max_size`` is None) every feature column."""
+    objective = setup.make_objective()
+    summaries = () if max_size is None else tuple(summarize(rows.train.X, max_size))
+    return SiloSketch(
+        silo=rows.silo,
+        summaries=summaries,
+        n_rows=int(rows.train.X.shape[0]),
+        label_stats=objective.label_stats(rows.train.y),
+        label_bound=objective.label_bound(rows.train.y),
+    )
+
+
+def open_silo(
+    rows: BoostingRows,
+    setup: BoostingSetup,
+    cuts: Sequence[np.ndarray],
+    intercept: Intercept,
+    trees: Sequence[Tree] = (),
+    tree_info: Sequence[int] = (),
+) -> BoostingSilo:
+    """Bin the silo's rows once with the federation's cuts; replay saved trees."""
+    objective = setup.make_objective()
+    state = SiloTreeState.create(rows.silo, rows.train, cuts, objective, setup.backend)
+    state.set_intercept(intercept)
+    silo = BoostingSilo(
+        rows.silo, state, rows.X_test, rows.y_test, intercept, setup.backend
+    )
+    if trees:
+        state.replay(trees, tree_info)
+        silo.add_test_trees(trees, tree_info)
+    return silo
+
+
+def evaluate(
+    silo: BoostingSilo, setup: BoostingSetup, round_number: int
+) -> list[Evaluation]:
+    """Score the current model on the silo's train and test rows (sums included)."""
+    worker = worker_name()
+    out = []
+    for split in ("train", "test"):
+        y, predicted = silo.predictions(split)
+        if setup.task == "classification":
+            proba = (
+                predicted
+                if predicted.ndim == 2
+                else np.column_stack([1.0 - predicted, predicted])
+            )
+            metrics, sums = classification_scores(
+                y.astype(np.int64), proba, setup.classes
+            )
+        else:
+            metrics, sums = regression_scores(y, predicted)
+        out.append(
+            Evaluation(
+                silo=silo.silo,
+                round=round_number,
+                worker=worker,
+                split=split,
+                n_samples=int(y.shape[0]),
+                metrics=metrics,
+                sums=sums,
+            )
+        )
+    return out
