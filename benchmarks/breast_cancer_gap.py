@@ -62,7 +62,8 @@ def main() -> None:
             federated = federated_training(spec)["final_metrics"]["accuracy"]
             pooled = pooled_accuracy(out)
             label = partition if partition == "iid" else f"dirichlet({args.alpha:g})"
-            print(f"{label:<16} {federated:>9.4f} {pooled:>9.4f} {federated - pooled:>+7.4f}")
+            gap = federated - pooled
+            print(f"{label:<16} {federated:>9.4f} {pooled:>9.4f} {gap:>+7.4f}")
 
 
 if __name__ == "__main__":
