@@ -128,7 +128,7 @@ def _check_labels(
                 continue
             raise SiloDataError(
                 silo,
-                f"label {label!r} is outside the classes 0..{k - 1} of "
+                f"label {label!r} is not one of the classes 0..{k - 1} of "
                 f"{params.objective}"
                 + (" (or raise model.params.num_class)" if k > 2 else ""),
                 column=spec.target,

@@ -167,18 +167,24 @@ class SiloCalls:
             for silo, args in per_silo.items()
         }
         replies = self.gather(futures)
-        for silo, args in per_silo.items():
-            self._count(silo, name, args, replies[silo])
+        self._count(name, per_silo, replies)
         return replies
 
-    def _count(self, silo: str, name: str, args: Sequence[Any], reply: Any) -> None:
-        sent = [a for a in args if not isinstance(a, Future)]
-        t = self.traffic.setdefault(silo, Traffic())
-        t.down += payload_bytes(tuple(sent)) if sent else 0
-        t.up += payload_bytes(reply)
-        t.calls += 1
-        for observer in list(observers):
-            observer(silo, name, (tuple(sent), reply))
+    def _count(
+        self, name: str, per_silo: dict[str, Sequence[Any]], replies: dict[str, Any]
+    ) -> None:
+        """Add an exchange's bytes to the traffic (arguments sized once if shared)."""
+        sizes: dict[int, int] = {}
+        for silo, args in per_silo.items():
+            sent = tuple(a for a in args if not isinstance(a, Future))
+            if id(args) not in sizes:
+                sizes[id(args)] = payload_bytes(sent) if sent else 0
+            t = self.traffic.setdefault(silo, Traffic())
+            t.down += sizes[id(args)]
+            t.up += payload_bytes(replies[silo])
+            t.calls += 1
+            for observer in list(observers):
+                observer(silo, name, (sent, replies[silo]))
 
     # -- silo-resident state -----------------------------------------------------
     def open(self, fn: Callable[..., Any], per_silo: dict[str, Sequence[Any]]) -> None:
@@ -224,8 +230,7 @@ class SiloCalls:
                 )
             except Exception as error:
                 raise _failure(silo, error) from error
-        for silo, args in per_silo.items():
-            self._count(silo, f"gbdt-{method}", args, replies[silo])
+        self._count(f"gbdt-{method}", per_silo, replies)
         return replies
 
     def call_all(self, method: str, *args: Any) -> dict[str, Any]:

@@ -225,19 +225,21 @@ def _label_problem(
     silo: str, y: np.ndarray, setup: BoostingSetup, split: str
 ) -> str | None:
     """Return why labels do not suit the objective, or None."""
+    k = max(setup.num_class, 2)
     if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
-        return f"{split} labels have dtype {y.dtype}; xgboost needs numeric labels" + (
-            f" 0..{setup.num_class - 1}" if setup.task == "classification" else ""
+        classes = f" 0..{k - 1}" if setup.task == "classification" else ""
+        return (
+            f"{split} labels have dtype {y.dtype}; "
+            f"xgboost needs numeric labels{classes}"
         )
     values = y.astype(np.float64)
     if not np.all(np.isfinite(values)):
         return f"{split} labels must be finite (no missing value or infinity)"
     if setup.task == "classification":
-        k = max(setup.num_class, 2)
         bad = values[(values < 0) | (values >= k) | (values != np.floor(values))]
         if bad.size:
             return (
-                f"{split} label {bad[0]:g} is outside the classes 0..{k - 1} "
+                f"{split} label {bad[0]:g} is not one of the classes 0..{k - 1} "
                 f"of {setup.objective}"
             )
     problem = setup.make_objective().label_problem(values)

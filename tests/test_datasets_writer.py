@@ -284,6 +284,7 @@ DEMOS = {
     "breast-cancer-dirichlet.yaml": ("breast_cancer", "dirichlet", 4, "sgd-logistic"),
     "wine.yaml": ("wine", "iid", 3, "mlp-classifier"),
     "diabetes.yaml": ("diabetes", "iid", 4, "sgd-regressor"),
+    "breast-cancer-xgboost.yaml": ("breast_cancer", "iid", 4, "xgboost"),
 }
 
 

@@ -334,7 +334,7 @@ def _bad(frame: pd.DataFrame, case: str) -> pd.DataFrame:
 BAD = {
     "other dtype": ("incompatible", "x1"),
     "all NaN": ("no non-missing value", "x2"),
-    "label outside num_class": ("label 3 is outside the classes 0..2", "label"),
+    "label outside num_class": ("label 3 is not one of the classes 0..2", "label"),
 }
 
 
@@ -398,7 +398,7 @@ def test_cli_reports_bad_labels_in_one_line(
     assert result.returncode == 2, result.stderr
     (line,) = error_lines(result)
     assert line.startswith("fedsilo: error: silo 'silo-1', column 'label': ")
-    assert "label 2 is outside the classes 0..1" in line
+    assert "label 2 is not one of the classes 0..1" in line
 
 
 def test_cli_reports_max_bin_below_two_in_one_line(tmp_path: Path) -> None:

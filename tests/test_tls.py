@@ -396,7 +396,11 @@ def test_peers_without_a_certificate_from_the_ca_cannot_join(
     context.check_hostname = False
     with socket.create_connection((host, int(port)), timeout=10) as raw:
         with context.wrap_socket(raw) as tls:
-            with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+            # The server aborts the handshake: OpenSSL reports it as a missing
+            # certificate or, depending on timing, as an EOF mid-protocol.
+            with pytest.raises(
+                ssl.SSLError, match=r"CERTIFICATE_REQUIRED|EOF occurred|UNEXPECTED_EOF"
+            ):
                 tls.sendall(b"hello")
                 tls.recv(1)
     # A coordinator holding the impostor's certificate cannot attach either.
