@@ -28,6 +28,7 @@ from fedsilo.tasks.silo import (
     SiloSource,
     load_silo,
     prepare_silo,
+    row_count,
     silo_moments,
     silo_schema,
 )
@@ -134,7 +135,7 @@ def open_silos(
     _gather(
         spec,
         {
-            name: _pinned(cluster, name, _row_count, f, key=f"count-{name}-{run_id}")
+            name: _pinned(cluster, name, row_count, f, key=f"count-{name}-{run_id}")
             for name, f in prepared.items()
         },
     )
@@ -145,10 +146,6 @@ def open_silos(
         "scaler": None if mean is None else {"mean": mean, "scale": scale},
         "schemas": schemas,
     }
-
-
-def _row_count(prepared: Any) -> int:
-    return len(prepared.X_train)
 
 
 def raise_one_class(spec: FederationSpec, classes: tuple[Any, ...]) -> None:

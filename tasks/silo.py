@@ -347,3 +347,12 @@ def silo_evaluate(
             )
         )
     return out
+
+
+def row_count(prepared: PreparedSilo) -> int:
+    """Return the silo's training rows (a cheap check that preparation worked).
+
+    It lives here, not in flows/, so that running it never makes a silo worker
+    import Prefect.
+    """
+    return len(prepared.X_train)
