@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedsilo.connectors.sql import SqlSource, mask_url
 from fedsilo.errors import ClusterError, SpecError
-from fedsilo.spec import DataSource, resolve_source
+from fedsilo.spec import DataSource, format_errors, resolve_source
 
 PLUGIN_NAME = "fedsilo-silo-config"
 
@@ -58,17 +58,6 @@ class SiloConfig(BaseModel):
         return out
 
 
-def _format_errors(source: str, error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key"
-        parts.append(f"{loc}: {msg}")
-    return f"{source}: " + "; ".join(parts)
-
-
 def parse_silo_config(
     data: Any, source: str = "<silo config>", base: Path | None = None
 ) -> SiloConfig:
@@ -78,7 +67,7 @@ def parse_silo_config(
     try:
         config = SiloConfig.model_validate(data)
     except ValidationError as error:
-        raise SiloConfigError(_format_errors(source, error)) from None
+        raise SiloConfigError(format_errors(source, error)) from None
     if base is None:
         return config
     return config.model_copy(

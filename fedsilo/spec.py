@@ -329,7 +329,8 @@ def resolve_source(
     return str((base / location).resolve())
 
 
-def _format_errors(source: str, error: ValidationError) -> str:
+def format_errors(source: str, error: ValidationError) -> str:
+    """Return a validation error as one line naming the source and field paths."""
     parts = []
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
@@ -349,7 +350,7 @@ def parse_spec(
     try:
         spec = FederationSpec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(_format_errors(source, error)) from None
+        raise SpecError(format_errors(source, error)) from None
     if base is None:
         return spec
     silos = [
