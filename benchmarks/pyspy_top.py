@@ -76,7 +76,9 @@ def parse(path: str) -> list[tuple[str, str, list[str], int]]:
 def root_process(path: str) -> str:
     """Return the label of the profiled (outermost) process."""
     with open(path) as handle:
-        return _split_stack(handle.readline().rpartition(" ")[0])[0]
+        first = _split_stack(handle.readline().rpartition(" ")[0])[0]
+    # Without --subprocesses py-spy writes no process labels at all.
+    return first if first.startswith("process ") else "?"
 
 
 def short_process(process: str) -> str:
