@@ -22,13 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from distributed import WorkerPlugin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedsilo.connectors.sql import SqlSource, mask_url
 from fedsilo.errors import ClusterError, SpecError
-from fedsilo.spec import DataSource, format_errors, resolve_source
+from fedsilo.spec import DataSource, format_errors, read_yaml, resolve_source
 
 PLUGIN_NAME = "fedsilo-silo-config"
 
@@ -85,19 +84,7 @@ def load_silo_config(path: str | Path, *, check_files: bool = True) -> SiloConfi
     sources are checked when the federation reads them).
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SiloConfigError(f"{path}: no such silo config file") from None
-    except OSError as error:
-        raise SiloConfigError(f"{path}: cannot read: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise SiloConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    data = read_yaml(path, SiloConfigError, "silo config")
     config = parse_silo_config(data, source=str(path), base=path.parent.resolve())
     if check_files:
         for field, location in (("train", config.train), ("test", config.test)):

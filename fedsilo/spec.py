@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from fedsilo.connectors.sql import SqlSource, resolve_sqlite_url, url_password
-from fedsilo.errors import SpecError
+from fedsilo.errors import FedsiloError, SpecError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 CLASSIFIERS = frozenset({"sgd-logistic", "logistic", "mlp-classifier"})
@@ -368,20 +368,25 @@ def parse_spec(
     return spec.model_copy(update={"silos": silos, "cluster": cluster})
 
 
-def load_spec(path: str | Path) -> FederationSpec:
-    """Read a YAML spec; errors name the file and the field path."""
-    path = Path(path)
+def read_yaml(path: Path, error: type[FedsiloError], what: str) -> Any:
+    """Read a YAML file; a missing file or bad YAML is one ``error`` naming it."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except OSError as error:
-        raise SpecError(f"{path}: cannot read: {error.strerror}") from None
+        raise error(f"{path}: no such {what} file") from None
+    except OSError as problem:
+        raise error(f"{path}: cannot read: {problem.strerror}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise SpecError(f"{path}:{where}: invalid YAML: {problem}") from None
+        detail = getattr(problem, "problem", None) or str(problem)
+        raise error(f"{path}:{where}: invalid YAML: {detail}") from None
+
+
+def load_spec(path: str | Path) -> FederationSpec:
+    """Read a YAML spec; errors name the file and the field path."""
+    path = Path(path)
+    data = read_yaml(path, SpecError, "spec")
     return parse_spec(data, source=str(path), base=path.parent.resolve())

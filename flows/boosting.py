@@ -202,17 +202,13 @@ def open_boosting_silos(
         }
         calls.gather(
             {
-                silo: calls.submit(silo, _n_rows, future, name="rows-check")
+                silo: calls.submit(silo, gbdt_silo.n_rows, future, name="rows-check")
                 for silo, future in rows.items()
             }
         )
     finally:
         data.clear()  # the raw tables are not needed any more at the silos
     return {"rows": rows, "features": features, "setup": setup, "schemas": schemas}
-
-
-def _n_rows(rows: gbdt_silo.BoostingRows) -> int:
-    return int(rows.train.X.shape[0])
 
 
 @task(name="bin-silos", cache_policy=NO_CACHE, persist_result=False)
