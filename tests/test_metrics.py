@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import (
     accuracy_score,
     log_loss,
@@ -248,3 +250,44 @@ def test_global_metrics_zero_rows() -> None:
     )
 
     assert global_metrics([empty], "classification") == {}
+
+
+# --- the numpy formulas against scikit-learn's validated ones ----------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 60),
+    n_classes=st.integers(2, 4),
+    rounding=st.sampled_from([None, 1, 2]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_scores_equal_scikit_learn(
+    n: int, n_classes: int, rounding: int | None, seed: int
+) -> None:
+    """Log loss and AUC (ties included, via rounded scores) match scikit-learn."""
+    rng = np.random.default_rng(seed)
+    classes = np.array([f"c{i}" for i in range(n_classes)])
+    y = classes[rng.integers(0, n_classes, n)]
+    proba = rng.dirichlet(np.ones(n_classes), n)
+    if rounding is not None:
+        proba = np.round(proba, rounding) + 0.01  # equal rows: tied scores
+        proba /= proba.sum(axis=1, keepdims=True)
+    metrics, _ = classification_scores(y, proba, classes)
+    assert metrics["log_loss"] == pytest.approx(
+        log_loss(y, proba, labels=classes), rel=1e-9, abs=1e-12
+    )
+    assert metrics["accuracy"] == accuracy_score(y, classes[proba.argmax(axis=1)])
+    if n_classes == 2 and len(set(y)) == 2:
+        expected = roc_auc_score(y == classes[1], proba[:, 1])
+        assert metrics["roc_auc"] == pytest.approx(expected, abs=1e-12)
+    else:
+        assert "roc_auc" not in metrics
+
+
+def test_label_outside_the_classes_is_named() -> None:
+    """A label the federation does not know is an error naming it."""
+    with pytest.raises(ValueError, match="'z'"):
+        classification_scores(
+            np.array(["a", "z"]), np.full((2, 2), 0.5), np.array(["a", "b"])
+        )
