@@ -44,7 +44,7 @@ def _final_table(summary: dict[str, Any], history: list[Any], elapsed: float) ->
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Train the federation a spec describes."""
+    """Train the federation a spec describes (or continue one of its runs)."""
     from fedsilo.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -52,32 +52,147 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = spec.model_copy(update={"rounds": args.rounds})
     if args.checkpoints is not None:
         spec = spec.model_copy(update={"checkpoints": args.checkpoints})
+    run_id = args.run_id
+    if args.resume:
+        from fedsilo.resume import check_same_federation, latest_run, locate_run
+
+        if run_id is None:
+            run_id = latest_run(spec.checkpoints, spec.name, spec.storage_options)
+            if run_id is None:
+                raise FedsiloError(
+                    f"{spec.checkpoints}: federation {spec.name!r} has no run with "
+                    "a complete round to resume"
+                )
+            print(f"resuming run {run_id}", flush=True)
+        store = locate_run(spec.checkpoints, run_id, spec.name, spec.storage_options)
+        check_same_federation(spec, store)
+    return _train(spec, run_id, args.resume)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue a run from its last complete checkpoint, with its recorded spec."""
+    from fedsilo.resume import check_same_federation, locate_run, recorded_spec
+    from fedsilo.spec import load_spec
+
+    given = None if args.spec is None else load_spec(args.spec)
+    root = args.checkpoints or (given.checkpoints if given else "./checkpoints")
+    options = given.storage_options if given else {}
+    store = locate_run(root, args.run_id, args.federation, options)
+    if given is not None:
+        spec = given.model_copy(update={"checkpoints": root})
+        check_same_federation(spec, store)
+    else:
+        spec = recorded_spec(store).model_copy(update={"checkpoints": root})
+    if args.rounds is not None:
+        spec = spec.model_copy(update={"rounds": args.rounds})
+    latest = store.latest_complete_round()
+    print(f"resuming run {args.run_id} of {spec.name} after round {latest}", flush=True)
+    return _train(spec, args.run_id, True)
+
+
+def _train(spec: Any, run_id: str | None, resume: bool) -> int:
+    """Run the training flow under the federation's lock, printing progress."""
     from fedsilo.flows.training import federated_training
+    from fedsilo.locking import federation_lock
     from fedsilo.prefect_env import quiet_dask_logs
     from fedsilo.tasks import run_state
+    from fedsilo.tasks.checkpoint_store import new_run_id
 
     quiet_dask_logs()
-
     history: list[Any] = []
 
     def listener(result: Any, state: Any) -> None:
         history.append(result)
         _print_progress(result, state)
 
-    from fedsilo.locking import federation_lock
-    from fedsilo.tasks.checkpoint_store import new_run_id
-
-    if args.resume and not args.run_id:
-        raise FedsiloError("--resume needs --run-id (the run to continue)")
-    run_id = args.run_id or new_run_id()
+    run_id = run_id or new_run_id()
     run_state.listeners.append(listener)
     started = time.perf_counter()
     try:
         with federation_lock(spec.name, spec.checkpoints, run_id):
-            summary = federated_training(spec, run_id=run_id, resume=args.resume)
+            summary = federated_training(spec, run_id=run_id, resume=resume)
     finally:
         run_state.listeners.remove(listener)
     print(_final_table(summary, history, time.perf_counter() - started))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train federated, personalized, local-only and centralized models; report."""
+    import shlex
+
+    from fedsilo.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.rounds is not None:
+        spec = spec.model_copy(update={"rounds": args.rounds})
+    if args.checkpoints is not None:
+        spec = spec.model_copy(update={"checkpoints": args.checkpoints})
+    if args.personalize_epochs < 1:
+        raise FedsiloError("--personalize-epochs must be at least 1")
+    from fedsilo.flows.compare import federated_comparison
+    from fedsilo.locking import federation_lock
+    from fedsilo.prefect_env import quiet_dask_logs
+    from fedsilo.tasks import comparison
+    from fedsilo.tasks.checkpoint_store import new_run_id
+    from fedsilo.tasks.compare_report import metric_table, report_data, text_table
+    from fedsilo.tasks.compare_report import traffic_table as traffic
+
+    quiet_dask_logs()
+    compare_id = new_run_id()
+    words = ["fedsilo", "compare", args.spec]
+    if args.rounds is not None:
+        words += ["--rounds", str(args.rounds)]
+    if args.checkpoints is not None:
+        words += ["--checkpoints", args.checkpoints]
+    if args.personalize_epochs != 1:
+        words += ["--personalize-epochs", str(args.personalize_epochs)]
+    if args.no_centralized:
+        words.append("--no-centralized")
+    started = time.perf_counter()
+    with federation_lock(spec.name, spec.checkpoints, compare_id):
+        result = federated_comparison(
+            spec,
+            compare_id=compare_id,
+            personalize_epochs=args.personalize_epochs,
+            centralized=not args.no_centralized,
+            command=shlex.join(words),
+        )
+    frame, notes = comparison.read_comparison(
+        result["directory"], spec.storage_options
+    )
+    data = report_data(frame, notes)
+    print(f"comparison {compare_id}  ({time.perf_counter() - started:.1f}s)")
+    print(f"final test {notes['metric']} per silo:")
+    print(text_table(*metric_table(data, notes["metric"])))
+    print("bytes over the run:")
+    print(text_table(*traffic(data)))
+    for variant, why in sorted(result["skipped"].items()):
+        print(f"{variant}: not run: {why}")
+    print(f"table  {result['comparison']}")
+    print(f"report {result['report']}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Describe the silos' rows with federated statistics (no row moves)."""
+    from fedsilo.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.min_count is not None and args.min_count < 1:
+        raise FedsiloError(f"--min-count {args.min_count}: give at least 1")
+    if args.bins is not None and not 2 <= args.bins <= 1000:
+        raise FedsiloError(f"--bins {args.bins}: give 2 to 1000")
+    from fedsilo.flows.stats import federated_stats
+    from fedsilo.prefect_env import quiet_dask_logs
+    from fedsilo.tasks.stats_report import text_report
+
+    quiet_dask_logs()
+    result = federated_stats(
+        spec, min_count=args.min_count, bins=args.bins, store=args.out
+    )
+    print(text_report(result.stats, spec.target))
+    print(f"\ntables {result.path}")
     return 0
 
 
@@ -233,12 +348,80 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         action="store_true",
-        help="continue --run-id from its last complete round",
+        help="continue --run-id (default: the federation's newest run) from its "
+        "last complete round",
     )
     run.add_argument(
         "--verbose", action="store_true", help="show Prefect's and Dask's logs"
     )
     run.set_defaults(handler=cmd_run)
+
+    stats = sub.add_parser(
+        "stats",
+        help="federated statistics of the silos' rows: summaries, histograms, "
+        "labels, heterogeneity (docs/statistics.md)",
+    )
+    stats.add_argument("spec", help="path of the federation spec (YAML)")
+    stats.add_argument(
+        "--min-count",
+        type=int,
+        help="withhold cells counting fewer rows (default: spec statistics.min_count)",
+    )
+    stats.add_argument(
+        "--bins", type=int, help="histogram bins (default: spec statistics.bins)"
+    )
+    stats.add_argument(
+        "--out", help="store root for the tables (default: the spec's checkpoints)"
+    )
+    stats.add_argument(
+        "--verbose", action="store_true", help="show Prefect's and Dask's logs"
+    )
+    stats.set_defaults(handler=cmd_stats)
+
+    resume = sub.add_parser(
+        "resume",
+        help="continue a run from its last complete checkpoint",
+        description="Continue RUN from its last complete round, with the spec "
+        "recorded in its checkpoints (or --spec, needed when the spec holds "
+        "credentials or SQL URLs the checkpoints do not keep).",
+    )
+    resume.add_argument("run_id", metavar="RUN", help="the run id to continue")
+    resume.add_argument(
+        "--checkpoints", help="the store holding the run (default ./checkpoints)"
+    )
+    resume.add_argument("--federation", help="the run's federation, if ambiguous")
+    resume.add_argument("--spec", help="the run's spec file, not the recorded one")
+    resume.add_argument("--rounds", type=int, help="train up to this round instead")
+    resume.add_argument(
+        "--verbose", action="store_true", help="show Prefect's and Dask's logs"
+    )
+    resume.set_defaults(handler=cmd_resume)
+
+    compare = sub.add_parser(
+        "compare",
+        help="should we federate? federated vs personalized, local-only and "
+        "centralized models on the same silos, with an HTML report",
+    )
+    compare.add_argument("spec", help="path of the federation spec (YAML)")
+    compare.add_argument("--rounds", type=int, help="override the spec's rounds")
+    compare.add_argument("--checkpoints", help="override the spec's checkpoint store")
+    compare.add_argument(
+        "--personalize-epochs",
+        type=int,
+        default=1,
+        metavar="K",
+        help="local epochs (extra trees for xgboost) of fine-tuning at each silo "
+        "(default 1)",
+    )
+    compare.add_argument(
+        "--no-centralized",
+        action="store_true",
+        help="skip the centralized (pooled rows) upper bound",
+    )
+    compare.add_argument(
+        "--verbose", action="store_true", help="show Prefect's and Dask's logs"
+    )
+    compare.set_defaults(handler=cmd_compare)
 
     datasets = sub.add_parser("datasets", help="bundled and synthetic data sets")
     dsub = datasets.add_subparsers(dest="datasets_command", required=True)

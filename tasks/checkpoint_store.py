@@ -671,3 +671,21 @@ def list_runs(
         if match and _ROUND_DIR_RE.match(posixpath.basename(round_dir)):
             runs.add(match.group(1))
     return sorted(runs)
+
+
+def federations_of_run(
+    root: str, run_id: str, *, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Return the federations under ``root`` holding a complete round of ``run_id``."""
+    _check_name("run id", run_id)
+    fs, base = _open_fs(root, storage_options)
+    pattern = posixpath.join(
+        base, "federation=*", f"run={run_id}", "round=*", SUCCESS_FILE
+    )
+    names = set()
+    for path in _glob(fs, pattern):
+        federation_dir = posixpath.dirname(posixpath.dirname(posixpath.dirname(path)))
+        name = posixpath.basename(federation_dir)
+        if name.startswith("federation="):
+            names.add(name.removeprefix("federation="))
+    return sorted(names)
