@@ -17,6 +17,9 @@ EPHEMERAL_DEFAULTS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # The ephemeral API must answer within this; Prefect's 20 s default fails
+    # `fedsilo run` outright on a busy machine (seen at load average 15).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
