@@ -1,22 +1,25 @@
 """Start-up of the embedded silo cluster, without Prefect.
 
-Times ``fedsilo.cluster.silo_cluster`` (scheduler + one Nanny and worker process
-per silo, until every silo's worker has joined) and then a first call on every
-worker of a function that imports what ``fedsilo.tasks.silo`` imports (pandas,
-pyarrow, scikit-learn): what ``open_silos`` pays before it reads a row.
+Times ``fedsilo.cluster.embedded_cluster`` (scheduler + one Nanny and worker
+process per silo, or ``--workers N`` pool workers, until every worker has
+joined) and then a first call on every worker of a function that imports what
+``fedsilo.tasks.silo`` imports (pandas, pyarrow, scikit-learn): what
+``open_silos`` pays before it reads a row.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/cluster_startup.py --silos 4 10 32
-        [--method spawn|forkserver|fork] [--preload] [--idle 10] [--no-profile]
+        [--method forkserver|spawn] [--workers N] [--idle 10] [--no-profile]
 
-``--method`` sets dask's ``distributed.worker.multiprocessing-method`` (fedsilo
-uses dask's default, spawn). ``--preload`` (forkserver only) adds
-``fedsilo.tasks.silo`` to the fork server's preloaded modules, so each worker
-starts with scikit-learn and pandas already imported. ``--idle S`` then leaves
-the workers idle for S seconds and reports the CPU each used per second (what
-idle silos take from the coordinator on a small machine); ``--no-profile``
-turns off Dask's per-worker statistical profiler for comparison.
+``--method forkserver`` is what fedsilo does: workers are forked from a fork
+server that preloaded Dask and the silo code (``fedsilo.cluster.
+start_forkserver``; the first run of a process includes starting it).
+``--method spawn`` is Dask's default, which fedsilo used before: every worker
+starts a fresh interpreter and imports everything itself. ``--idle S`` then
+leaves the workers idle for S seconds and reports the CPU each used per second
+(what idle silos take from the coordinator on a small machine);
+``--no-profile`` turns off Dask's per-worker statistical profiler for
+comparison.
 """
 
 from __future__ import annotations
@@ -49,31 +52,40 @@ def _worker_cpu(client: Any) -> float:
     return float(sum(client.run(own).values()))
 
 
-def start_once(n_silos: int, idle: float) -> dict[str, float]:
-    from fedsilo.cluster import silo_cluster
+def start_once(
+    n_silos: int, idle: float, method: str, n_workers: int | None
+) -> dict[str, float]:
+    from distributed import Client
+
+    from fedsilo.cluster import assign_silos, embedded_cluster, wait_for_silos
 
     silos = [f"silo-{i:02d}" for i in range(n_silos)]
+    hosts = {} if n_workers is None else assign_silos(silos, n_workers)
     started = time.perf_counter()
-    with silo_cluster(silos, None, 600.0) as cluster:
-        joined = time.perf_counter()
-        futures = [
-            cluster.client.submit(
-                _import_silo_code,
-                key=f"import-{silo}",
-                workers=[address],
-                allow_other_workers=False,
-                pure=False,
-            )
-            for silo, address in cluster.workers.items()
-        ]
-        cluster.client.gather(futures)
-        imported = time.perf_counter()
-        idle_cpu = float("nan")
-        if idle > 0:
-            before = _worker_cpu(cluster.client)
-            time.sleep(idle)
-            idle_cpu = (_worker_cpu(cluster.client) - before) / idle / n_silos
-        closing = time.perf_counter()
+    cluster = embedded_cluster(silos, None, n_workers, start_method=method)
+    client = Client(cluster, timeout=600)
+    workers = wait_for_silos(client, silos, 600.0, hosts)
+    joined = time.perf_counter()
+    futures = [
+        client.submit(
+            _import_silo_code,
+            key=f"import-{address}",
+            workers=[address],
+            allow_other_workers=False,
+            pure=False,
+        )
+        for address in set(workers.values())
+    ]
+    client.gather(futures)
+    imported = time.perf_counter()
+    idle_cpu = float("nan")
+    if idle > 0:
+        before = _worker_cpu(client)
+        time.sleep(idle)
+        idle_cpu = (_worker_cpu(client) - before) / idle / len(set(workers.values()))
+    closing = time.perf_counter()
+    client.close()
+    cluster.close()
     closed = time.perf_counter()
     return {
         "workers_joined_s": joined - started,
@@ -88,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--silos", type=int, nargs="+", default=[4, 10])
     parser.add_argument(
-        "--method", default="spawn", choices=["spawn", "forkserver", "fork"]
+        "--method", default="forkserver", choices=["forkserver", "spawn"]
     )
-    parser.add_argument("--preload", action="store_true")
+    parser.add_argument("--workers", type=int, help="pool workers (cluster.workers)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument(
         "--idle",
@@ -106,29 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.getLogger("distributed").setLevel(logging.ERROR)
-    if args.preload:
-        if args.method != "forkserver":
-            parser.error("--preload needs --method forkserver")
-        import multiprocessing
-
-        import distributed.utils
-
-        with dask.config.set(
-            {"distributed.worker.multiprocessing-method": "forkserver"}
-        ):
-            distributed.utils.get_mp_context()  # dask sets its own preload list once
-        multiprocessing.get_context("forkserver").set_forkserver_preload(
-            ["distributed", "fedsilo.tasks.silo"]
-        )
-    config: dict[str, Any] = {"distributed.worker.multiprocessing-method": args.method}
+    config: dict[str, Any] = {}
     if args.no_profile:
         config["distributed.worker.profile.enabled"] = False
     with dask.config.set(config):
         for n_silos in args.silos:
-            runs = [start_once(n_silos, args.idle) for _ in range(args.repeat)]
+            runs = [
+                start_once(n_silos, args.idle, args.method, args.workers)
+                for _ in range(args.repeat)
+            ]
             medians = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             print(
-                f"{n_silos:>3} silos  {args.method}{'+preload' if args.preload else ''}"
+                f"{n_silos:>3} silos"
+                + (f" on {args.workers} workers" if args.workers else "")
+                + f"  {args.method}"
                 f"  workers joined {medians['workers_joined_s']:6.2f} s"
                 f"  first call {medians['first_call_s']:6.2f} s"
                 f"  ready {medians['ready_s']:6.2f} s"
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "silos": n_silos,
                         "method": args.method,
-                        "preload": args.preload,
+                        "workers": args.workers,
                         "profile": not args.no_profile,
                         "runs": runs,
                     }

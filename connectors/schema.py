@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import pandas as pd
 
@@ -32,9 +33,18 @@ def describe_columns(frame: pd.DataFrame) -> tuple[ColumnInfo, ...]:
 
 
 def check_schemas(
-    schemas: Sequence[SiloSchema], *, target: str, task: str
+    schemas: Sequence[SiloSchema],
+    *,
+    target: str,
+    task: str,
+    categorical: Sequence[str] | Literal["auto"] = (),
 ) -> list[str]:
-    """Return the shared feature names, or raise naming the silo and column at fault."""
+    """Return the shared feature names, or raise naming the silo and column at fault.
+
+    Features must be numeric (or bool) unless ``categorical`` declares them
+    (``"auto"``: every string feature); a declared column must be a feature at
+    every silo, with the same dtype kind everywhere.
+    """
     if not schemas:
         raise ValueError("no silo schemas to check")
     for schema in schemas:
@@ -46,6 +56,17 @@ def check_schemas(
         if target not in names:
             raise SiloDataError(schema.silo, "target column is missing", column=target)
     features, kinds = _expected_features(schemas, target)
+    for name in [] if categorical == "auto" else categorical:
+        if name not in kinds:
+            lacking = next(
+                (s for s in schemas if name not in {c.name for c in s.columns}),
+                schemas[0],
+            )
+            raise SiloDataError(
+                lacking.silo,
+                "column listed in preprocessing.categorical is missing",
+                column=name,
+            )
     for schema in schemas:
         columns = {c.name: c for c in schema.columns if c.name != target}
         for name in features:
@@ -63,11 +84,14 @@ def check_schemas(
                     f"{kinds[name]} dtype the other silos have",
                     column=name,
                 )
-            if kinds[name] not in {"numeric", "bool"}:
+            allowed = {"numeric", "bool"}
+            if categorical == "auto" or name in categorical:
+                allowed.add("string")
+            if kinds[name] not in allowed:
                 raise SiloDataError(
                     schema.silo,
-                    f"feature has dtype {columns[name].dtype}; "
-                    "features must be numeric",
+                    f"feature has dtype {columns[name].dtype}; features must be "
+                    "numeric, or listed in preprocessing.categorical",
                     column=name,
                 )
         extra = [name for name in columns if name not in kinds]
@@ -128,3 +152,19 @@ def _expected_features(
     first_order = [c.name for c in schemas[0].columns if c.name in kinds]
     rest = [name for name in expected if name not in first_order]
     return first_order + rest, kinds
+
+
+def categorical_features(
+    schemas: Sequence[SiloSchema],
+    features: Sequence[str],
+    declared: Sequence[str] | Literal["auto"],
+) -> list[str]:
+    """Return the features to one-hot encode, in feature order.
+
+    ``"auto"`` picks the string features; call after :func:`check_schemas`,
+    which has made the kinds agree across silos.
+    """
+    if declared != "auto":
+        return [name for name in features if name in declared]
+    kinds = {c.name: c.kind for c in schemas[0].columns}
+    return [name for name in features if kinds.get(name) == "string"]

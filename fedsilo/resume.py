@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -83,7 +84,11 @@ def check_same_federation(spec: FederationSpec, store: CheckpointStore) -> None:
     text = None if latest is None else store.read_metadata(latest).get(SPEC_KEY)
     if text is None:
         return
-    recorded = {k: v for k, v in json.loads(text).items() if k not in MAY_DIFFER}
+    recorded_data = json.loads(text)
+    # With today's defaults filled in, so that a field added since is no change.
+    with contextlib.suppress(SpecError):
+        recorded_data = parse_spec(recorded_data).public_dict()
+    recorded = {k: v for k, v in recorded_data.items() if k not in MAY_DIFFER}
     current = {k: v for k, v in spec.public_dict().items() if k not in MAY_DIFFER}
     changed = sorted(
         key

@@ -94,12 +94,32 @@ class LocalSpec(_Strict):
 
     epochs: int = Field(1, ge=1, le=10_000)
     batch_size: int | None = Field(None, ge=1)
+    proximal_mu: float = Field(
+        0.0, ge=0.0, description="FedProx: pull toward the global model (0: FedAvg)"
+    )
 
 
 class PreprocessingSpec(_Strict):
     """Feature transforms fitted from federated statistics, never pooled rows."""
 
     scale: Literal["standard", "none"] = "standard"
+    categorical: list[str] | Literal["auto"] = Field(
+        default_factory=list,
+        description="columns to one-hot encode with federated categories; "
+        "'auto': every non-numeric feature (docs/statistics.md)",
+    )
+
+
+class StatisticsSpec(_Strict):
+    """Federated statistics (``fedsilo stats``): bins and the disclosure threshold.
+
+    ``min_count`` also decides which categories one-hot encoding may name.
+    """
+
+    min_count: int = Field(
+        10, ge=1, description="cells counting fewer rows are withheld by the silo"
+    )
+    bins: int = Field(20, ge=2, le=1000, description="histogram bins per column")
 
 
 def _source_kind(value: Any) -> str:
@@ -172,9 +192,21 @@ class ClusterSpec(_Strict):
     timeout: float = Field(60.0, gt=0.0)
     silo_timeout: float = Field(600.0, gt=0.0)
     tls: TlsSpec | None = None
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="embedded cluster: host the silos on this many pool workers "
+        "(contiguous blocks in spec order); null: one worker per silo",
+    )
 
     @model_validator(mode="after")
     def _tls_address(self) -> ClusterSpec:
+        if self.workers is not None and self.address is not None:
+            raise ValueError(
+                f"workers={self.workers} applies to an embedded cluster only; with "
+                "an address each silo's worker is started at the silo and named "
+                "after it (remove workers or address)"
+            )
         plain = self.address is not None and not self.address.startswith("tls://")
         if self.tls is not None and plain:
             raise ValueError(
@@ -222,6 +254,25 @@ class PrivacySpec(_Strict):
     dp: DPSpec | None = None
 
 
+class CompressionSpec(_Strict):
+    """How silos compress their updates (tasks/compression.py, docs/compression.md).
+
+    ``float16``: the change from the global model cast to float16 (per-tensor
+    power-of-two scale); ``int8``: unbiased 8-bit stochastic quantization.
+    ``error_feedback`` keeps what compression lost at the silo and adds it to
+    the next round's change.
+    """
+
+    kind: Literal["none", "float16", "int8"] = "none"
+    error_feedback: bool = False
+
+    @model_validator(mode="after")
+    def _feedback_needs_loss(self) -> CompressionSpec:
+        if self.error_feedback and self.kind == "none":
+            raise ValueError("error_feedback needs kind 'float16' or 'int8'")
+        return self
+
+
 class FederationSpec(_Strict):
     """A whole federation: task, model, strategy, silos, cluster and store."""
 
@@ -234,11 +285,13 @@ class FederationSpec(_Strict):
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     local: LocalSpec = Field(default_factory=LocalSpec)
     preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+    statistics: StatisticsSpec = Field(default_factory=StatisticsSpec)
     silos: list[SiloSpec] = Field(min_length=1)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     checkpoints: str = "./checkpoints"
     storage_options: dict[str, Any] = Field(default_factory=dict)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    compression: CompressionSpec = Field(default_factory=CompressionSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationSpec:
@@ -270,10 +323,23 @@ class FederationSpec(_Strict):
             )
         if self.privacy.secure_aggregation and len(self.silos) < 2:
             raise ValueError("secure aggregation needs at least two silos")
+        if self.local.proximal_mu > 0:
+            _check_proximal(self.model)
+        categorical = self.preprocessing.categorical
+        if isinstance(categorical, list) and self.target in categorical:
+            raise ValueError(
+                f"preprocessing.categorical lists the target {self.target!r}"
+            )
+        if self.model.kind == "xgboost" and categorical:
+            raise ValueError(
+                "preprocessing.categorical is not available for kind 'xgboost' yet"
+            )
         if self.model.kind == "xgboost":
-            if self.privacy.secure_aggregation or self.privacy.dp:
+            self._check_boosting_privacy()
+            if self.cluster.workers is not None:
                 raise ValueError(
-                    "privacy options are not available for kind 'xgboost' yet"
+                    "cluster.workers (pool workers) is not available for kind "
+                    "'xgboost' yet: its silos need a worker each"
                 )
             if self.strategy.kind != "fedavg" or self.strategy.server_optimizer:
                 raise ValueError(
@@ -286,12 +352,52 @@ class FederationSpec(_Strict):
                 raise ValueError(
                     f"model.params.objective {objective!r} needs task {wanted!r}"
                 )
+        self._check_compression()
         if self.strategy.min_silos > len(self.silos):
             raise ValueError(
                 f"strategy.min_silos={self.strategy.min_silos} exceeds the "
                 f"{len(self.silos)} silos listed"
             )
         return self
+
+    def _check_boosting_privacy(self) -> None:
+        """Refuse privacy options kind 'xgboost' does not support (docs/gbdt.md)."""
+        dp = self.privacy.dp
+        if dp is None:
+            return
+        if dp.adaptive is not None:
+            raise ValueError(
+                "privacy.dp.adaptive is for FedAvg updates; kind 'xgboost' clips "
+                "each row's gradient to privacy.dp.clip (a fixed bound)"
+            )
+        objective = self.model.params.get("objective", "reg:squarederror")
+        if objective.startswith("reg:") and self.model.params.get("base_score") is None:
+            raise ValueError(
+                "privacy.dp with a regression objective needs model.params."
+                "base_score: the label mean would be released without a bound"
+            )
+
+    def _check_compression(self) -> None:
+        kind = self.compression.kind
+        if kind == "none":
+            return
+        if self.model.kind == "xgboost":
+            raise ValueError(
+                f"compression.kind {kind!r}: kind 'xgboost' exchanges histograms "
+                "per tree level, not parameter updates; use compression.kind 'none'"
+            )
+        if self.privacy.secure_aggregation:
+            raise ValueError(
+                f"compression.kind {kind!r}: secure aggregation already encodes "
+                "updates in fixed point over a ring, so masked values cannot "
+                "be compressed; use one or the other"
+            )
+        if self.privacy.dp is not None:
+            raise ValueError(
+                f"compression.kind {kind!r}: with DP the silo clips its change to "
+                "privacy.dp.clip, and compression error (or a residual added back) "
+                "would break that bound; use one or the other"
+            )
 
     def public_dict(self) -> dict[str, Any]:
         """Return the spec without storage options (they may hold credentials)."""
@@ -311,6 +417,20 @@ class FederationSpec(_Strict):
     def spec_hash(self) -> str:
         """Return a stable short hash of the spec (credentials excluded)."""
         return hashlib.sha256(self.public_json().encode()).hexdigest()[:16]
+
+
+def _check_proximal(model: ModelSpec) -> None:
+    """Refuse FedProx for a model whose local training has no proximal step."""
+    if model.kind == "xgboost":
+        raise ValueError(
+            "local.proximal_mu: kind 'xgboost' does no local optimisation (the "
+            "coordinator grows every tree from summed histograms); set it to 0"
+        )
+    from fedsilo.tasks.sklearn_models import proximal_refusal
+
+    refusal = proximal_refusal(model.kind, model.params)
+    if refusal is not None:
+        raise ValueError(refusal)
 
 
 def _is_url(location: str) -> bool:

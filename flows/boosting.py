@@ -28,29 +28,39 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 
 from fedsilo.cluster import SiloCluster
 from fedsilo.connectors.schema import check_schemas
-from fedsilo.errors import CheckpointError, SiloDataError, SpecError
+from fedsilo.errors import CheckpointError, SiloDataError, SiloFailedError, SpecError
 from fedsilo.flows.reporting import publish_round, publish_summary, round_table
-from fedsilo.flows.round import format_metrics
+from fedsilo.flows.round import MAX_SECURE_ATTEMPTS, format_metrics
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks import gbdt_silo, run_state
-from fedsilo.tasks.checkpoint_store import CheckpointStore, new_run_id
+from fedsilo.tasks.checkpoint_store import CheckpointStore, MetricRow, new_run_id
+from fedsilo.tasks.gbdt.learner import Federation, train
 from fedsilo.tasks.gbdt.learner import RoundResult as TreeResult
-from fedsilo.tasks.gbdt.learner import train
 from fedsilo.tasks.gbdt.model import GBDTModel
 from fedsilo.tasks.gbdt.objective import Intercept
 from fedsilo.tasks.gbdt.params import GBDTParams
+from fedsilo.tasks.gbdt.privacy import (
+    HistogramDP,
+    NoisyFederation,
+    gradient_bounds,
+    noisy_label_stats,
+)
 from fedsilo.tasks.gbdt.sketch import cut_points, merge_sketches, sketch_size
 from fedsilo.tasks.gbdt.xgb_export import dumps, model_from_json, trees_dataframe
 from fedsilo.tasks.gbdt_federation import (
     DaskFederation,
+    SecureExchanges,
     SiloCalls,
     Traffic,
     default_transport,
 )
 from fedsilo.tasks.messages import Evaluation, LocalUpdate, SiloSchema
 from fedsilo.tasks.metrics import global_metrics
+from fedsilo.tasks.privacy.accountant import gbdt_epsilon
+from fedsilo.tasks.privacy.errors import PrivacyBudgetExceededError
 from fedsilo.tasks.round_tasks import metric_rows
 from fedsilo.tasks.silo import SiloSource, load_silo, silo_schema
+from fedsilo.tasks.silo_privacy import make_keypair, public_key
 
 
 @dataclasses.dataclass(slots=True)
@@ -74,6 +84,32 @@ class BoostingRun:
     tree_losses: list[TreeResult] = dataclasses.field(default_factory=list)
     last_updates: list[LocalUpdate] = dataclasses.field(default_factory=list)
     grow_seconds: float = 0.0
+    privacy: BoostingPrivacy = dataclasses.field(
+        default_factory=lambda: BoostingPrivacy()
+    )
+    dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def learner_federation(self) -> Federation:
+        """Return what the learner talks to: the silos, noised under DP."""
+        return self.privacy.noisy or self.federation
+
+
+@dataclasses.dataclass(slots=True)
+class BoostingPrivacy:
+    """Secure aggregation roster and DP accounting of a boosting run."""
+
+    roster: dict[str, int] = dataclasses.field(default_factory=dict)  # silo -> index
+    public_keys: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    noisy: NoisyFederation | None = None
+    base_release: int = 0  # 1 if the intercept was a noised release
+    epsilon: float | None = None
+
+    @property
+    def releases(self) -> int:
+        """Return the Gaussian mechanisms run so far (histograms and intercept)."""
+        done = self.noisy.releases if self.noisy is not None else 0
+        return done + self.base_release
 
 
 _RUNS: dict[str, BoostingRun] = {}
@@ -189,12 +225,16 @@ def open_boosting_silos(
             list(schemas.values()), target=spec.target, task=spec.task
         )
         _check_labels(spec, params, schemas)
+        dp = spec.privacy.dp
         setup = gbdt_silo.BoostingSetup(
             features=tuple(features),
             target=spec.target,
             task=spec.task,
             objective=params.objective,
             num_class=params.num_class,
+            gradient_clip=None
+            if dp is None
+            else gradient_bounds(params.objective, dp.clip),
         )
         rows = {
             silo: calls.submit(silo, gbdt_silo.prepare_rows, f, setup, name="rows")
@@ -218,11 +258,16 @@ def bin_silos(
     setup: gbdt_silo.BoostingSetup,
     params: GBDTParams,
     resumed: GBDTModel | None,
+    keys: dict[str, Future] | None = None,
+    noise_multiplier: float | None = None,
 ) -> dict[str, Any]:
     """Agree on cut points and intercept, then bin every silo's rows once.
 
     A fresh run merges the silos' quantile summaries into cut points; a resumed
     run takes them from its checkpoint and replays its trees at every silo.
+    ``keys`` are the silos' key pairs (futures on their workers) for secure
+    aggregation; with ``noise_multiplier`` (DP) a ``base_score`` computed from
+    the labels comes from noised label sums.
     """
     size = sketch_size(params.max_bin)
     sketches = calls.each(
@@ -232,6 +277,11 @@ def bin_silos(
     )
     objective = setup.make_objective()
     stats = np.sum([s.label_stats for s in sketches.values()], axis=0)
+    n_rows = objective.n_rows(stats)
+    base_release = int(noise_multiplier is not None and params.base_score is None)
+    if base_release and resumed is None:
+        rng = np.random.default_rng()  # secret: seeded by the operating system
+        stats = noisy_label_stats(stats, cast(float, noise_multiplier), rng)
     intercept = objective.intercept(stats, params.base_score)
     if resumed is None:
         merged = merge_sketches([s.summaries for s in sketches.values()], size)
@@ -239,6 +289,8 @@ def bin_silos(
         trees: tuple[Any, ...] = ()
         info: tuple[int, ...] = ()
     else:
+        if base_release:  # the noised intercept is in the checkpoint
+            intercept = objective.intercept(stats, float(resumed.base_score))
         if resumed.base_score != intercept.base_score:
             raise CheckpointError(
                 "the silos' labels changed since the run began (base_score "
@@ -248,16 +300,45 @@ def bin_silos(
         trees, info = resumed.trees, resumed.tree_info
     calls.open(
         gbdt_silo.open_silo,
-        {s: (f, setup, cuts, intercept, trees, info) for s, f in rows.items()},
+        {
+            s: (f, setup, cuts, intercept, trees, info, (keys or {}).get(s))
+            for s, f in rows.items()
+        },
     )
     workers = calls.call_all("worker")
     return {
         "cuts": cuts,
         "intercept": intercept,
-        "n_rows": objective.n_rows(stats),
+        "n_rows": n_rows,
         "label_bound": max(s.label_bound for s in sketches.values()),
         "workers": workers,
+        "base_release": base_release,
     }
+
+
+@task(name="secure-setup", cache_policy=NO_CACHE, persist_result=False)
+def make_silo_keys(calls: SiloCalls) -> tuple[dict[str, Future], dict[str, bytes]]:
+    """Make every silo's X25519 key pair on its worker; gather the public halves."""
+    pairs = {s: calls.submit(s, make_keypair, name="keypair") for s in calls.workers}
+    publics = calls.gather(
+        {s: calls.submit(s, public_key, f, name="public-key") for s, f in pairs.items()}
+    )
+    return pairs, publics
+
+
+def join_roster(state: BoostingRun) -> None:
+    """Tell every silo still taking part its index and its peers' public keys."""
+    privacy = state.privacy
+    silos = list(state.calls.states)
+    privacy.roster = {silo: i for i, silo in enumerate(silos)}
+    everyone = {privacy.roster[s]: privacy.public_keys[s] for s in silos}
+    state.calls.call(
+        "join_secure",
+        {
+            s: (i, {j: k for j, k in everyone.items() if j != i})
+            for s, i in privacy.roster.items()
+        },
+    )
 
 
 @task(
@@ -267,25 +348,115 @@ def bin_silos(
     persist_result=False,
 )
 def grow_trees(run_id: str, round_number: int) -> GBDTModel:
-    """Grow the round's trees, one Dask exchange per tree level."""
+    """Grow the round's trees, one Dask exchange per tree level.
+
+    Under secure aggregation a silo lost mid-round aborts the attempt: the
+    other silos undo the round's trees, mask again among themselves (a new
+    attempt number, so fresh masks) and the round is grown again without it,
+    at most ``MAX_SECURE_ATTEMPTS`` times and while ``strategy.min_silos``
+    (and at least 2) silos remain.
+    """
     state = get_run(run_id)
-    losses: list[TreeResult] = []
-    state.federation.trees_left = state.params.num_boost_round
+    secure = state.federation.secure
+    attempts = MAX_SECURE_ATTEMPTS if secure is not None else 1
     started = time.perf_counter()
-    model = train(
-        state.federation,
-        state.cuts,
-        state.params,
-        state.intercept,
-        n_rows=state.n_rows,
-        label_bound=state.label_bound,
-        feature_names=state.setup.features,
-        init_model=state.model,
-        callback=lambda _model, result: losses.append(result),
-    )
+    losses: list[TreeResult] = []
+    for attempt in range(attempts):
+        check_privacy_budget(state, round_number)
+        losses.clear()
+        state.federation.trees_left = state.params.num_boost_round
+        try:
+            if secure is not None:
+                secure.begin(round_number, attempt)
+                state.calls.call_all("save_margins")
+            model = train(
+                state.learner_federation,
+                state.cuts,
+                state.params,
+                state.intercept,
+                n_rows=state.n_rows,
+                label_bound=state.label_bound,
+                feature_names=state.setup.features,
+                init_model=state.model,
+                callback=lambda _model, result: losses.append(result),
+            )
+        except SiloFailedError as error:
+            if secure is None or attempt + 1 == attempts:
+                raise
+            drop_silo(state, error, round_number)
+            continue
+        break
     state.tree_losses.extend(losses)
     state.grow_seconds += time.perf_counter() - started
+    dp = state.spec.privacy.dp
+    if dp is not None:
+        state.privacy.epsilon = gbdt_epsilon(
+            dp.noise_multiplier, state.privacy.releases, dp.delta
+        )
     return model
+
+
+def drop_silo(state: BoostingRun, error: SiloFailedError, round_number: int) -> None:
+    """Leave out a silo that failed mid-round; undo the round at the others."""
+    state.federation.abandon()
+    state.dropped[error.silo] = "failed"
+    state.calls.drop(error.silo)
+    remaining = list(state.calls.states)
+    needed = max(state.spec.strategy.min_silos, 2)
+    if len(remaining) < needed:
+        raise SiloFailedError(
+            error.silo,
+            f"{str(error).split(': ', 1)[-1]}; round {round_number} has "
+            f"{len(remaining)} silo(s) left, secure aggregation needs {needed} "
+            f"(strategy.min_silos={state.spec.strategy.min_silos})",
+        ) from error
+    state.calls.call_all("restore_margins")
+    join_roster(state)
+    get_run_logger().warning(
+        "round %d: %s; trees grown again without it, masked among %s",
+        round_number,
+        error,
+        remaining,
+    )
+
+
+def check_privacy_budget(state: BoostingRun, round_number: int) -> None:
+    """Raise if growing the round's trees could exceed ``privacy.dp.epsilon_budget``."""
+    reason = budget_stop(state, round_number)
+    if reason is not None:
+        dp = state.spec.privacy.dp
+        assert dp is not None and dp.epsilon_budget is not None
+        raise PrivacyBudgetExceededError(
+            worst_epsilon(state), dp.epsilon_budget, round_number
+        )
+
+
+def worst_epsilon(state: BoostingRun) -> float:
+    """Return the epsilon after one more round of trees growing to full depth."""
+    dp = state.spec.privacy.dp
+    if dp is None:
+        return 0.0
+    per_round = state.params.num_boost_round * state.params.tree.max_depth
+    return gbdt_epsilon(
+        dp.noise_multiplier, state.privacy.releases + per_round, dp.delta
+    )
+
+
+def budget_stop(state: BoostingRun, round_number: int) -> str | None:
+    """Return why the run must stop before ``round_number`` (DP budget), if so.
+
+    Every round of ``trees_per_round`` trees is counted as ``max_depth``
+    histogram releases per tree (one per level, fewer if a tree stops early).
+    """
+    dp = state.spec.privacy.dp
+    if dp is None or dp.epsilon_budget is None:
+        return None
+    if worst_epsilon(state) <= dp.epsilon_budget:
+        return None
+    return (
+        f"stopped before round {round_number}: it would spend more than the "
+        f"privacy budget epsilon={dp.epsilon_budget:g} (delta={dp.delta:g})"
+    )
 
 
 @task(
@@ -317,7 +488,16 @@ def checkpoint_model(
 ) -> str:
     """Write model.json, model.parquet (trees table) and metrics.parquet."""
     state = get_run(run_id)
-    rows = metric_rows(evaluations, updates, state.spec.task)
+    rows = metric_rows(evaluations, updates, state.spec.task, absent=state.dropped)
+    dp = state.spec.privacy.dp
+    if dp is not None and state.privacy.epsilon is not None:
+        rows += [
+            MetricRow("global", "train", "epsilon", state.privacy.epsilon, 0),
+            MetricRow("global", "train", "delta", dp.delta, 0),
+            MetricRow(
+                "global", "train", "dp_releases", float(state.privacy.releases), 0
+            ),
+        ]
     table = pa.Table.from_pandas(trees_dataframe(model), preserve_index=False)
     return state.store.write_round(
         round_number, rows, model_json=dumps(model), model_table=table
@@ -361,9 +541,11 @@ def federated_boosting_round(run_id: str, round_number: int) -> run_state.RoundR
     """Grow trees_per_round trees, score them at every silo, checkpoint."""
     started = time.perf_counter()
     state = get_run(run_id)
-    silos = list(state.calls.states)
     before = {s: dataclasses.replace(t) for s, t in state.calls.traffic.items()}
+    dropped_before = set(state.dropped)
     model = grow_trees(run_id, round_number)
+    silos = list(state.calls.states)  # a silo lost mid-round is left out
+    absent = {s: k for s, k in state.dropped.items() if s not in dropped_before}
     grown = time.perf_counter() - started
     state.model = model
     futures = [evaluate_silo.submit(run_id, silo, round_number) for silo in silos]
@@ -381,7 +563,9 @@ def federated_boosting_round(run_id: str, round_number: int) -> run_state.RoundR
         round=round_number,
         selected=tuple(silos),
         silos=tuple(silos),
-        absent={},  # boosting needs every silo: a missing one fails the round
+        # Boosting needs every silo: a missing one fails the round, except
+        # under secure aggregation, where it is grown again without it.
+        absent=absent,
         metrics=test_metrics,
         seconds=time.perf_counter() - started,
         fit_workers=dict(state.workers),
@@ -431,8 +615,22 @@ def train_boosted(
         resumed, start_round = _resume_point(store, run_id, resume, features)
         if resumed is not None:
             logger.info("resuming run %s after round %d", run_id, start_round - 1)
-        binned = bin_silos(calls, rows, opened["setup"], params, resumed)
+        privacy = spec.privacy
+        keys: dict[str, Future] = {}
+        publics: dict[str, bytes] = {}
+        if privacy.secure_aggregation:
+            keys, publics = make_silo_keys(calls)
+        binned = bin_silos(
+            calls,
+            rows,
+            opened["setup"],
+            params,
+            resumed,
+            keys,
+            privacy.dp.noise_multiplier if privacy.dp else None,
+        )
         rows.clear()  # binned: the validated float rows are dropped at the silos
+        keys.clear()  # each silo's resident state holds its own key pair
         state = BoostingRun(
             spec=spec,
             run_id=run_id,
@@ -440,7 +638,10 @@ def train_boosted(
             setup=opened["setup"],
             store=store,
             calls=calls,
-            federation=DaskFederation(calls),
+            federation=DaskFederation(
+                calls,
+                secure=SecureExchanges(run_id) if privacy.secure_aggregation else None,
+            ),
             cuts=binned["cuts"],
             intercept=binned["intercept"],
             n_rows=binned["n_rows"],
@@ -448,10 +649,16 @@ def train_boosted(
             workers=binned["workers"],
             model=resumed,
         )
+        setup_boosting_privacy(state, publics, binned["base_release"], start_round)
         with _LOCK:
             _RUNS[run_id] = state
+        stopped = None
         try:
             for round_number in range(start_round, spec.rounds + 1):
+                stopped = budget_stop(state, round_number)
+                if stopped:
+                    logger.warning(stopped)
+                    break
                 # As in flows/training.py: the parent keeps its heartbeat.
                 with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                     result = federated_boosting_round(run_id, round_number)
@@ -485,7 +692,43 @@ def train_boosted(
         "grow_seconds": state.grow_seconds,
         "silo_seconds": silo_seconds,
         "transport": calls.transport,
+        "stopped": stopped,
+        "epsilon": state.privacy.epsilon,
+        "dp_releases": state.privacy.releases if spec.privacy.dp else None,
+        "dropped": dict(state.dropped),
     }
+
+
+def setup_boosting_privacy(
+    state: BoostingRun, publics: dict[str, bytes], base_release: int, start_round: int
+) -> None:
+    """Join the silos into the secure roster and set up DP noise and accounting.
+
+    A resumed DP run counts every earlier round as ``trees_per_round *
+    max_depth`` releases (an upper bound: trees that stopped early released
+    less).
+    """
+    spec = state.spec
+    if spec.privacy.secure_aggregation:
+        state.privacy.public_keys = dict(publics)
+        join_roster(state)
+    dp = spec.privacy.dp
+    if dp is None:
+        return
+    p = state.params
+    bounds = gradient_bounds(p.objective, dp.clip)
+    earlier = (start_round - 1) * p.num_boost_round * p.tree.max_depth
+    state.privacy.noisy = NoisyFederation(
+        state.federation,
+        HistogramDP(bounds[0], bounds[1], dp.noise_multiplier),
+        n_trees=p.n_outputs,
+        rng=np.random.default_rng(),  # secret: seeded by the operating system
+        releases=earlier,
+    )
+    state.privacy.base_release = base_release
+    state.privacy.epsilon = gbdt_epsilon(
+        dp.noise_multiplier, state.privacy.releases, dp.delta
+    )
 
 
 def _resume_point(

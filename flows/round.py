@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 
 from fedsilo.errors import SiloFailedError, SiloLateError
 from fedsilo.flows.reporting import publish_round, round_table
@@ -14,6 +15,8 @@ from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.metrics import global_metrics
 from fedsilo.tasks.round_tasks import aggregate, checkpoint, evaluate_local, fit_local
 from fedsilo.tasks.sampling import sample_silos
+
+T = TypeVar("T")
 
 #: A secure round is masked again at most this many times when silos drop out.
 MAX_SECURE_ATTEMPTS = 3
@@ -26,19 +29,60 @@ def _fit(
     roster: tuple[str, ...],
     logger: Any,
 ) -> tuple[list[LocalUpdate], list[SiloFailedError]]:
-    """Run the roster's local fits; return the updates and the silos' failures."""
+    """Run the roster's local fits, one task per worker; return updates and failures.
+
+    Updates come back in roster order, whichever worker answered first.
+    """
+    state = run_state.get(run_id)
     futures = [
-        fit_local.submit(run_id, silo, round_number, attempt, roster) for silo in roster
+        fit_local.submit(
+            run_id, worker, round_number, quote(tuple(silos)), attempt, quote(roster)
+        )
+        for worker, silos in state.cluster.by_worker(roster).items()
     ]
     updates: list[LocalUpdate] = []
     failures: list[SiloFailedError] = []
     for future in futures:
-        try:
-            updates.append(future.result())
-        except SiloFailedError as error:
-            failures.append(error)
-            logger.warning("round %d: %s", round_number, error.reason)
+        answered, failed = future.result()
+        updates.extend(answered)
+        failures.extend(failed)
+    for error in failures:
+        logger.warning("round %d: %s", round_number, error.reason)
+    order = {silo: i for i, silo in enumerate(roster)}
+    updates.sort(key=lambda u: order[u.silo])
+    failures.sort(key=lambda e: order[e.silo])
     return updates, failures
+
+
+def _evaluate(
+    run_id: str, round_number: int, scorers: list[str], logger: Any
+) -> tuple[list[Evaluation], list[SiloFailedError]]:
+    """Score the new model at ``scorers``, one task per worker, in their order."""
+    state = run_state.get(run_id)
+    futures = [
+        evaluate_local.submit(run_id, worker, round_number, quote(tuple(silos)))
+        for worker, silos in state.cluster.by_worker(scorers).items()
+    ]
+    evaluations: list[Evaluation] = []
+    failures: list[SiloFailedError] = []
+    for future in futures:
+        scored, failed = future.result()
+        evaluations.extend(scored)
+        failures.extend(failed)
+    for error in failures:
+        logger.warning("round %d: %s", round_number, error.reason)
+    order = {silo: i for i, silo in enumerate(scorers)}
+    evaluations.sort(key=lambda e: order[e.silo])
+    return evaluations, failures
+
+
+def _opaque(value: T) -> T:
+    """Pass ``value`` to a task without Prefect walking it for futures.
+
+    A round's updates and evaluations hold one entry per silo (with arrays);
+    visiting them all on every task call costs more than the task itself.
+    """
+    return cast(T, quote(value))
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -90,7 +134,7 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
             f"strategy.min_silos is {strategy.min_silos}",
         )
     state.last_updates = updates
-    combined = aggregate(run_id, round_number, updates, len(selected))
+    combined = aggregate(run_id, round_number, _opaque(updates), len(selected))
     state.params = combined.params
     rejected = {r.silo: r.reason for r in combined.rejected}
     for silo, reason in rejected.items():
@@ -101,15 +145,18 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
     # Every silo still reachable scores the new model, trained this round or not;
     # a late silo is still busy with its discarded fit, so it sits this one out.
     scorers = [silo for silo in silos if silo not in absent]
-    evals = [evaluate_local.submit(run_id, silo, round_number) for silo in scorers]
-    evaluations: list[Evaluation] = []
-    for silo, future in zip(scorers, evals, strict=True):
-        try:
-            evaluations.extend(future.result())
-        except SiloFailedError as error:
-            absent[silo] = "failed"
-            logger.warning("round %d: %s", round_number, error.reason)
-    path = checkpoint(run_id, round_number, evaluations, updates, absent, rejected)
+    evaluations, lost = _evaluate(run_id, round_number, scorers, logger)
+    for error in lost:
+        absent[error.silo] = "failed"
+    path = checkpoint(
+        run_id,
+        round_number,
+        _opaque(evaluations),
+        _opaque(updates),
+        absent,
+        rejected,
+        _opaque(tuple(selected)),
+    )
     test_metrics = global_metrics(
         [e for e in evaluations if e.split == "test"], state.spec.task
     )

@@ -12,13 +12,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from fedsilo.cluster import SiloCluster, silo_cluster
-from fedsilo.connectors.schema import check_schemas
+from fedsilo.connectors.schema import categorical_features, check_schemas
 from fedsilo.errors import CheckpointError
 from fedsilo.flows.reporting import publish_summary
 from fedsilo.flows.round import federated_round, format_metrics
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks import run_state, sklearn_models
 from fedsilo.tasks.checkpoint_store import CheckpointStore, new_run_id
+from fedsilo.tasks.compression import SiloCompressor
+from fedsilo.tasks.encoding import Encoding, global_categories
 from fedsilo.tasks.privacy.accountant import would_exceed
 from fedsilo.tasks.round_tasks import wait_silo
 from fedsilo.tasks.sampling import sample_silos
@@ -33,6 +35,7 @@ from fedsilo.tasks.silo import (
     silo_schema,
 )
 from fedsilo.tasks.silo_privacy import STATE_TENSORS, make_keypair, public_key
+from fedsilo.tasks.silo_stats import silo_categories
 from fedsilo.tasks.statistics import standard_scaler
 
 
@@ -58,9 +61,15 @@ def _gather(spec: FederationSpec, futures: dict[str, Any]) -> dict[str, Any]:
 
 @task(name="open-silos", cache_policy=NO_CACHE, persist_result=False)
 def open_silos(
-    spec: FederationSpec, cluster: SiloCluster, run_id: str
+    spec: FederationSpec,
+    cluster: SiloCluster,
+    run_id: str,
+    known_classes: tuple[Any, ...] = (),
 ) -> dict[str, Any]:
     """Read every silo's rows on its worker, check schemas, prepare arrays.
+
+    ``known_classes`` are labels the model must know even if no silo holds
+    them (``fedsilo compare`` trains a one-class silo alone with them).
 
     Returns the futures of the prepared, silo-resident arrays and what the
     coordinator learned: feature names, classes and the global scaler.
@@ -94,10 +103,18 @@ def open_silos(
             for name, future in data.items()
         },
     )
-    features = check_schemas(list(schemas.values()), target=spec.target, task=spec.task)
+    features = check_schemas(
+        list(schemas.values()),
+        target=spec.target,
+        task=spec.task,
+        categorical=spec.preprocessing.categorical,
+    )
+    encoding = _encoding(spec, cluster, data, schemas, features, run_id)
+    numeric = features if encoding is None else encoding.numeric
     classes: tuple[Any, ...] = ()
     if spec.task == "classification":
-        classes = tuple(sorted({label for s in schemas.values() for label in s.labels}))
+        seen = {label for s in schemas.values() for label in s.labels}
+        classes = tuple(sorted(seen | set(known_classes)))
         if len(classes) < 2:
             raise_one_class(spec, classes)
     mean = scale = None
@@ -110,7 +127,7 @@ def open_silos(
                     name,
                     silo_moments,
                     future,
-                    features,
+                    numeric,
                     key=f"moments-{name}-{run_id}",
                 )
                 for name, future in data.items()
@@ -123,10 +140,11 @@ def open_silos(
             name,
             prepare_silo,
             future,
-            features,
+            numeric,
             spec.target,
             mean,
             scale,
+            None if encoding is None else dict(encoding.categories),
             key=f"prepared-{name}-{run_id}",
         )
         for name, future in data.items()
@@ -141,11 +159,45 @@ def open_silos(
     )
     return {
         "prepared": prepared,
-        "features": features,
+        "features": features if encoding is None else encoding.feature_names(),
         "classes": classes,
         "scaler": None if mean is None else {"mean": mean, "scale": scale},
         "schemas": schemas,
+        "encoding": encoding,
     }
+
+
+def _encoding(
+    spec: FederationSpec,
+    cluster: SiloCluster,
+    data: dict[str, Any],
+    schemas: dict[str, Any],
+    features: list[str],
+    run_id: str,
+) -> Encoding | None:
+    """Agree on one-hot categories from the silos' lists (tasks/encoding.py)."""
+    columns = categorical_features(
+        list(schemas.values()), features, spec.preprocessing.categorical
+    )
+    if not columns:
+        return None
+    lists = _gather(
+        spec,
+        {
+            name: _pinned(
+                cluster,
+                name,
+                silo_categories,
+                future,
+                columns,
+                spec.statistics.min_count,
+                key=f"categories-{name}-{run_id}",
+            )
+            for name, future in data.items()
+        },
+    )
+    merged = global_categories(list(lists.values()), columns)
+    return Encoding(tuple(features), tuple(merged.items()))
 
 
 def raise_one_class(spec: FederationSpec, classes: tuple[Any, ...]) -> None:
@@ -165,6 +217,7 @@ def _metadata(
     features: list[str],
     classes: tuple[Any, ...],
     scaler: dict[str, np.ndarray] | None,
+    encoding: Encoding | None = None,
 ) -> dict[str, str]:
     model = {
         "kind": spec.model.kind,
@@ -175,12 +228,35 @@ def _metadata(
         if scaler is None
         else {k: v.tolist() for k, v in scaler.items()},
     }
+    if encoding is not None:
+        model["encoding"] = encoding.to_json()
     return {
         "fedsilo.spec": spec.public_json(),
         "fedsilo.spec_hash": spec.spec_hash(),
         "fedsilo.model": json.dumps(model),
         "fedsilo.sklearn_version": version("scikit-learn"),
     }
+
+
+def setup_compression(state: run_state.RunState) -> None:
+    """Make each silo's update compressor on its worker (it keeps the residual).
+
+    Each stays there, held by a future the rounds pass to the silo's fits and
+    the coordinator never resolves; releasing the futures at the end of the run
+    frees them. A resumed run starts with zero residuals (docs/compression.md).
+    """
+    chosen = state.spec.compression
+    if chosen.kind == "none":
+        return
+    for silo in state.spec.silos:
+        state.compressors[silo.name] = _pinned(
+            state.cluster,
+            silo.name,
+            SiloCompressor,
+            chosen.kind,
+            chosen.error_feedback,
+            key=f"compressor-{silo.name}-{state.run_id}",
+        )
 
 
 def setup_privacy(state: run_state.RunState, server: dict[str, Any]) -> None:
@@ -262,27 +338,40 @@ def budget_stop(state: run_state.RunState, round_number: int) -> str | None:
     persist_result=False,
 )
 def federated_training(
-    spec: FederationSpec, run_id: str | None = None, resume: bool = False
+    spec: FederationSpec,
+    run_id: str | None = None,
+    resume: bool = False,
+    known_classes: tuple[Any, ...] = (),
 ) -> dict[str, Any]:
-    """Train a federation's model over its rounds and checkpoint every round."""
+    """Train a federation's model over its rounds and checkpoint every round.
+
+    ``known_classes``: labels of a classification task that the model must
+    know even if no silo holds them (linear and MLP models).
+    """
     logger = get_run_logger()
     run_id = run_id or new_run_id()
     silo_names = [s.name for s in spec.silos]
     with silo_cluster(
-        silo_names, spec.cluster.address, spec.cluster.timeout, spec.cluster.tls
+        silo_names,
+        spec.cluster.address,
+        spec.cluster.timeout,
+        spec.cluster.tls,
+        n_workers=spec.cluster.workers,
     ) as cluster:
         if spec.model.kind == "xgboost":
             from fedsilo.flows.boosting import train_boosted
 
             return train_boosted(spec, cluster, run_id, resume)
-        opened = open_silos(spec, cluster, run_id)
+        opened = open_silos(spec, cluster, run_id, tuple(known_classes))
         features, classes = opened["features"], opened["classes"]
         store = CheckpointStore(
             spec.checkpoints,
             spec.name,
             run_id,
             storage_options=spec.storage_options,
-            metadata=_metadata(spec, features, classes, opened["scaler"]),
+            metadata=_metadata(
+                spec, features, classes, opened["scaler"], opened["encoding"]
+            ),
         )
         config = FitConfig(
             kind=spec.model.kind,
@@ -293,6 +382,7 @@ def federated_training(
             epochs=spec.local.epochs,
             batch_size=spec.local.batch_size,
             seed=spec.seed,
+            proximal_mu=spec.local.proximal_mu,
         )
         start_round = 1
         latest = store.latest_complete_round() if resume else None
@@ -330,6 +420,7 @@ def federated_training(
             params=params,
         )
         setup_privacy(state, server)
+        setup_compression(state)
         run_state.register(state)
         stopped = None
         try:
@@ -351,6 +442,7 @@ def federated_training(
             run_state.forget(run_id)
             opened["prepared"].clear()
             state.keypairs.clear()
+            state.compressors.clear()
     final = state.history[-1] if state.history else None
     publish_summary(spec.name, run_id, store.run_path, state.history)
     if final is not None:

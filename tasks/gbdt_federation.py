@@ -38,7 +38,9 @@ from fedsilo.errors import FedsiloError, SiloFailedError
 from fedsilo.tasks import gbdt_silo
 from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from fedsilo.tasks.gbdt.model import Tree
+from fedsilo.tasks.gbdt.privacy import MaskedHistograms, unmask_histograms
 from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
+from fedsilo.tasks.privacy.secagg import MaskContext
 from fedsilo.tasks.round_tasks import wait_silo
 
 Transport = Literal["actor", "submit"]
@@ -71,7 +73,7 @@ class Traffic:
 
 def payload_bytes(value: Any) -> int:
     """Return the size of a message: array buffers of histograms, else pickled."""
-    if isinstance(value, NodeHistograms):
+    if isinstance(value, NodeHistograms | MaskedHistograms):
         return value.nbytes
     if isinstance(value, tuple):
         return sum(payload_bytes(v) for v in value)
@@ -237,6 +239,18 @@ class SiloCalls:
         """Call ``method(*args)`` at every silo."""
         return self.call(method, {silo: args for silo in self.states})
 
+    def drop(self, silo: str) -> None:
+        """Stop calling a silo that dropped out; free its state if it still can."""
+        future = self.states.pop(silo, None)
+        actor = self.actors.pop(silo, None)
+        try:
+            if actor is not None:
+                actor.free()  # not awaited: the worker may be gone
+            elif future is not None:
+                self.submit(silo, gbdt_silo.call, future, "free", name="gbdt-free")
+        except Exception:
+            pass
+
     def free(self) -> None:
         """Free every silo's resident state and release its future; never raises."""
         if self.states:
@@ -258,6 +272,48 @@ class SiloCalls:
 
 
 @dataclass(slots=True)
+class SecureExchanges:
+    """Contexts of the masked exchanges of one attempt at a Prefect round.
+
+    Every histogram exchange gets its own context, ``(run, round, attempt,
+    "tree<t>-level<l>")``, so no silo ever masks two vectors with one mask.
+    """
+
+    run_id: str
+    round: int = 0
+    attempt: int = 0
+    tree: int = -1
+    level: int = 0
+
+    def begin(self, round_number: int, attempt: int) -> None:
+        """Start the exchanges of an attempt at a round (trees counted from 0)."""
+        self.round, self.attempt, self.tree, self.level = round_number, attempt, -1, 0
+
+    def next_tree(self) -> MaskContext:
+        """Return the context of the next tree's root histograms."""
+        self.tree += 1
+        self.level = 0
+        return self._context()
+
+    def next_level(self) -> MaskContext:
+        """Return the context of the current tree's next level."""
+        self.level += 1
+        return self._context()
+
+    def _context(self) -> MaskContext:
+        return MaskContext(
+            self.run_id, self.round, self.attempt, f"tree{self.tree}-level{self.level}"
+        )
+
+
+def combine(replies: Sequence[Any]) -> NodeHistograms:
+    """Return the sum of the silos' histograms, unmasking masked ones."""
+    if replies and isinstance(replies[0], MaskedHistograms):
+        return unmask_histograms(list(replies))
+    return sum_histograms(list(replies))
+
+
+@dataclass(slots=True)
 class DaskFederation:
     """``learner.Federation`` over Dask: silo-resident state, summed replies.
 
@@ -268,6 +324,7 @@ class DaskFederation:
     """
 
     calls: SiloCalls
+    secure: SecureExchanges | None = None
     trees_left: int = 0
     seconds: dict[str, float] = field(
         default_factory=lambda: {"start": 0.0, "level": 0.0, "finish": 0.0}
@@ -281,9 +338,10 @@ class DaskFederation:
         started = time.perf_counter()
         ready, self._started = self._started, None
         if ready is None or exponent != self._exponent:
-            ready = sum_histograms(
-                list(self.calls.call_all("start_round", exponent).values())
-            )
+            args: tuple[Any, ...] = (exponent,)
+            if self.secure is not None:
+                args = (exponent, self.secure.next_tree())
+            ready = combine(list(self.calls.call_all("start_round", *args).values()))
             self.exchanges += 1
         self._exponent = exponent
         self.seconds["start"] += time.perf_counter() - started
@@ -294,8 +352,11 @@ class DaskFederation:
     ) -> NodeHistograms:
         """Send a level's splits with the request for the next nodes' histograms."""
         started = time.perf_counter()
-        replies = self.calls.call_all("grow_level", list(splits), list(nodes))
-        total = sum_histograms(list(replies.values()))
+        args: tuple[Any, ...] = (list(splits), list(nodes))
+        if self.secure is not None:
+            args = (*args, self.secure.next_level())
+        replies = self.calls.call_all("grow_level", *args)
+        total = combine(list(replies.values()))
         self.exchanges += 1
         self.seconds["level"] += time.perf_counter() - started
         return total
@@ -306,15 +367,21 @@ class DaskFederation:
         self.trees_left -= 1
         total = LossSum(0.0, 0)
         if self.trees_left > 0 and self._exponent is not None:
-            replies = self.calls.call_all(
-                "finish_and_start", list(trees), self._exponent
-            )
+            args: tuple[Any, ...] = (list(trees), self._exponent)
+            if self.secure is not None:
+                args = (*args, self.secure.next_tree())
+            replies = self.calls.call_all("finish_and_start", *args)
             for loss, _ in replies.values():
                 total = total + loss
-            self._started = sum_histograms([h for _, h in replies.values()])
+            self._started = combine([h for _, h in replies.values()])
         else:
             for loss in self.calls.call_all("finish_round", list(trees)).values():
                 total = total + loss
         self.exchanges += 1
         self.seconds["finish"] += time.perf_counter() - started
         return total
+
+    def abandon(self) -> None:
+        """Forget a prefetched start (after an aborted round)."""
+        self._started = None
+        self._exponent = None

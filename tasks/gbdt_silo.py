@@ -8,8 +8,10 @@ Dask future and frees with :func:`free_silo` when the run ends or fails.
 
 What a reply holds (and nothing else): quantile summaries of feature columns
 and label sums at setup; per tree level the gradient/hessian histograms of the
-nodes asked for; per tree the summed training loss; per round the metrics and
-their sums. ``docs/gbdt.md`` says what each of these reveals.
+nodes asked for (masked under secure aggregation: the silo's X25519 private key
+is passed to :func:`open_silo` as a future made on this worker and never leaves
+it); per tree the summed training loss; per round the metrics and their sums.
+``docs/gbdt.md`` says what each of these reveals.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fedsilo.errors import SiloDataError
 from fedsilo.tasks.gbdt.histogram import Backend, NodeHistograms
 from fedsilo.tasks.gbdt.model import Tree
 from fedsilo.tasks.gbdt.objective import Intercept, Objective, make_objective
+from fedsilo.tasks.gbdt.privacy import MaskedHistograms, mask_histograms
 from fedsilo.tasks.gbdt.silo_state import (
     LossSum,
     NodeSplit,
@@ -37,7 +40,11 @@ from fedsilo.tasks.gbdt.silo_state import (
 from fedsilo.tasks.gbdt.sketch import QuantileSummary, summarize
 from fedsilo.tasks.messages import Evaluation
 from fedsilo.tasks.metrics import classification_scores, regression_scores
+from fedsilo.tasks.privacy.secagg import KeyPair, MaskContext
 from fedsilo.tasks.silo import SiloData, worker_name
+
+#: What a histogram exchange returns: plain, or masked under secure aggregation.
+Histograms = NodeHistograms | MaskedHistograms
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,8 @@ class BoostingSetup:
     objective: str
     num_class: int
     backend: Backend = "auto"
+    #: DP: per-row (gradient, hessian) bounds the silo clips to; None: no DP.
+    gradient_clip: tuple[float, float] | None = None
 
     def make_objective(self) -> Objective:
         """Return the objective being boosted."""
@@ -109,6 +118,11 @@ class BoostingSilo:
         margin = np.full((X_test.shape[0], k), intercept.base_margin)
         self._test_margin: np.ndarray | None = margin
         self._test_offsets = np.asarray(intercept.offsets, np.float64).copy()
+        self._saved_test: tuple[np.ndarray, np.ndarray] | None = None
+        self._keys: KeyPair | None = None
+        self._roster: tuple[int, dict[int, bytes]] | None = None
+        self._used: set[MaskContext] = set()
+        self._exponent: int | None = None
 
     @property
     def state(self) -> SiloTreeState:
@@ -145,6 +159,8 @@ class BoostingSilo:
             self._state.free()
         self._state = None
         self._X_test = self._y_test = self._test_margin = None
+        self._saved_test = None
+        self._keys = self._roster = None
 
     # -- the calls the coordinator makes (as Dask tasks or as actor methods) ----
     def worker(self) -> str:
@@ -152,21 +168,76 @@ class BoostingSilo:
         self.state.n_rows  # noqa: B018 - raises once freed
         return worker_name()
 
-    def start_round(self, exponent: int) -> NodeHistograms:
+    def join_secure(self, silo_index: int, peers_public: dict[int, bytes]) -> int:
+        """Take ``silo_index`` in the roster of ``peers_public`` (mask from now on)."""
+        if self._keys is None:
+            raise RuntimeError(f"silo {self.silo!r}: opened without a key pair")
+        self._roster = (silo_index, dict(peers_public))
+        return len(peers_public)
+
+    def _protect(
+        self, histograms: NodeHistograms, context: MaskContext | None
+    ) -> Histograms:
+        """Return the histograms masked for ``context``, or as they are if None."""
+        if context is None:
+            if self._roster is not None:
+                raise RuntimeError(
+                    f"silo {self.silo!r}: secure aggregation is on; refusing to "
+                    "send histograms in the clear"
+                )
+            return histograms
+        if self._keys is None or self._roster is None or self._exponent is None:
+            raise RuntimeError(f"silo {self.silo!r}: not set up for secure sums")
+        if context in self._used:
+            # Masking twice under one context would reveal the difference.
+            raise RuntimeError(f"silo {self.silo!r}: context {context} used before")
+        self._used.add(context)
+        index, peers = self._roster
+        return mask_histograms(
+            histograms,
+            index,
+            self._keys.private,
+            peers,
+            context=context,
+            exponent=self._exponent,
+        )
+
+    def start_round(
+        self, exponent: int, context: MaskContext | None = None
+    ) -> Histograms:
         """Compute gradients on the grid ``2**-exponent``; return root histograms."""
         started = time.thread_time()
-        out = self.state.start_round(exponent)
+        self._exponent = exponent
+        out = self._protect(self.state.start_round(exponent), context)
         self._busy("start_round", started)
         return out
 
     def grow_level(
-        self, splits: Sequence[NodeSplit], nodes: Sequence[tuple[int, int]]
-    ) -> NodeHistograms:
+        self,
+        splits: Sequence[NodeSplit],
+        nodes: Sequence[tuple[int, int]],
+        context: MaskContext | None = None,
+    ) -> Histograms:
         """Apply the level's splits; return histograms of the nodes to build."""
         started = time.thread_time()
-        out = self.state.level(splits, nodes)
+        out = self._protect(self.state.level(splits, nodes), context)
         self._busy("grow_level", started)
         return out
+
+    def save_margins(self) -> None:
+        """Remember train and test margins at the start of a round of trees."""
+        _, _, margin = self._test()
+        self.state.save_margins()
+        self._saved_test = (margin.copy(), self._test_offsets.copy())
+
+    def restore_margins(self) -> None:
+        """Undo the trees added since ``save_margins`` (an abandoned round)."""
+        _, _, margin = self._test()
+        if self._saved_test is None:
+            raise RuntimeError(f"silo {self.silo!r}: no margins were saved")
+        self.state.restore_margins()
+        margin[:] = self._saved_test[0]
+        self._test_offsets = self._saved_test[1].copy()
 
     def finish_round(self, trees: Sequence[Tree]) -> LossSum:
         """Add the round's trees to the train and test margins; return the loss."""
@@ -186,10 +257,10 @@ class BoostingSilo:
         )
 
     def finish_and_start(
-        self, trees: Sequence[Tree], exponent: int
-    ) -> tuple[LossSum, NodeHistograms]:
+        self, trees: Sequence[Tree], exponent: int, context: MaskContext | None = None
+    ) -> tuple[LossSum, Histograms]:
         """Finish this round and start the next on the grid ``2**-exponent``."""
-        return self.finish_round(trees), self.start_round(exponent)
+        return self.finish_round(trees), self.start_round(exponent, context)
 
     def evaluate(self, setup: BoostingSetup, round_number: int) -> list[Evaluation]:
         """Score the current model on the silo's train and test rows."""
@@ -214,6 +285,9 @@ CALLS = frozenset(
         "evaluate",
         "timings",
         "free",
+        "join_secure",
+        "save_margins",
+        "restore_margins",
     }
 )
 
@@ -316,14 +390,20 @@ def open_silo(
     intercept: Intercept,
     trees: Sequence[Tree] = (),
     tree_info: Sequence[int] = (),
+    keys: KeyPair | None = None,
 ) -> BoostingSilo:
-    """Bin the silo's rows once with the federation's cuts; replay saved trees."""
+    """Bin the silo's rows once with the federation's cuts; replay saved trees.
+
+    ``keys`` is the silo's key pair for secure aggregation (made on this worker).
+    """
     objective = setup.make_objective()
     state = SiloTreeState.create(rows.silo, rows.train, cuts, objective, setup.backend)
     state.set_intercept(intercept)
+    state.gradient_clip = setup.gradient_clip
     silo = BoostingSilo(
         rows.silo, state, rows.X_test, rows.y_test, intercept, setup.backend
     )
+    silo._keys = keys
     if trees:
         state.replay(trees, tree_info)
         silo.add_test_trees(trees, tree_info)

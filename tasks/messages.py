@@ -62,6 +62,9 @@ class LocalUpdate:
     bytes_up: int
     metrics: dict[str, float] = field(default_factory=dict)
     masked: Any = None  # a privacy.secagg.MaskedUpdate when params are hidden
+    # A compression.EncodedUpdate (the change from the global model) when the
+    # update is compressed; params is then empty until the coordinator decodes.
+    compressed: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 import numpy as np
+from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from fedsilo.errors import CheckpointError
 from fedsilo.tasks import sklearn_models
@@ -27,8 +28,10 @@ def _scaler(mean: list[float], scale: list[float]) -> StandardScaler:
 def load_estimator(store: CheckpointStore, round_number: int | None = None) -> Any:
     """Return the round's model as a fitted Pipeline (global scaler, estimator).
 
-    The pipeline takes the raw feature columns in the order stored in the
-    checkpoint's metadata (``fedsilo.model`` -> ``features``).
+    The pipeline takes the raw input columns in the order of its
+    ``feature_names_``: the checkpoint's ``features``, or with one-hot encoding
+    its ``encoding.inputs`` (strings and numbers together, e.g. a DataFrame's
+    ``to_numpy()``), which a column transform encodes as the federation did.
     """
     if round_number is None:
         round_number = store.latest_complete_round()
@@ -54,10 +57,51 @@ def load_estimator(store: CheckpointStore, round_number: int | None = None) -> A
         params=store.read_params(round_number),
     )
     steps: list[tuple[str, Any]] = []
-    if model.get("scaler"):
+    inputs = list(model["features"])
+    if model.get("encoding"):
+        inputs = list(model["encoding"]["inputs"])
+        steps.append(("encode", _encoder(model["encoding"], model.get("scaler"))))
+    elif model.get("scaler"):
         scaler = model["scaler"]
         steps.append(("scale", _scaler(scaler["mean"], scaler["scale"])))
     steps.append(("model", estimator))
     pipeline = Pipeline(steps)
-    pipeline.feature_names_ = list(model["features"])
+    pipeline.feature_names_ = inputs
     return pipeline
+
+
+def _encoder(
+    encoding: dict[str, Any], scaler: dict[str, list[float]] | None
+) -> ColumnTransformer:
+    """Return the federation's column transform: scaled numbers, then one-hot codes.
+
+    Categories are fixed (``tasks/encoding.py``); a value outside them encodes as
+    zeros. Fitting on one placeholder row per category only sets the encoder up;
+    the scaler's statistics are the federation's, set afterwards.
+    """
+    inputs: list[str] = list(encoding["inputs"])
+    numeric = [inputs.index(name) for name in encoding["numeric"]]
+    categories = dict(encoding["categorical"])
+    codes = [inputs.index(name) for name in categories]
+    number_step: Any = "drop"
+    if numeric:
+        number_step = StandardScaler() if scaler else "passthrough"
+    onehot = OneHotEncoder(
+        categories=[list(values) for values in categories.values()],
+        handle_unknown="ignore",
+        sparse_output=False,
+        dtype=np.float64,
+    )
+    transform = ColumnTransformer(
+        [("numeric", number_step, numeric), ("onehot", onehot, codes)],
+        sparse_threshold=0.0,
+    )
+    n_rows = max([1, *(len(values) for values in categories.values())])
+    placeholder = np.zeros((n_rows, len(inputs)), dtype=object)
+    for index, values in zip(codes, categories.values(), strict=True):
+        placeholder[:, index] = [values[i % len(values)] for i in range(n_rows)]
+    transform.fit(placeholder)
+    if numeric and scaler:
+        fitted = _scaler(scaler["mean"], scaler["scale"])
+        transform.named_transformers_["numeric"].__dict__.update(fitted.__dict__)
+    return transform

@@ -3,19 +3,21 @@
 The strategy decides how: FedAvg, a robust aggregator over validated updates,
 secure aggregation (only the sum is ever decoded) and client-level DP (clipped
 changes, Gaussian noise on their sum); a server optimiser may then step on the
-result. Everything here is plain arrays in, arrays out.
+result. Compressed updates (tasks/compression.py) are decoded first: global
+model plus the decoded change. Everything here is plain arrays in, arrays out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from fedsilo.errors import InconsistentUpdatesError
 from fedsilo.spec import DPSpec, StrategySpec
 from fedsilo.tasks.aggregation import weighted_average
+from fedsilo.tasks.compression import EncodedUpdate, apply_change, decode
 from fedsilo.tasks.messages import LocalUpdate
 from fedsilo.tasks.privacy.dp import (
     AdaptiveClip,
@@ -40,6 +42,33 @@ class Combined:
     params: Params
     rejected: list[Rejection] = field(default_factory=list)
     clip: float | None = None  # DP clip for the next round (adaptive clipping)
+
+
+def decompress(
+    updates: Sequence[LocalUpdate], global_params: Params
+) -> tuple[list[LocalUpdate], list[Rejection]]:
+    """Give compressed updates their full parameters (global plus decoded change).
+
+    An update whose payload cannot be decoded against the global model (names,
+    shapes, sizes) is rejected with the reason, like any unfit update.
+    """
+    out: list[LocalUpdate] = []
+    rejected: list[Rejection] = []
+    for update in updates:
+        payload = update.compressed
+        if payload is None:
+            out.append(update)
+            continue
+        try:
+            if not isinstance(payload, EncodedUpdate):
+                raise ValueError(f"a {type(payload).__name__}, not an EncodedUpdate")
+            params = apply_change(global_params, decode(payload))
+        except (ValueError, TypeError, AttributeError) as error:
+            reason = f"compressed update cannot be decoded: {error}"
+            rejected.append(Rejection(update.silo, reason))
+            continue
+        out.append(replace(update, params=params, compressed=None))
+    return out, rejected
 
 
 def _unmasked_mean_params(updates: Sequence[LocalUpdate], template: Params) -> Params:
@@ -111,12 +140,14 @@ def combine(
         return Combined(new, clip=next_clip)
     if updates and updates[0].masked is not None:
         return Combined(_unmasked_mean_params(updates, global_params))
+    updates, undecodable = decompress(updates, global_params)
     valid, rejected = validate_updates(
         [(u.silo, u.params) for u in updates],
         shapes_of(global_params),
         norm_bound=strategy.norm_bound,
         center=global_params if strategy.norm_bound is not None else None,
     )
+    rejected = undecodable + rejected
     kept = [u for u in updates if u.silo in valid]
     if not kept:
         reasons = "; ".join(f"{r.silo}: {r.reason}" for r in rejected)

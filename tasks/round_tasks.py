@@ -1,11 +1,16 @@
 """Prefect tasks of a federated round.
 
-Each runs in the coordinator's thread pool; the ones that touch a silo submit
-its work to the silo's own Dask worker (pinned, never elsewhere) and wait for
-the small reply. Silo workers need no Prefect API access.
+Each runs in the coordinator's thread pool. The ones that touch silos run one
+per worker and phase (``fit-<worker>-rNNNN``; with one worker per silo the
+worker is named after its silo): each submits ONE Dask task, pinned to that
+worker, that fits or scores the worker's silos in turn, and waits for the small
+per-silo replies. Silo workers need no Prefect API access.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from distributed import Future
@@ -20,7 +25,7 @@ from fedsilo.tasks.metrics import global_metrics
 from fedsilo.tasks.privacy.accountant import epsilon_spent
 from fedsilo.tasks.privacy.secagg import MaskContext
 from fedsilo.tasks.round_aggregation import Combined, combine
-from fedsilo.tasks.silo import silo_evaluate, silo_fit
+from fedsilo.tasks.silo_batch import SiloFault, evaluate_silos, fit_silos
 from fedsilo.tasks.silo_privacy import PrivacyRequest
 
 
@@ -74,37 +79,80 @@ def privacy_request(
     )
 
 
+def _silo_errors(
+    worker: str, silos: Sequence[str], error: SiloFailedError
+) -> list[SiloFailedError]:
+    """Spread a worker-level failure (late, lost, timed out) over its silos."""
+    reason = error.reason.removeprefix(f"silo {worker!r}: ")
+    if any(silo != worker for silo in silos):
+        reason = f"{reason} (worker {worker!r})"
+    return [type(error)(silo, reason) for silo in silos]
+
+
+def _replies(
+    worker: str,
+    silos: Sequence[str],
+    future: Future,
+    timeout: float,
+    deadline: float | None = None,
+) -> list[Any]:
+    """Return a worker task's per-silo replies, failures as SiloFailedError.
+
+    A failure of the whole task is every silo's failure (:class:`SiloLateError`
+    past the deadline).
+    """
+    try:
+        replies = wait_silo(worker, future, timeout, deadline)
+    except SiloFailedError as error:
+        return list(_silo_errors(worker, silos, error))
+    assert isinstance(replies, list) and len(replies) == len(silos)
+    return [
+        SiloFailedError(r.silo, r.reason) if isinstance(r, SiloFault) else r
+        for r in replies
+    ]
+
+
 @task(
     name="fit-local",
-    task_run_name="fit-{silo}-r{round_number:04d}",
+    task_run_name="fit-{worker}-r{round_number:04d}",
     cache_policy=NO_CACHE,
     persist_result=False,
 )
 def fit_local(
     run_id: str,
-    silo: str,
+    worker: str,
     round_number: int,
+    silos: tuple[str, ...],
     attempt: int = 0,
     roster: tuple[str, ...] = (),
-) -> LocalUpdate:
-    """Train the global model at one silo and return its (protected) update."""
+) -> tuple[list[LocalUpdate], list[SiloFailedError]]:
+    """Train the global model at the worker's ``silos``, one Dask task for all.
+
+    Returns their (protected) updates and the failures, each naming its silo.
+    """
     state = run_state.get(run_id)
-    future = state.submit(
-        silo,
-        silo_fit,
-        state.prepared[silo],
+    future = state.submit_to(
+        state.cluster.workers[silos[0]],
+        fit_silos,
+        list(silos),
+        [state.prepared[silo] for silo in silos],
+        [privacy_request(state, s, round_number, attempt, roster) for s in silos],
+        [state.keypairs.get(silo) for silo in silos],
         state.params,
         state.config,
         round_number,
-        privacy_request(state, silo, round_number, attempt, roster),
-        state.keypairs.get(silo),
-        key=f"fit-{silo}-r{round_number}-a{attempt}",
+        [state.compressors.get(silo) for silo in silos],
+        key=f"fit-{worker}-r{round_number}-a{attempt}",
     )
-    update = wait_silo(
-        silo, future, state.spec.cluster.silo_timeout, state.spec.strategy.deadline
+    replies = _replies(
+        worker,
+        silos,
+        future,
+        state.spec.cluster.silo_timeout,
+        state.spec.strategy.deadline,
     )
-    assert isinstance(update, LocalUpdate)
-    return update
+    updates = [r for r in replies if isinstance(r, LocalUpdate)]
+    return updates, [r for r in replies if isinstance(r, SiloFailedError)]
 
 
 @task(
@@ -147,25 +195,31 @@ def aggregate(
 
 @task(
     name="evaluate-local",
-    task_run_name="evaluate-{silo}-r{round_number:04d}",
+    task_run_name="evaluate-{worker}-r{round_number:04d}",
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def evaluate_local(run_id: str, silo: str, round_number: int) -> list[Evaluation]:
-    """Score the new global model at one silo, on its train and test rows."""
+def evaluate_local(
+    run_id: str, worker: str, round_number: int, silos: tuple[str, ...]
+) -> tuple[list[Evaluation], list[SiloFailedError]]:
+    """Score the new global model at the worker's ``silos`` (train and test rows).
+
+    Returns the evaluations and the failures, each naming its silo.
+    """
     state = run_state.get(run_id)
-    future = state.submit(
-        silo,
-        silo_evaluate,
-        state.prepared[silo],
+    future = state.submit_to(
+        state.cluster.workers[silos[0]],
+        evaluate_silos,
+        list(silos),
+        [state.prepared[silo] for silo in silos],
         state.params,
         state.config,
         round_number,
-        key=f"evaluate-{silo}-r{round_number}",
+        key=f"evaluate-{worker}-r{round_number}",
     )
-    result = wait_silo(silo, future, state.spec.cluster.silo_timeout)
-    assert isinstance(result, list)
-    return result
+    replies = _replies(worker, silos, future, state.spec.cluster.silo_timeout)
+    evaluations = [e for r in replies if isinstance(r, list) for e in r]
+    return evaluations, [r for r in replies if isinstance(r, SiloFailedError)]
 
 
 def metric_rows(
@@ -225,14 +279,18 @@ def checkpoint(
     updates: list[LocalUpdate],
     absent: dict[str, str],
     rejected: dict[str, str],
+    selected: tuple[str, ...] = (),
 ) -> str:
     """Write the round's metrics and global model to the store, atomically.
 
-    ``absent`` names the selected silos that sent no update and why ("late"
-    or "failed"); they are recorded as metrics rows of value 1.
+    ``absent`` names the silos that sent no update or score and why ("late" or
+    "failed"), ``selected`` the silos the round's sample asked to train; both
+    are recorded as metrics rows of value 1 (metric ``late``, ``failed``,
+    ``selected``).
     """
     state = run_state.get(run_id)
-    rows = metric_rows(evaluations, updates, state.spec.task, absent)
+    rows = [MetricRow(silo, "train", "selected", 1.0, 0) for silo in selected]
+    rows += metric_rows(evaluations, updates, state.spec.task, absent)
     rows += [MetricRow(silo, "train", "rejected", 1.0, 0) for silo in sorted(rejected)]
     rows += privacy_rows(state)
     return state.store.write_round(

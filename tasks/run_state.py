@@ -55,6 +55,8 @@ class RunState:
     history: list[RoundResult] = field(default_factory=list)
     last_updates: list[LocalUpdate] = field(default_factory=list)
     keypairs: dict[str, Future] = field(default_factory=dict)  # stay on workers
+    # Each silo's compression.SiloCompressor (with its residual): stays on workers.
+    compressors: dict[str, Future] = field(default_factory=dict)
     public_keys: dict[str, bytes] = field(default_factory=dict)
     dp_clip: float | None = None
     server_optimizer: Any = None  # a tasks.server_optimizers.ServerOptimizer
@@ -76,11 +78,17 @@ class RunState:
 
     def submit(self, silo: str, fn: Callable[..., Any], *args: Any, key: str) -> Future:
         """Run ``fn`` on the silo's own worker and nowhere else."""
+        return self.submit_to(self.cluster.workers[silo], fn, *args, key=key)
+
+    def submit_to(
+        self, address: str, fn: Callable[..., Any], *args: Any, key: str
+    ) -> Future:
+        """Run ``fn`` on the worker at ``address`` and nowhere else."""
         return self.cluster.client.submit(
             fn,
             *args,
             key=f"{key}-{self.run_id}",
-            workers=[self.cluster.workers[silo]],
+            workers=[address],
             allow_other_workers=False,
             pure=False,
         )

@@ -27,27 +27,11 @@ logistic, mlp-*). They do not apply to ``xgboost``: its trees are grown from
 summed histograms and appended, there is no averaged parameter vector.
 
 FedProx (Li et al. 2020) changes local training, not aggregation: each silo
-minimises ``loss(w) + mu/2 * ||w - w_global||**2``, i.e. adds
-``proximal_gradient(w, w_global, mu) = mu * (w - w_global)`` to every local
-gradient step. It matters when silos take many local steps on skewed data
-(client drift). Where it applies in fedsilo:
-
-- ``mlp-classifier`` / ``mlp-regressor``: yes, through a custom local step.
-  scikit-learn's MLP computes its gradients in ``_backprop`` (private API); a
-  subclass that adds ``mu * (coefs_[i] - global_coefs[i])`` to each
-  ``coef_grads[i]`` (and to ``intercept_grads``) and ``proximal_term`` to the
-  loss gives FedProx with ``partial_fit`` unchanged. It pins scikit-learn's
-  private signature, so it needs a test per scikit-learn version.
-- ``sgd-logistic`` / ``sgd-regressor``: no. The SGD loop is compiled
-  (``_plain_sgd``) with no gradient hook, and its L2 ``alpha`` pulls toward 0,
-  not toward ``w_global``. A numpy SGD loop for the linear models would be
-  needed. With ``local.epochs=1`` the drift FedProx corrects is small anyway.
-- ``logistic`` (L-BFGS): not with scikit-learn's LogisticRegression, whose
-  objective is closed; a scipy ``minimize`` over the loss plus
-  ``proximal_term`` would do it.
-- ``xgboost``: no. Silos do no local optimisation; the coordinator grows every
-  tree from the federated histograms exactly as one machine would, so there is
-  no local drift to penalise.
+minimises ``loss(w) + mu/2 * ||w - w_global||**2`` (``proximal_term``; its
+gradient is ``proximal_gradient``). fedsilo applies it as a proximal step after
+every local mini-batch (``local.proximal_mu``, ``sklearn_models.train_local``)
+for ``sgd-*`` and ``mlp-*``; ``logistic`` and ``xgboost`` refuse it. Which
+models, how, and why not the others: docs/strategies.md.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from fedsilo.connectors.silo_config import worker_silo_config
 from fedsilo.connectors.sql import SqlSource, read_sql
 from fedsilo.errors import SiloDataError
 from fedsilo.tasks import sklearn_models
+from fedsilo.tasks.compression import SiloCompressor, quantization_rng
+from fedsilo.tasks.encoding import one_hot
 from fedsilo.tasks.messages import (
     Evaluation,
     FeatureMoments,
@@ -32,7 +34,7 @@ from fedsilo.tasks.messages import (
 )
 from fedsilo.tasks.metrics import classification_scores, regression_scores
 from fedsilo.tasks.privacy.secagg import KeyPair
-from fedsilo.tasks.silo_privacy import PrivacyRequest, protect
+from fedsilo.tasks.silo_privacy import STATE_TENSORS, PrivacyRequest, protect
 from fedsilo.tasks.statistics import moments
 
 _log = logging.getLogger("fedsilo.silo")
@@ -96,6 +98,7 @@ class FitConfig:
     epochs: int
     batch_size: int | None
     seed: int
+    proximal_mu: float = 0.0
 
 
 def silo_seed(seed: int, round_number: int, silo: str) -> np.random.Generator:
@@ -236,13 +239,22 @@ def prepare_silo(
     target: str,
     mean: np.ndarray | None,
     scale: np.ndarray | None,
+    categories: dict[str, tuple[Any, ...]] | None = None,
 ) -> PreparedSilo:
-    """Order the features as the federation does and apply the global scaler."""
+    """Order the features as the federation does and apply the global scaler.
+
+    ``features`` are the numeric ones; with ``categories`` their one-hot columns
+    follow (``tasks/encoding.py``), the same at every silo.
+    """
     X_train = _matrix(data.silo, data.train, features, "train")
     X_test = _matrix(data.silo, data.test, features, "test")
     if mean is not None and scale is not None:
         X_train = (X_train - mean) / scale
         X_test = (X_test - mean) / scale
+    if categories:
+        codes = one_hot(data.silo, data.train, categories, "train")
+        X_train = np.hstack([X_train, codes])
+        X_test = np.hstack([X_test, one_hot(data.silo, data.test, categories, "test")])
     y_train = data.train[target].to_numpy()
     y_test = data.test[target].to_numpy()
     for split, y in (("train", y_train), ("test", y_test)):
@@ -260,11 +272,14 @@ def silo_fit(
     round_number: int,
     privacy: PrivacyRequest | None = None,
     keys: KeyPair | None = None,
+    compressor: SiloCompressor | None = None,
 ) -> LocalUpdate:
     """Train the global model on the silo's rows; return only its new arrays.
 
     With a privacy request the arrays are clipped and/or masked before they
-    leave (tasks/silo_privacy.py).
+    leave (tasks/silo_privacy.py). With a compressor (this silo's, resident on
+    its worker) only the encoded change from the global model leaves; the
+    error-feedback residual stays in the compressor (tasks/compression.py).
     """
     started = time.perf_counter()
     estimator = sklearn_models.materialise(
@@ -284,15 +299,24 @@ def silo_fit(
         epochs=config.epochs,
         batch_size=config.batch_size,
         rng=silo_seed(config.seed, round_number, prepared.silo),
+        proximal_mu=config.proximal_mu,
     )
     params = sklearn_models.extract_params(config.kind, estimator)
     masked = None
+    compressed = None
     metrics: dict[str, float] = {}
     if privacy is not None:
         params, masked, metrics = protect(
             params, global_params, len(prepared.X_train), privacy, keys
         )
+    elif compressor is not None and compressor.kind != "none":
+        rng = quantization_rng(config.seed, round_number, prepared.silo)
+        compressed = compressor.compress(
+            params, global_params, rng, raw=STATE_TENSORS & set(params)
+        )
+        params = {}
     sent = nbytes_of(params) + (0 if masked is None else int(masked.values.nbytes))
+    sent += 0 if compressed is None else compressed.nbytes
     return LocalUpdate(
         silo=prepared.silo,
         round=round_number,
@@ -304,6 +328,7 @@ def silo_fit(
         bytes_up=sent,
         metrics=metrics,
         masked=masked,
+        compressed=compressed,
     )
 
 

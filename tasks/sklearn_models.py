@@ -170,23 +170,173 @@ def train_local(
     epochs: int,
     batch_size: int | None,
     rng: np.random.Generator,
+    proximal_mu: float = 0.0,
 ) -> None:
-    """Train ``estimator`` in place on one silo's rows for one round."""
+    """Train ``estimator`` in place on one silo's rows for one round.
+
+    With ``proximal_mu`` > 0 this is FedProx (Li et al. 2020): after every
+    mini-batch the parameters take the proximal step of
+    ``mu/2 * ||w - w_global||**2`` toward the model the round started from
+    (:func:`proximal_shrink`). ``proximal_mu`` 0 leaves training untouched.
+    """
+    if proximal_mu > 0:
+        refusal = proximal_refusal(kind, estimator.get_params())
+        if refusal is not None:
+            raise SpecError(refusal)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if kind == "logistic":
             _fit_logistic(estimator, X, y, np.asarray(classes), epochs)
             return
+        anchor = _proximal_anchor(kind, estimator) if proximal_mu > 0 else None
         is_classifier = kind in {"sgd-logistic", "mlp-classifier"}
         size = len(X) if batch_size is None else batch_size
         for _ in range(epochs):
             order = rng.permutation(len(X))
             for start in range(0, len(X), size):
                 rows = order[start : start + size]
+                steps = None
+                if anchor is not None:
+                    steps = _step_sizes(kind, estimator, len(rows))
                 if is_classifier:
                     estimator.partial_fit(X[rows], y[rows], classes=np.asarray(classes))
                 else:
                     estimator.partial_fit(X[rows], y[rows])
+                if anchor is not None and steps is not None:
+                    _proximal_step(
+                        kind, estimator, anchor, proximal_shrink(steps, proximal_mu)
+                    )
+
+
+def proximal_refusal(kind: str, model_params: Mapping[str, Any]) -> str | None:
+    """Return why FedProx's proximal step cannot train this model, or None if it can.
+
+    The step needs the step size the estimator used on each mini-batch; see
+    docs/strategies.md for the models and the reasons.
+    """
+    if kind == "logistic":
+        return (
+            "local.proximal_mu: model kind 'logistic' trains with "
+            "LogisticRegression.fit (full-batch L-BFGS), whose objective cannot "
+            "be given a term pulling toward the global model; use sgd-logistic "
+            "or mlp-classifier for FedProx, or set local.proximal_mu to 0"
+        )
+    if kind.startswith("sgd"):
+        rate = model_params.get(
+            "learning_rate", "optimal" if kind == "sgd-logistic" else "invscaling"
+        )
+        if rate not in _SGD_RATES:
+            return (
+                f"local.proximal_mu: model.params.learning_rate {rate!r} has no "
+                "step size to scale the proximal step by; use one of "
+                f"{sorted(_SGD_RATES)}"
+            )
+        if model_params.get("average"):
+            return (
+                "local.proximal_mu: model.params.average reports averaged weights, "
+                "not the iterate the proximal step applies to; leave average off"
+            )
+    if is_mlp(kind) and model_params.get("solver", "adam") not in {"adam", "sgd"}:
+        return (
+            f"local.proximal_mu: model.params.solver {model_params['solver']!r} "
+            "cannot train by mini-batches; use 'adam' or 'sgd'"
+        )
+    return None
+
+
+_SGD_RATES = frozenset({"constant", "optimal", "invscaling", "adaptive"})
+
+
+def sgd_step_sizes(estimator: Any, n_rows: int) -> np.ndarray:
+    """Return the step sizes scikit-learn's SGD uses on its next ``n_rows`` samples.
+
+    ``partial_fit`` takes one step per sample, the ``t``-th (counting from
+    ``estimator.t_``) with the schedule of ``sklearn/linear_model/_sgd_fast``:
+    ``constant`` and ``adaptive`` use ``eta0`` (``adaptive`` only divides it
+    between epochs of one ``fit``; a ``partial_fit`` call is a single epoch),
+    ``invscaling`` ``eta0 / t**power_t`` and ``optimal``
+    ``1 / (alpha * (t0 + t - 1))`` with ``t0 = 1 / (alpha * sqrt(alpha**-0.5))``
+    (scikit-learn's heuristic initial step ``sqrt(alpha**-0.5) / max(1, dloss)``,
+    where ``dloss`` at ``(y=1, p=-sqrt(alpha**-0.5))`` is negative for every
+    loss fedsilo offers, so the ``max`` is 1).
+    """
+    rate = estimator.learning_rate
+    t = float(estimator.t_) + np.arange(n_rows, dtype=np.float64)
+    if rate in {"constant", "adaptive"}:
+        return np.full(n_rows, float(estimator.eta0))
+    if rate == "invscaling":
+        return float(estimator.eta0) / t ** float(estimator.power_t)
+    if rate == "optimal":
+        alpha = float(estimator.alpha)
+        initial_eta = np.sqrt(1.0 / np.sqrt(alpha))
+        optimal_init = 1.0 / (initial_eta * alpha)
+        return 1.0 / (alpha * (optimal_init + t - 1.0))
+    raise SpecError(f"model.params.learning_rate {rate!r}: no step size for FedProx")
+
+
+def mlp_step_sizes(estimator: Any, n_rows: int) -> np.ndarray:
+    """Return the step sizes of the optimiser steps ``partial_fit`` takes on ``n_rows``.
+
+    ``partial_fit`` splits its rows into batches of the estimator's own
+    ``batch_size`` (``auto``: 200) and takes one optimiser step per batch. The
+    proximal step is decoupled from the optimiser, as weight decay is in SGDW
+    and AdamW (Loshchilov and Hutter 2019): with ``sgd`` it uses the current
+    learning rate (``invscaling``/``adaptive`` as the optimiser holds it) and
+    ignores momentum; with ``adam`` it uses ``learning_rate_init``, Adam's
+    nominal step, not the per-coordinate adaptive one.
+    """
+    size = estimator.batch_size
+    batch = min(200, n_rows) if size == "auto" else int(np.clip(size, 1, n_rows))
+    n_steps = -(-n_rows // batch)
+    rate = float(estimator.learning_rate_init)
+    optimizer = getattr(estimator, "_optimizer", None)
+    if estimator.solver == "sgd" and optimizer is not None:
+        rate = float(optimizer.learning_rate)
+    return np.full(n_steps, rate)
+
+
+def proximal_shrink(step_sizes: np.ndarray, mu: float) -> float:
+    """Return the factor by which consecutive proximal steps shrink ``w - w_global``.
+
+    One proximal step of ``mu/2 * ||w - w_global||**2`` with step size ``eta`` is
+    ``w <- (w + eta * mu * w_global) / (1 + eta * mu)``, i.e. ``w - w_global``
+    times ``1 / (1 + eta * mu)``; steps in a row multiply.
+    """
+    return float(np.exp(-np.sum(np.log1p(mu * np.asarray(step_sizes)))))
+
+
+def _step_sizes(kind: str, estimator: Any, n_rows: int) -> np.ndarray:
+    if is_mlp(kind):
+        return mlp_step_sizes(estimator, n_rows)
+    if not hasattr(estimator, "t_"):
+        estimator.t_ = 1.0
+    return sgd_step_sizes(estimator, n_rows)
+
+
+def _proximal_anchor(kind: str, estimator: Any) -> Params:
+    params = extract_params(kind, estimator)
+    params.pop("t_", None)
+    return params
+
+
+def _proximal_step(kind: str, estimator: Any, anchor: Params, shrink: float) -> None:
+    """Move every parameter to ``anchor + shrink * (w - anchor)``, in place for MLPs."""
+    if is_mlp(kind):
+        # In place: the optimiser of this round holds references to these arrays.
+        for i, coef in enumerate(estimator.coefs_):
+            centre = anchor[f"coefs_{i}"]
+            coef[...] = centre + shrink * (coef - centre)
+        for i, intercept in enumerate(estimator.intercepts_):
+            centre = anchor[f"intercepts_{i}"]
+            intercept[...] = centre + shrink * (intercept - centre)
+        return
+    coef = np.asarray(estimator.coef_, dtype=np.float64)
+    centre = anchor["coef_"].reshape(coef.shape)
+    estimator.coef_ = np.ascontiguousarray(centre + shrink * (coef - centre))
+    intercept = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
+    estimator.intercept_ = anchor["intercept_"] + shrink * (
+        intercept - anchor["intercept_"]
+    )
 
 
 def _fit_logistic(

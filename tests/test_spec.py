@@ -299,13 +299,19 @@ def test_min_silos_equal_to_silo_count_accepted() -> None:
         ),
         (
             {
-                "privacy": {"secure_aggregation": True},
+                "privacy": {
+                    "dp": {
+                        "clip": 1.0,
+                        "noise_multiplier": 1.0,
+                        "adaptive": {"count_stddev": 1.0},
+                    }
+                },
                 "model": {
                     "kind": "xgboost",
                     "params": {"objective": "binary:logistic"},
                 },
             },
-            "not available for kind 'xgboost'",
+            "privacy.dp.adaptive is for FedAvg",
         ),
     ],
 )

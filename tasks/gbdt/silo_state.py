@@ -13,9 +13,9 @@ What leaves a silo, and what it reveals
 - per round: the summed training loss.
 A node histogram is a sum over the node's rows, but a node holding one or a few
 of a silo's rows discloses those rows' bins and gradients (and so, for
-classification, their labels). Secure aggregation (the gradients are already
-fixed-point, see ``histogram.quantize``) or a minimum of rows per node and silo
-would close that; neither is implemented here.
+classification, their labels). With ``privacy.secure_aggregation`` the
+histograms leave masked (``gbdt.privacy``) and the coordinator learns only
+their sum over silos; with ``privacy.dp`` that sum is noised as well.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from fedsilo.tasks.gbdt.histogram import (
 from fedsilo.tasks.gbdt.jit import kernels
 from fedsilo.tasks.gbdt.model import Tree
 from fedsilo.tasks.gbdt.objective import Intercept, Objective
+from fedsilo.tasks.privacy.dp import clip_gradients
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,9 @@ class SiloTreeState:
         self._grad: np.ndarray | None = None
         self._hess: np.ndarray | None = None
         self._positions: np.ndarray | None = None
+        #: DP: every row's gradient is clipped to +-G and hessian to [0, H].
+        self.gradient_clip: tuple[float, float] | None = None
+        self._saved: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def create(
@@ -221,6 +225,8 @@ class SiloTreeState:
         """
         _, y, margin = self._data()
         g, h = self.objective.gradients(y, margin + self._offsets)
+        if self.gradient_clip is not None:
+            g, h = clip_gradients(g, h, *self.gradient_clip)
         self._grad = np.ascontiguousarray(quantize(g, exponent).T)
         self._hess = np.ascontiguousarray(quantize(h, exponent).T)
         self._positions = np.zeros((g.shape[1], margin.shape[0]), dtype=np.int32)
@@ -321,6 +327,20 @@ class SiloTreeState:
         self._grad = self._hess = self._positions = None
         return self.loss()
 
+    def save_margins(self) -> None:
+        """Remember the margins, to undo a round of trees that is abandoned."""
+        _, _, margin = self._data()
+        self._saved = (margin.copy(), self._offsets.copy())
+
+    def restore_margins(self) -> None:
+        """Return to the margins of ``save_margins`` and drop the round's rows."""
+        _, _, margin = self._data()
+        if self._saved is None:
+            raise RuntimeError(f"silo {self.name!r}: no margins were saved")
+        margin[:] = self._saved[0]
+        self._offsets = self._saved[1].copy()
+        self._grad = self._hess = self._positions = None
+
     def replay(self, trees: Sequence[Tree], tree_info: Sequence[int]) -> None:
         """Add a saved model's trees to the margins (resume after ``set_intercept``).
 
@@ -354,3 +374,4 @@ class SiloTreeState:
         """Drop the rows and every per-row array; later calls raise RuntimeError."""
         self._binned = self._y = self._margin = None
         self._grad = self._hess = self._positions = None
+        self._saved = None

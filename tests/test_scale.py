@@ -1,0 +1,231 @@
+"""Many logical silos on a few pool workers (cluster.workers)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsilo.cluster import assign_silos
+from fedsilo.errors import SiloFailedError, SpecError
+from fedsilo.spec import parse_spec
+from fedsilo.tasks import run_state
+from fedsilo.tasks.checkpoint_store import CheckpointStore
+
+FEATURES = ["x0", "x1", "x2"]
+
+
+def write_silos(root: Path, n: int, bad: str | None = None) -> list[dict[str, str]]:
+    """Write ``n`` small silos; the ``bad`` one holds an infinite feature value."""
+    rng = np.random.default_rng(0)
+    silos = []
+    for i in range(n):
+        name = f"silo-{i:02d}"
+        X = rng.normal(size=(30, len(FEATURES)))
+        frame = pd.DataFrame(X, columns=FEATURES)
+        frame["label"] = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+        if name == bad:
+            frame.loc[3, "x1"] = np.inf  # passes the NaN check, fails any fit
+        path = root / f"{name}.parquet"
+        frame.to_parquet(path, index=False)
+        silos.append({"name": name, "train": str(path)})
+    return silos
+
+
+def make_spec(tmp_path: Path, silos: list[dict[str, str]], **changes: Any) -> Any:
+    data: dict[str, Any] = {
+        "name": "many-silos",
+        "task": "classification",
+        "target": "label",
+        "rounds": 2,
+        "model": {"kind": "sgd-logistic"},
+        "preprocessing": {"scale": "none"},
+        "silos": silos,
+        "cluster": {"workers": 2},
+        "checkpoints": str(tmp_path / "store"),
+    }
+    data.update(changes)
+    return parse_spec(data)
+
+
+# --- the assignment rule and the spec -------------------------------------------
+
+
+def test_silos_go_to_pool_workers_in_contiguous_blocks() -> None:
+    silos = [f"s{i}" for i in range(7)]
+
+    hosts = assign_silos(silos, 3)
+
+    assert list(hosts.values()) == ["pool-0"] * 3 + ["pool-1"] * 2 + ["pool-2"] * 2
+    assert assign_silos(silos, 3) == hosts
+    assert assign_silos(silos[:2], 5) == {"s0": "pool-0", "s1": "pool-1"}
+
+
+@pytest.mark.parametrize("silos", [1, 5, 40, 1000])
+@pytest.mark.parametrize("workers", [1, 2, 3, 7])
+def test_blocks_differ_by_at_most_one_silo(silos: int, workers: int) -> None:
+    hosts = assign_silos([f"s{i}" for i in range(silos)], workers)
+
+    sizes = pd.Series(list(hosts.values())).value_counts()
+    assert len(sizes) == min(silos, workers)
+    assert sizes.max() - sizes.min() <= 1
+
+
+def test_spec_refuses_workers_with_an_address(tmp_path: Path) -> None:
+    silos = [{"name": "a", "train": "a.parquet"}, {"name": "b", "train": "b.parquet"}]
+
+    with pytest.raises(SpecError, match=r"cluster: workers=2 applies to an embedded"):
+        make_spec(tmp_path, silos, cluster={"workers": 2, "address": "tcp://h:1"})
+    with pytest.raises(SpecError, match=r"cluster\.workers: .*greater than or equal"):
+        make_spec(tmp_path, silos, cluster={"workers": 0})
+    with pytest.raises(SpecError, match=r"cluster.workers .* 'xgboost'"):
+        make_spec(tmp_path, silos, task="regression", model={"kind": "xgboost"})
+    assert make_spec(tmp_path, silos).cluster.workers == 2
+    assert make_spec(tmp_path, silos, cluster={}).cluster.workers is None
+
+
+# --- running on pool workers --------------------------------------------------
+
+
+def _resident_silos(dask_worker: Any) -> list[str]:
+    """On a worker: the silos whose prepared rows this worker process holds."""
+    from fedsilo.tasks.silo import PreparedSilo
+
+    data = dask_worker.data
+    return sorted(v.silo for v in data.values() if isinstance(v, PreparedSilo))
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("prefect_api")
+def test_many_silos_on_two_workers_train_where_their_rows_are(tmp_path: Path) -> None:
+    from fedsilo.flows.training import federated_training
+
+    silos = write_silos(tmp_path, 40)
+    spec = make_spec(
+        tmp_path,
+        silos,
+        rounds=3,
+        strategy={"fraction": 0.25, "min_silos": 5},
+    )
+    hosts = assign_silos([s["name"] for s in silos], 2)
+    seen: list[Any] = []
+    resident: dict[str, list[str]] = {}
+
+    def listener(result: Any, state: run_state.RunState) -> None:
+        seen.append(result)
+        if result.round == 1:
+            client = state.cluster.client
+            names = {
+                a: w["name"]
+                for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
+            }
+            held = client.run(_resident_silos)
+            resident.update({names[a]: v for a, v in held.items()})
+
+    run_state.listeners.append(listener)
+    try:
+        summary = federated_training(spec)
+    finally:
+        run_state.listeners.remove(listener)
+
+    assert summary["rounds"] == [1, 2, 3]
+    assert resident == {
+        w: sorted(s for s, h in hosts.items() if h == w) for w in ("pool-0", "pool-1")
+    }
+    store = CheckpointStore(spec.checkpoints, spec.name, summary["run_id"])
+    for result in seen:
+        assert len(result.selected) == 10
+        assert result.fit_workers == {s: hosts[s] for s in result.selected}
+        assert result.eval_workers == hosts
+        rows = store.read_metrics(result.round)
+        chosen = rows[rows.metric == "selected"]
+        assert tuple(chosen.silo) == result.selected
+        assert set(rows[rows.metric == "fit_seconds"].silo) == set(result.selected)
+    assert len({r.selected for r in seen}) > 1  # a new sample every round
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("prefect_api")
+def test_a_bad_silo_fails_alone_on_a_shared_worker(tmp_path: Path) -> None:
+    from fedsilo.flows.training import federated_training
+
+    silos = write_silos(tmp_path, 12, bad="silo-04")
+    spec = make_spec(tmp_path, silos, strategy={"min_silos": 11})
+    seen: list[Any] = []
+
+    def listener(result: Any, state: run_state.RunState) -> None:
+        seen.append(result)
+
+    run_state.listeners.append(listener)
+    try:
+        summary = federated_training(spec)
+    finally:
+        run_state.listeners.remove(listener)
+
+    neighbours = [f"silo-{i:02d}" for i in range(6) if i != 4]  # also on pool-0
+    for result in seen:
+        assert result.absent == {"silo-04": "failed"}
+        assert len(result.silos) == 11 and set(neighbours) <= set(result.silos)
+        assert {result.fit_workers[s] for s in neighbours} == {"pool-0"}
+    rows = CheckpointStore(spec.checkpoints, spec.name, summary["run_id"]).read_metrics(
+        2
+    )
+    assert rows[rows.metric == "failed"].silo.tolist() == ["silo-04"]
+
+    strict = make_spec(tmp_path, silos, strategy={"min_silos": 12})
+    with pytest.raises(
+        SiloFailedError,
+        match=r"silo 'silo-04': ValueError: .*infinity.*min_silos is 12",
+    ):
+        federated_training(strict, run_id="strict")
+
+
+# --- the fork server the embedded workers come from ---------------------------
+
+
+@pytest.mark.integration
+def test_workers_use_the_coordinators_fedsilo_not_one_in_the_cwd(
+    tmp_path: Path,
+) -> None:
+    decoy = tmp_path / "cwd" / "fedsilo"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("DECOY = True\n")
+    script = tmp_path / "bin" / "probe.py"
+    script.parent.mkdir()
+    script.write_text(
+        textwrap.dedent(
+            """
+            import fedsilo
+            from fedsilo.cluster import silo_cluster
+
+            def where():
+                import fedsilo, fedsilo.tasks.silo
+                return fedsilo.__file__
+
+            if __name__ == "__main__":
+                with silo_cluster(["a", "b", "c"], None, 120.0, n_workers=2) as c:
+                    seen = set(c.client.run(where).values())
+                    print("COORDINATOR", fedsilo.__file__)
+                    print("WORKERS", *sorted(seen))
+            """
+        )
+    )
+
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path / "cwd",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+
+    lines = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    assert "cwd" not in lines["COORDINATOR"]
+    assert lines["WORKERS"] == lines["COORDINATOR"]
