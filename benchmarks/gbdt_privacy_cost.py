@@ -34,6 +34,8 @@ Run from the repository root::
     .venv/bin/python benchmarks/gbdt_privacy_cost.py [--trees 20]
         [--trees-per-round 5] [--repeats 2] [--synthetic-rows 100000]
         [--json OUT]
+
+``--repeats 0`` prints only the in-process cost of masking one level.
 """
 
 from __future__ import annotations
@@ -203,6 +205,49 @@ def table(name: str, results: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def masking_cost(n_silos: int = SILOS, repeat: int = 50) -> str:
+    """Time masking and unmasking one level's histograms in this process.
+
+    A depth-4 level of the synthetic set: 4 nodes built, 20 features, 33 slots
+    (32 bins and missing), gradient and hessian plus 3 totals per node.
+    """
+    from fedsilo.tasks.gbdt.histogram import NodeHistograms
+    from fedsilo.tasks.gbdt.privacy import mask_histograms, unmask_histograms
+    from fedsilo.tasks.privacy.secagg import MaskContext, generate_keypair
+
+    rng = np.random.default_rng(0)
+    exponent = 30
+    shape = (4, 20, 33)
+    hist = NodeHistograms(
+        nodes=np.array([[0, n] for n in (3, 4, 5, 6)], np.int64),
+        grad=np.ldexp(np.rint(rng.normal(0, 2**exponent, shape)), -exponent),
+        hess=np.ldexp(np.rint(rng.random(shape) * 2**exponent), -exponent),
+        totals=np.ones((4, 3)),
+    )
+    keys = [generate_keypair() for _ in range(n_silos)]
+    publics = {i: k.public for i, k in enumerate(keys)}
+    mask_s, unmask_s = [], []
+    for r in range(repeat):
+        context = MaskContext("bench", 1, 0, f"tree{r}-level1")
+        started = time.perf_counter()
+        parts = [
+            mask_histograms(
+                hist, i, keys[i].private, publics, context=context, exponent=exponent
+            )
+            for i in range(n_silos)
+        ]
+        mask_s.append((time.perf_counter() - started) / n_silos)
+        started = time.perf_counter()
+        unmask_histograms(parts)
+        unmask_s.append(time.perf_counter() - started)
+    words = parts[0].masked.values.size
+    return (
+        f"masking one level ({words:,} words, {n_silos} silos): "
+        f"{statistics.median(mask_s) * 1e3:.2f} ms per silo, unmasking the sum "
+        f"{statistics.median(unmask_s) * 1e3:.2f} ms (median of {repeat})"
+    )
+
+
 def main() -> None:
     """Run every variant on both data sets and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -216,6 +261,9 @@ def main() -> None:
     from fedsilo.cluster import embedded_cluster
 
     quiet_dask_logs()
+    print(masking_cost())
+    if args.repeats < 1:
+        return
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -7,17 +7,17 @@ round), 20 rounds, every silo every round:
   ``fedsilo datasets split breast_cancer --silos 4 --partition iid`` writes it;
 - ``synthetic-classification`` with 50,000 rows (20 features, 3 classes).
 
-Each runs six variants of ``privacy:`` on ONE embedded cluster (workers
+Each runs these variants of ``privacy:`` on ONE embedded cluster (workers
 ``silo-0..3``, attached through ``cluster.address``) inside one process, so
 the variants share start-up costs and the machine's load at about the same
 time:
 
 - plain FedAvg;
 - secure aggregation (pairwise masking);
-- DP with noise multiplier 0.5 and 1.0 (clip: the median L2 norm of the plain
-  run's updates over rounds 2..N, as adaptive clipping's target quantile 0.5
-  would settle; delta 1e-5);
-- DP with noise multiplier 1.0 and secure aggregation;
+- DP with each noise multiplier of ``--noise`` (default 0.5 and 1.0; clip:
+  the median L2 norm of the plain run's updates over rounds 2..N, as adaptive
+  clipping's target quantile 0.5 would settle; delta 1e-5);
+- DP with the last of them and secure aggregation;
 - DP with a negligible noise multiplier (0.001): what clipping, the unweighted
   mean of DP-FedAvg and the frozen SGD counter ``t_`` cost without the noise.
 
@@ -35,7 +35,7 @@ pools the steady rounds of all repeats.
 Run from the repository root::
 
     .venv/bin/python benchmarks/privacy_cost.py [--rounds 20] [--repeats 1]
-        [--synthetic-rows 50000] [--json OUT]
+        [--synthetic-rows 50000] [--noise 0.5 1.0] [--json OUT]
 """
 
 from __future__ import annotations
@@ -66,14 +66,18 @@ from fedsilo.tasks import run_state  # noqa: E402
 
 SILOS = 4
 DELTA = 1e-5
-VARIANTS: list[tuple[str, bool, float | None]] = [
-    ("plain", False, None),
-    ("secagg", True, None),
-    ("clip only (dp z=0.001)", False, 0.001),
-    ("dp z=0.5", False, 0.5),
-    ("dp z=1.0", False, 1.0),
-    ("dp z=1.0 + secagg", True, 1.0),
-]
+
+
+def variants(noise: list[float]) -> list[tuple[str, bool, float | None]]:
+    """Return (label, secure aggregation, DP noise multiplier or None) to run."""
+    out: list[tuple[str, bool, float | None]] = [
+        ("plain", False, None),
+        ("secagg", True, None),
+        ("clip only (dp z=0.001)", False, 0.001),
+    ]
+    out += [(f"dp z={z:g}", False, z) for z in noise]
+    out.append((f"dp z={noise[-1]:g} + secagg", True, noise[-1]))
+    return out
 
 
 def write_data(root: Path, synthetic_rows: int) -> dict[str, Path]:
@@ -219,12 +223,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--synthetic-rows", type=int, default=50_000)
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.5, 1.0])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     from fedsilo.cluster import embedded_cluster
 
     quiet_dask_logs()
+    chosen = variants(args.noise)
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         specs = write_data(Path(tmp), args.synthetic_rows)
@@ -233,10 +239,10 @@ def main() -> None:
         print(f"set-up (imports, data, cluster): {time.perf_counter() - T0:.1f} s")
         try:
             for name, path in specs.items():
-                results: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in VARIANTS}
+                results: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in chosen}
                 clip: float | None = None
                 for _ in range(args.repeats):
-                    for label, secure, noise in VARIANTS:
+                    for label, secure, noise in chosen:
                         spec = make_spec(
                             path,
                             rounds=args.rounds,

@@ -2,14 +2,16 @@
 
 Every silo holds ``--rows`` synthetic rows (``make_classification``, one draw
 split evenly; 20 % of each silo's rows are held out as its test split) and
-trains ``sgd-logistic`` for one pass a round, so the local work is small and
-what a round costs is fedsilo's dispatch, aggregation and checkpointing. The
-silos live on ``--workers`` embedded pool workers (``cluster.workers``).
+trains ``sgd-logistic`` for one pass a round (``--kind``, ``--epochs``), so the
+local work is small and what a round costs is fedsilo's dispatch, aggregation
+and checkpointing. The silos live on ``--workers`` embedded pool workers
+(``cluster.workers``).
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/scale.py [--silos 10 100 1000] [--workers 2]
-        [--rounds 8] [--rows 100] [--features 10] [--fraction 1.0] [--json]
+        [--rounds 8] [--rows 100] [--features 10] [--fraction 1.0]
+        [--kind sgd-logistic|logistic] [--epochs 1] [--json]
 
 Each silo count runs in a fresh child process (so peak memory figures are its
 own) and prints:
@@ -173,7 +175,8 @@ def run_one(args: argparse.Namespace, n_silos: int) -> dict[str, Any]:
             "task": "classification",
             "target": "label",
             "rounds": args.rounds,
-            "model": {"kind": "sgd-logistic"},
+            "model": {"kind": args.kind},
+            "local": {"epochs": args.epochs},
             "strategy": {"fraction": args.fraction, "min_silos": 1},
             "silos": silos,
             "cluster": {"workers": args.workers, "timeout": 600},
@@ -218,6 +221,8 @@ def run_one(args: argparse.Namespace, n_silos: int) -> dict[str, Any]:
         "rows_per_silo": args.rows,
         "features": args.features,
         "fraction": args.fraction,
+        "kind": args.kind,
+        "epochs": args.epochs,
         "sampled_per_round": statistics.median(a[3] for a in arrivals),
         "rounds": args.rounds,
         "round_s": statistics.median(steady),
@@ -247,7 +252,8 @@ def report(r: dict[str, Any]) -> str:
     verdict = "" if goal is None else f" (goal <= {goal:g} s)"
     peaks = " ".join(f"{k} {v:.0f}" for k, v in sorted(r["worker_peak_mb"].items()))
     return (
-        f"{r['silos']:>5} silos on {r['workers']} workers, "
+        f"{r['silos']:>5} silos x {r['rows_per_silo']} rows on {r['workers']} "
+        f"workers, {r['kind']}, "
         f"{r['sampled_per_round']:g} sampled: round {r['round_s']:.3f} s{verdict}"
         f" [in-round {r['in_round_s']:.3f} s; rounds {r['round_s_all']}; CPU s a "
         f"round: {' '.join(f'{k} {v:.2f}' for k, v in r['cpu_per_round_s'].items())}]; "
@@ -268,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100)
     parser.add_argument("--features", type=int, default=10)
     parser.add_argument("--fraction", type=float, default=1.0)
+    parser.add_argument(
+        "--kind", default="sgd-logistic", choices=["sgd-logistic", "logistic"]
+    )
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -229,7 +229,10 @@ class AdaptiveClipSpec(_Strict):
 class DPSpec(_Strict):
     """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018)."""
 
-    clip: float = Field(gt=0.0, description="L2 bound of each silo's update")
+    clip: float = Field(
+        gt=0.0,
+        description="L2 bound of each silo's update (xgboost: of each row's gradient)",
+    )
     noise_multiplier: float = Field(gt=0.0)
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     epsilon_budget: float | None = Field(
@@ -352,6 +355,7 @@ class FederationSpec(_Strict):
                 raise ValueError(
                     f"model.params.objective {objective!r} needs task {wanted!r}"
                 )
+            self._check_boosting_rounds()
         self._check_compression()
         if self.strategy.min_silos > len(self.silos):
             raise ValueError(
@@ -359,6 +363,21 @@ class FederationSpec(_Strict):
                 f"{len(self.silos)} silos listed"
             )
         return self
+
+    def _check_boosting_rounds(self) -> None:
+        """Every tree uses every silo; num_boost_round must match the rounds."""
+        total = self.rounds * self.model.trees_per_round
+        given = self.model.params.get("num_boost_round")
+        if given is not None and given != total:
+            raise ValueError(
+                f"model.params.num_boost_round={given} disagrees with rounds x "
+                f"model.trees_per_round = {total}; leave it out"
+            )
+        if self.strategy.fraction != 1.0:
+            raise ValueError(
+                "strategy.fraction must be 1.0 for model kind 'xgboost': every tree "
+                "is grown from the histograms of every silo"
+            )
 
     def _check_boosting_privacy(self) -> None:
         """Refuse privacy options kind 'xgboost' does not support (docs/gbdt.md)."""

@@ -28,7 +28,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 
 from fedsilo.cluster import SiloCluster
 from fedsilo.connectors.schema import check_schemas
-from fedsilo.errors import CheckpointError, SiloDataError, SiloFailedError, SpecError
+from fedsilo.errors import CheckpointError, SiloDataError, SiloFailedError
 from fedsilo.flows.reporting import publish_round, publish_summary, round_table
 from fedsilo.flows.round import MAX_SECURE_ATTEMPTS, format_metrics
 from fedsilo.spec import FederationSpec
@@ -125,22 +125,10 @@ def get_run(run_id: str) -> BoostingRun:
 def boosting_params(spec: FederationSpec) -> GBDTParams:
     """Return the spec's GBDT parameters, one Prefect round's trees per call.
 
-    Raises SpecError when ``num_boost_round`` is given and disagrees with
-    ``rounds * trees_per_round``, or when the strategy samples silos (every
-    tree needs the histograms of every silo).
+    The spec has checked them, and that ``num_boost_round`` (if given) equals
+    ``rounds * trees_per_round`` (``FederationSpec._check_boosting_rounds``).
     """
     params = GBDTParams.from_dict(spec.model.params)
-    total = spec.rounds * spec.model.trees_per_round
-    if "num_boost_round" in spec.model.params and params.num_boost_round != total:
-        raise SpecError(
-            f"model.params.num_boost_round={params.num_boost_round} disagrees with "
-            f"rounds x model.trees_per_round = {total}; leave it out"
-        )
-    if spec.strategy.fraction != 1.0:
-        raise SpecError(
-            "strategy.fraction must be 1.0 for model kind 'xgboost': every tree "
-            "is grown from the histograms of every silo"
-        )
     return dataclasses.replace(params, num_boost_round=spec.model.trees_per_round)
 
 

@@ -349,7 +349,6 @@ def test_report_renders_its_charts_in_headless_chromium(
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
 def test_centralized_is_refused_when_rows_cannot_be_read_here_and_the_rest_runs(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
@@ -463,3 +462,85 @@ def test_a_one_class_silo_trains_alone_with_the_federations_classes(
     ).read_metrics(1)
     test = metrics[(metrics["silo"] == "silo-0") & (metrics["split"] == "test")]
     assert set(test["metric"]) >= {"accuracy", "log_loss"}
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("prefect_api")
+def test_cli_prints_the_table_and_where_the_report_is(
+    breast_cancer_dir: Path,
+    tmp_path: Path,
+    shared_cluster: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import yaml
+
+    monkeypatch.setenv("FEDSILO_STATE_DIR", str(tmp_path / "state"))
+    spec = load_spec(breast_cancer_dir / "federation.yaml")
+    data = spec.model_dump(mode="json", exclude_none=True)
+    data["silos"] = data["silos"][:2]
+    data["strategy"]["min_silos"] = 2
+    data["cluster"] = {"address": shared_cluster}
+    path = tmp_path / "federation.yaml"
+    path.write_text(yaml.safe_dump(data))
+
+    code = main(
+        [
+            "compare",
+            str(path),
+            "--rounds",
+            "2",
+            "--checkpoints",
+            str(tmp_path / "store"),
+            "--no-centralized",
+        ]
+    )
+
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    assert any(line.split()[:1] == ["silo-1"] for line in lines)
+    assert "centralized: not run: turned off (--no-centralized)" in out
+    report = next(line for line in lines if line.startswith("report "))
+    page = Path(report.split(" ", 1)[1]).read_text()
+    assert "fedsilo compare " in page and "--no-centralized" in page
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("prefect_api")
+def test_tree_models_personalize_with_extra_trees_grown_at_each_silo(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
+) -> None:
+    from fedsilo.flows.compare import federated_comparison
+
+    spec = make_spec(breast_cancer_dir, tmp_path / "store")
+    trees = make_spec(
+        breast_cancer_dir,
+        tmp_path / "store",
+        name="bc-trees",
+        rounds=2,
+        silos=[s.model_dump() for s in spec.silos[:2]],
+        strategy={"min_silos": 2},
+        model={
+            "kind": "xgboost",
+            "params": {"objective": "binary:logistic", "max_depth": 2, "max_bin": 16},
+        },
+        cluster={"address": shared_cluster},
+    )
+
+    result = federated_comparison(trees, personalize_epochs=2)
+
+    frame, notes = comparison.read_comparison(result["directory"])
+    assert comparison.present_variants(frame) == list(comparison.VARIANTS)
+    assert notes["personalize"] == {"epochs": 2, "unit": "trees"}
+    final = comparison.final_rows(frame)
+    test = final[(final["split"] == "test") & (final["metric"] == "accuracy")]
+    for variant in comparison.VARIANTS:
+        chosen = test[test["variant"] == variant]
+        assert sorted(chosen["silo"]) == ["global", "silo-0", "silo-1"], variant
+    totals = frame[(frame["round"] == 0) & (frame["metric"] == "bytes_up")]
+    up = totals.set_index(["variant", "silo"])["value"]
+    for silo in ("silo-0", "silo-1"):
+        # The extra trees' histograms travel like those of federated rounds.
+        assert up["personalized", silo] > up["federated", silo] > 0
+    assert (frame[frame["variant"] == "centralized"]["run"] != "").all()

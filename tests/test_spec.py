@@ -313,6 +313,24 @@ def test_min_silos_equal_to_silo_count_accepted() -> None:
             },
             "privacy.dp.adaptive is for FedAvg",
         ),
+        (
+            {
+                "rounds": 5,
+                "model": {
+                    "kind": "xgboost",
+                    "trees_per_round": 2,
+                    "params": {"objective": "binary:logistic", "num_boost_round": 8},
+                },
+            },
+            "num_boost_round=8 disagrees with rounds x model.trees_per_round = 10",
+        ),
+        (
+            {
+                "model": {"kind": "xgboost", "params": {"objective": "binary:logistic"}},
+                "strategy": {"fraction": 0.5},
+            },
+            "strategy.fraction must be 1.0 for model kind 'xgboost'",
+        ),
     ],
 )
 def test_privacy_and_strategy_combinations_are_checked(

@@ -9,5 +9,6 @@ Modules: ``sketch`` (quantile summaries, cut points), ``binning``, ``objective``
 ``histogram`` (kernels, exact fixed-point sums, subtraction), ``split``,
 ``params`` (XGBoost-named parameters), ``silo_state`` (one silo's side),
 ``learner`` (the coordinator's side, ``train_in_memory``), ``model`` (trees and
-the numpy predictor) and ``xgb_export`` (JSON, ``trees_to_dataframe`` table).
+the numpy predictor), ``xgb_export`` (JSON, ``trees_to_dataframe`` table) and
+``privacy`` (masked histogram exchanges, Gaussian noise on histogram sums).
 """
