@@ -326,7 +326,10 @@ def test_min_silos_equal_to_silo_count_accepted() -> None:
         ),
         (
             {
-                "model": {"kind": "xgboost", "params": {"objective": "binary:logistic"}},
+                "model": {
+                    "kind": "xgboost",
+                    "params": {"objective": "binary:logistic"},
+                },
                 "strategy": {"fraction": 0.5},
             },
             "strategy.fraction must be 1.0 for model kind 'xgboost'",
