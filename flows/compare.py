@@ -310,7 +310,13 @@ def _centralized(
             for r, p in params.items()
         }
         scored = score_linear(
-            silos, config, summary["features"], spec.target, stored["scaler"], params
+            silos,
+            config,
+            summary["features"],
+            spec.target,
+            stored["scaler"],
+            params,
+            stored.get("encoding"),
         )
     return _evaluation_rows("centralized", run_id, scored, spec.task)
 

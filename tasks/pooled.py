@@ -98,15 +98,25 @@ def score_linear(
     target: str,
     scaler: dict[str, Any] | None,
     rounds: dict[int, dict[str, np.ndarray]],
+    encoding: dict[str, Any] | None = None,
 ) -> list[Evaluation]:
-    """Score each round's parameters on every silo's own test rows."""
+    """Score each round's parameters on every silo's own test rows.
+
+    ``encoding`` is the checkpoint's one-hot encoding (``Encoding.to_json``):
+    then ``features`` are the model's expanded names and the raw columns are
+    its numeric inputs plus the encoded ones.
+    """
     mean = scale = None
     if scaler is not None:
         mean = np.asarray(scaler["mean"], dtype=np.float64)
         scale = np.asarray(scaler["scale"], dtype=np.float64)
+    inputs, categories = list(features), None
+    if encoding is not None:
+        inputs = list(encoding["numeric"])
+        categories = {k: tuple(v) for k, v in encoding["categorical"].items()}
     out: list[Evaluation] = []
     for data in silos.values():
-        prepared = prepare_silo(data, list(features), target, mean, scale)
+        prepared = prepare_silo(data, inputs, target, mean, scale, categories)
         for round_number, params in sorted(rounds.items()):
             scored = silo_evaluate(prepared, params, config, round_number)
             out.extend(e for e in scored if e.split == "test")

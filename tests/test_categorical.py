@@ -310,3 +310,34 @@ def test_numeric_codes_are_categories_too() -> None:
             one_hot(name, frame, categories, "train"),
             reference.transform(frame[["zone"]].astype(float)),
         )
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("prefect_api")
+def test_compare_scores_every_variant_of_a_categorical_federation(
+    tmp_path: Path, shared_cluster: str
+) -> None:
+    """Centralized scoring re-encodes raw columns with the checkpoint's categories."""
+    import duckdb
+
+    from fedsilo.flows.compare import federated_comparison
+    from fedsilo.spec import load_spec
+    from fedsilo.tasks import comparison
+
+    spec = load_spec(write_federation(tmp_path, shared_cluster, rounds=2))
+
+    result = federated_comparison(spec, personalize_epochs=1, command="pytest")
+
+    assert result["skipped"] == {}
+    frame = duckdb.sql(
+        f"SELECT * FROM read_parquet('{result['comparison']}')"
+    ).df()
+    assert comparison.present_variants(frame) == list(comparison.VARIANTS)
+    final = comparison.final_rows(frame)
+    accuracy = final[
+        (final["silo"] == "global")
+        & (final["split"] == "test")
+        & (final["metric"] == "accuracy")
+    ].set_index("variant")["value"]
+    assert accuracy["centralized"] > 0.8
+    assert accuracy["federated"] > 0.8
