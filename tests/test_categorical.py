@@ -329,9 +329,7 @@ def test_compare_scores_every_variant_of_a_categorical_federation(
     result = federated_comparison(spec, personalize_epochs=1, command="pytest")
 
     assert result["skipped"] == {}
-    frame = duckdb.sql(
-        f"SELECT * FROM read_parquet('{result['comparison']}')"
-    ).df()
+    frame = duckdb.sql(f"SELECT * FROM read_parquet('{result['comparison']}')").df()
     assert comparison.present_variants(frame) == list(comparison.VARIANTS)
     final = comparison.final_rows(frame)
     accuracy = final[
