@@ -101,9 +101,8 @@ def wait_for_silos(
             if hosts:
                 absent = sorted({hosts[s] for s in missing})
                 raise ClusterError(
-                    f"pool worker(s) {absent} of the embedded cluster did not start "
-                    f"within {timeout:g}s (workers present: "
-                    f"{sorted(present) or 'none'})"
+                    f"pool worker(s) {absent} not connected after {timeout:g}s "
+                    f"(workers present: {sorted(present) or 'none'})"
                 )
             raise ClusterError(
                 f"no worker for silo(s) {missing} at {client.scheduler.address} after "
@@ -229,7 +228,8 @@ def silo_cluster(
 
     With ``tls`` every connection is mutual TLS with the coordinator's
     certificate; an embedded cluster then listens on tls://127.0.0.1.
-    ``n_workers`` (embedded only) hosts the silos on that many pool workers.
+    ``n_workers`` hosts the silos on that many pool workers (started here, or
+    already started by fedsilo at ``address``).
     """
     security = _tls_security(tls)
     if address is None:
@@ -247,11 +247,9 @@ def silo_cluster(
         finally:
             cluster.close()
         return
-    if n_workers is not None:
-        raise ClusterError(
-            "cluster.workers applies to an embedded cluster only; attached silo "
-            "workers each hold the silo they are named after"
-        )
+    # The spec refuses workers with an address; fedsilo itself attaches to a
+    # pool it started (fedsilo compare runs every variant on one cluster).
+    hosts = {} if n_workers is None else assign_silos(silos, n_workers)
     try:
         client = Client(address, timeout=timeout, security=security)
     except OSError as error:
@@ -259,7 +257,7 @@ def silo_cluster(
             f"cannot reach the Dask scheduler at {address}: {error}"
         ) from None
     try:
-        workers = wait_for_silos(client, silos, timeout)
-        yield SiloCluster(client, workers, address, False)
+        workers = wait_for_silos(client, silos, timeout, hosts)
+        yield SiloCluster(client, workers, address, False, hosts)
     finally:
         client.close()

@@ -354,7 +354,11 @@ def federated_comparison(
     frames: list[pd.DataFrame] = []
     personalizer = Personalizer(_run_id(compare_id, "federated"), personalize_epochs)
     with silo_cluster(
-        names, spec.cluster.address, spec.cluster.timeout, spec.cluster.tls
+        names,
+        spec.cluster.address,
+        spec.cluster.timeout,
+        spec.cluster.tls,
+        n_workers=spec.cluster.workers,
     ) as cluster:
         address = spec.cluster.model_copy(update={"address": cluster.address})
         attached = spec.model_copy(update={"cluster": address})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,60 @@ def test_a_bad_silo_fails_alone_on_a_shared_worker(tmp_path: Path) -> None:
         match=r"silo 'silo-04': ValueError: .*infinity.*min_silos is 12",
     ):
         federated_training(strict, run_id="strict")
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("prefect_api")
+def test_a_late_pool_worker_makes_all_its_silos_late(tmp_path: Path) -> None:
+    from fedsilo.flows.training import federated_training
+
+    silos = write_silos(tmp_path, 6)
+    spec = make_spec(tmp_path, silos, strategy={"min_silos": 3, "deadline": 2.0})
+    seen: list[Any] = []
+
+    def listener(result: Any, state: run_state.RunState) -> None:
+        seen.append(result)
+        if result.round == 1:  # keep pool-1's only thread busy past the deadline
+            address = state.cluster.workers["silo-05"]
+            client = state.cluster.client
+            client.submit(time.sleep, 6.0, workers=[address], pure=False).release()
+
+    run_state.listeners.append(listener)
+    try:
+        federated_training(spec)
+    finally:
+        run_state.listeners.remove(listener)
+
+    assert seen[0].absent == {}
+    assert seen[1].absent == dict.fromkeys(["silo-03", "silo-04", "silo-05"], "late")
+    assert seen[1].silos == ("silo-00", "silo-01", "silo-02")
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("prefect_api")
+def test_secure_aggregation_on_pool_workers_gives_fedavg(tmp_path: Path) -> None:
+    from fedsilo.flows.training import federated_training
+
+    silos = write_silos(tmp_path, 6)
+    plain = make_spec(tmp_path, silos, strategy={"fraction": 0.5, "min_silos": 2})
+    secure = make_spec(
+        tmp_path,
+        silos,
+        strategy={"fraction": 0.5, "min_silos": 2},
+        privacy={"secure_aggregation": True},
+    )
+
+    federated_training(plain, run_id="plain")
+    federated_training(secure, run_id="secure")
+
+    final = {
+        run: CheckpointStore(spec.checkpoints, spec.name, run).read_params(2)
+        for run, spec in (("plain", plain), ("secure", secure))
+    }
+    for name in ("coef_", "intercept_"):
+        np.testing.assert_allclose(
+            final["secure"][name], final["plain"][name], atol=1e-5
+        )
 
 
 # --- the fork server the embedded workers come from ---------------------------
