@@ -190,6 +190,10 @@ def embedded_cluster(
                 "host": "127.0.0.1",
                 "silence_logs": logging.CRITICAL,
                 "config": WORKER_CONFIG,
+                # Forked from a fork server started earlier, a worker would see
+                # the environment of that moment; give it today's, as a spawned
+                # one would get (AWS_* credentials set since, for instance).
+                "env": dict(os.environ),
                 **tls,
             },
         }
