@@ -10,7 +10,7 @@ test rows; the script checks that by scoring the final checkpoint itself.
 Run from the repository root::
 
     .venv/bin/python benchmarks/fedavg_job_a.py [--kind logistic] [--rounds 20]
-        [--silos 10] [--epochs N] [--workdir DIR] [--json]
+        [--silos 10] [--epochs N] [--workers N] [--workdir DIR] [--json]
 
 Printed figures: process wall time (from the process's start, interpreter and
 imports included), time to the first round's result, the median steady round
@@ -133,9 +133,14 @@ def write_silos(
 
 
 def build_spec(
-    silos: list[dict[str, str]], kind: str, rounds: int, epochs: int, workdir: Path
+    silos: list[dict[str, str]],
+    kind: str,
+    rounds: int,
+    epochs: int,
+    workdir: Path,
+    workers: int | None = None,
 ) -> Any:
-    """Return the federation spec of job A."""
+    """Return the federation spec of job A (``workers``: embedded pool workers)."""
     return parse_spec(
         {
             "name": "job-a",
@@ -147,6 +152,7 @@ def build_spec(
             "strategy": {"kind": "fedavg", "fraction": 1.0, "min_silos": len(silos)},
             "local": {"epochs": epochs},
             "silos": silos,
+            "cluster": {"workers": workers},
             "checkpoints": str(workdir / "checkpoints"),
         },
         source="job-a",
@@ -228,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         help="local.epochs: L-BFGS iterations per round (logistic, default 5) or "
         "passes over the silo's rows (sgd-logistic, default 1)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="cluster.workers: silos share this many embedded pool workers "
+        "(default: one worker per silo)",
+    )
     parser.add_argument("--workdir", help="keep data and checkpoints here")
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     args = parser.parse_args(argv)
@@ -237,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(args.workdir).resolve() if args.workdir else Path(tmp)
         X_train, y_train, X_test, y_test = make_data()
         silos = write_silos(X_train, y_train, X_test, y_test, args.silos, workdir)
-        spec = build_spec(silos, args.kind, args.rounds, epochs, workdir)
+        spec = build_spec(silos, args.kind, args.rounds, epochs, workdir, args.workers)
         marks = {"data_ready": elapsed()}
 
         from fedsilo.flows.training import federated_training
