@@ -39,6 +39,19 @@ _SILO_DIR = re.compile(r"^silo-\d+$")
 DEFAULT_PARAMS: dict[str, dict[str, float]] = {"sgd-logistic": {"alpha": 0.01}}
 
 
+def _model_params(model_kind: str, data: Dataset) -> dict[str, Any]:
+    """Return a new spec's model parameters; XGBoost's objective follows the data."""
+    params: dict[str, Any] = dict(DEFAULT_PARAMS.get(model_kind, {}))
+    if model_kind != "xgboost":
+        return params
+    if data.task == "regression":
+        return {**params, "objective": "reg:squarederror"}
+    n_classes = int(data.frame[data.target].nunique())
+    if n_classes <= 2:
+        return {**params, "objective": "binary:logistic"}
+    return {**params, "objective": "multi:softprob", "num_class": n_classes}
+
+
 def write_federation(
     dataset: str,
     *,
@@ -190,10 +203,7 @@ def federation_spec(
         "target": data.target,
         "rounds": rounds,
         "seed": seed,
-        "model": {
-            "kind": model_kind,
-            "params": dict(DEFAULT_PARAMS.get(model_kind, {})),
-        },
+        "model": {"kind": model_kind, "params": _model_params(model_kind, data)},
         "strategy": {"kind": "fedavg", "fraction": 1.0, "min_silos": n_silos},
         "local": {"epochs": 1},
         "silos": [

@@ -355,3 +355,26 @@ def test_demo_spec_finds_the_data_its_command_writes(tmp_path: Path, name: str) 
     ]
     columns = pq.read_schema(demo.silos[0].train or "").names
     assert demo.target in columns
+
+
+@pytest.mark.parametrize(
+    ("dataset", "objective"),
+    [
+        ("breast_cancer", "binary:logistic"),
+        ("wine", "multi:softprob"),
+        ("diabetes", "reg:squarederror"),
+    ],
+)
+def test_xgboost_specs_get_the_objective_of_their_data(
+    tmp_path: Path, dataset: str, objective: str
+) -> None:
+    from fedsilo.spec import load_spec
+
+    path = write_federation(
+        dataset, n_silos=2, partition="iid", out=tmp_path / "x", model_kind="xgboost"
+    )
+
+    spec = load_spec(path)
+    assert spec.model.params["objective"] == objective
+    if objective == "multi:softprob":
+        assert spec.model.params["num_class"] == 3
