@@ -29,8 +29,13 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from fedsilo.cluster import SiloCluster
 from fedsilo.connectors.schema import check_schemas
 from fedsilo.errors import CheckpointError, SiloDataError, SiloFailedError
-from fedsilo.flows.reporting import publish_round, publish_summary, round_table
-from fedsilo.flows.round import MAX_SECURE_ATTEMPTS, format_metrics
+from fedsilo.flows.reporting import (
+    finish_run,
+    format_metrics,
+    publish_round,
+    round_table,
+)
+from fedsilo.flows.round import MAX_SECURE_ATTEMPTS
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks import gbdt_silo, run_state
 from fedsilo.tasks.checkpoint_store import CheckpointStore, MetricRow, new_run_id
@@ -654,7 +659,7 @@ def train_boosted(
                 for listener in list(run_state.listeners):
                     # Listeners read ``state.spec`` (and the history); a
                     # BoostingRun has both, like run_state.RunState.
-                    listener(result, cast(Any, state))
+                    listener(result, state)
             silo_seconds = calls.call_all("timings")
         finally:
             with _LOCK:
@@ -662,15 +667,8 @@ def train_boosted(
     finally:
         calls.free()  # the silos drop their rows, on success or failure
         rows.clear()
-    final = state.history[-1] if state.history else None
-    publish_summary(spec.name, run_id, store.run_path, state.history)
-    if final is not None:
-        logger.info("finished %s: %s", run_id, format_metrics(final.metrics))
     return {
-        "run_id": run_id,
-        "run_path": store.run_path,
-        "rounds": [r.round for r in state.history],
-        "final_metrics": final.metrics if final else {},
+        **finish_run(spec.name, run_id, store.run_path, state.history, logger),
         "features": features,
         "classes": list(_classes(params)) if spec.task == "classification" else [],
         "trees": len(state.model.trees) if state.model is not None else 0,

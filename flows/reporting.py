@@ -101,3 +101,28 @@ def publish_summary(
         key=artifact_key(federation, "summary"),
         description=f"{federation}: learning curve and checkpoint location",
     )
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """Return ``name=value`` pairs in a short, stable form."""
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+
+
+def finish_run(
+    federation: str,
+    run_id: str,
+    run_path: str,
+    history: Sequence[RoundResult],
+    logger: Any,
+) -> dict[str, Any]:
+    """Publish the run's summary, log its final metrics, return the common summary."""
+    publish_summary(federation, run_id, run_path, history)
+    final = history[-1] if history else None
+    if final is not None:
+        logger.info("finished %s: %s", run_id, format_metrics(final.metrics))
+    return {
+        "run_id": run_id,
+        "run_path": run_path,
+        "rounds": [r.round for r in history],
+        "final_metrics": final.metrics if final else {},
+    }

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from fedsilo.errors import SiloFailedError, SiloLateError
-from fedsilo.flows.reporting import publish_round, round_table
+from fedsilo.flows.reporting import format_metrics, publish_round, round_table
 from fedsilo.tasks import run_state
 from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.metrics import global_metrics
@@ -83,11 +83,6 @@ def _opaque(value: T) -> T:
     visiting them all on every task call costs more than the task itself.
     """
     return cast(T, quote(value))
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """Return ``name=value`` pairs in a short, stable form."""
-    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
 
 
 @flow(

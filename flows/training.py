@@ -14,8 +14,8 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from fedsilo.cluster import SiloCluster, silo_cluster
 from fedsilo.connectors.schema import categorical_features, check_schemas
 from fedsilo.errors import CheckpointError
-from fedsilo.flows.reporting import publish_summary
-from fedsilo.flows.round import federated_round, format_metrics
+from fedsilo.flows.reporting import finish_run
+from fedsilo.flows.round import federated_round
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks import run_state, sklearn_models
 from fedsilo.tasks.checkpoint_store import CheckpointStore, new_run_id
@@ -443,15 +443,8 @@ def federated_training(
             opened["prepared"].clear()
             state.keypairs.clear()
             state.compressors.clear()
-    final = state.history[-1] if state.history else None
-    publish_summary(spec.name, run_id, store.run_path, state.history)
-    if final is not None:
-        logger.info("finished %s: %s", run_id, format_metrics(final.metrics))
     return {
-        "run_id": run_id,
-        "run_path": store.run_path,
-        "rounds": [r.round for r in state.history],
-        "final_metrics": final.metrics if final else {},
+        **finish_run(spec.name, run_id, store.run_path, state.history, logger),
         "stopped": stopped,
         "epsilon": state.epsilon,
         "features": features,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from distributed import Future
@@ -96,7 +96,16 @@ class RunState:
 
 _RUNS: dict[str, RunState] = {}
 _LOCK = threading.Lock()
-ProgressListener = Callable[[RoundResult, RunState], None]
+class RunView(Protocol):
+    """What every run (averaged or boosted) shows a progress listener."""
+
+    spec: FederationSpec
+    run_id: str
+
+
+#: Called after every round with its result and the run (a RunState for
+#: averaged models, flows.boosting.BoostingRun for trees).
+ProgressListener = Callable[[RoundResult, RunView], None]
 listeners: list[ProgressListener] = []
 
 
