@@ -10,7 +10,8 @@ test rows; the script checks that by scoring the final checkpoint itself.
 Run from the repository root::
 
     .venv/bin/python benchmarks/fedavg_job_a.py [--kind logistic] [--rounds 20]
-        [--silos 10] [--epochs N] [--workers N] [--workdir DIR] [--json]
+        [--silos 10] [--epochs N] [--workers N] [--no-warm-up] [--workdir DIR]
+        [--json]
 
 Printed figures: process wall time (from the process's start, interpreter and
 imports included), time to the first round's result, the median steady round
@@ -54,7 +55,7 @@ def _startup_seconds() -> float:
 
 STARTUP = _startup_seconds()  # interpreter start-up before this file ran
 
-from fedsilo.prefect_env import apply_defaults, quiet_dask_logs  # noqa: E402
+from fedsilo.prefect_env import apply_defaults, quiet_dask_logs, warm_up  # noqa: E402
 
 apply_defaults(quiet=True)  # before Prefect starts its ephemeral API
 
@@ -243,7 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", help="keep data and checkpoints here")
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="do not start the ephemeral API and the fork server while the data "
+        "is made (fedsilo run starts them while it imports)",
+    )
     args = parser.parse_args(argv)
+    warmed = (lambda: None) if args.no_warm_up else warm_up(embedded_cluster=True)
     epochs = args.epochs or (5 if args.kind == "logistic" else 1)
 
     with tempfile.TemporaryDirectory(prefix="fedsilo-job-a-") as tmp:
@@ -264,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             arrivals.append((result.round, elapsed(), result.seconds))
 
         run_state.listeners.append(listener)
+        warmed()
         marks["flow_called"] = elapsed()
         try:
             summary = federated_training(spec)

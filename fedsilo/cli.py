@@ -92,6 +92,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _train(spec: Any, run_id: str | None, resume: bool) -> int:
     """Run the training flow under the federation's lock, printing progress."""
+    from fedsilo.prefect_env import warm_up
+
+    warmed = warm_up(embedded_cluster=spec.cluster.address is None)
     from fedsilo.flows.training import federated_training
     from fedsilo.locking import federation_lock
     from fedsilo.prefect_env import quiet_dask_logs
@@ -110,6 +113,7 @@ def _train(spec: Any, run_id: str | None, resume: bool) -> int:
     started = time.perf_counter()
     try:
         with federation_lock(spec.name, spec.checkpoints, run_id):
+            warmed()
             summary = federated_training(spec, run_id=run_id, resume=resume)
     finally:
         run_state.listeners.remove(listener)

@@ -10,8 +10,11 @@ stall. Users' own servers keep their own settings (see docs/prefect.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
+from collections.abc import Callable
 
 EPHEMERAL_DEFAULTS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
@@ -37,3 +40,35 @@ def quiet_dask_logs() -> None:
     logging.getLogger("distributed").setLevel(logging.ERROR)
     for name in ("nanny", "scheduler", "core", "worker", "batched", "http.proxy"):
         logging.getLogger(f"distributed.{name}").setLevel(logging.ERROR)
+
+
+def warm_up(embedded_cluster: bool) -> Callable[[], None]:
+    """Start, in the background, what a run waits for first; return a join function.
+
+    That is the fork server of embedded silo workers (``embedded_cluster``) and,
+    when no ``PREFECT_API_URL`` is set, Prefect's ephemeral API subprocess (about
+    5 s to answer). Both are separate processes, so they boot while this one
+    goes on importing and reading its spec. Call the returned function before
+    the first flow: Prefect's own lazy start is not safe to race with. A
+    failure here is left for the normal start to raise, with its own message.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    ephemeral = not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value()
+    if not (ephemeral or embedded_cluster):
+        return lambda: None
+
+    def start() -> None:
+        with contextlib.suppress(Exception):
+            if embedded_cluster:
+                from fedsilo.cluster import start_forkserver
+
+                start_forkserver()
+            if ephemeral:
+                from prefect.server.api.server import SubprocessASGIServer
+
+                SubprocessASGIServer().start()
+
+    thread = threading.Thread(target=start, name="fedsilo-warm-up", daemon=True)
+    thread.start()
+    return thread.join
