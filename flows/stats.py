@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from fedsilo.cluster import SiloCluster, silo_cluster
 from fedsilo.connectors.schema import categorical_features, check_schemas
 from fedsilo.flows.reporting import artifact_key
+from fedsilo.flows.training import read_silos
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks.checkpoint_store import new_run_id
 from fedsilo.tasks.federated_stats import (
@@ -29,7 +30,6 @@ from fedsilo.tasks.federated_stats import (
 )
 from fedsilo.tasks.messages import SiloSchema
 from fedsilo.tasks.round_tasks import wait_silo
-from fedsilo.tasks.silo import SiloSource, load_silo, silo_schema
 from fedsilo.tasks.silo_stats import silo_histograms, silo_profile
 from fedsilo.tasks.stats_report import markdown_report
 from fedsilo.tasks.stats_store import write_stats
@@ -91,35 +91,7 @@ def open_silo_rows(
     spec: FederationSpec, cluster: SiloCluster, stats_id: str
 ) -> tuple[dict[str, Any], list[str], list[str]]:
     """Read each silo's rows on its worker; check their schemas agree."""
-    data = {
-        s.name: _pinned(
-            cluster,
-            s.name,
-            load_silo,
-            SiloSource(
-                s.name, s.train, s.test, s.test_fraction, dict(s.storage_options)
-            ),
-            spec.target,
-            spec.seed,
-            key=f"stats-data-{s.name}-{stats_id}",
-        )
-        for s in spec.silos
-    }
-    schemas = _gather(
-        spec,
-        {
-            name: _pinned(
-                cluster,
-                name,
-                silo_schema,
-                future,
-                spec.target,
-                spec.task,
-                key=f"stats-schema-{name}-{stats_id}",
-            )
-            for name, future in data.items()
-        },
-    )
+    data, schemas = read_silos(spec, cluster, stats_id, prefix="stats-")
     numeric, categorical = stats_columns(spec, list(schemas.values()))
     return data, numeric, categorical
 

@@ -59,6 +59,46 @@ def _gather(spec: FederationSpec, futures: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def read_silos(
+    spec: FederationSpec, cluster: SiloCluster, suffix: str, prefix: str = ""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read every silo's rows on its worker; return their futures and schemas.
+
+    The rows stay on the workers (the futures refer to them); the schemas are
+    what the coordinator learns. Dask keys end in ``suffix`` (a run id).
+    """
+    data = {
+        s.name: _pinned(
+            cluster,
+            s.name,
+            load_silo,
+            SiloSource(
+                s.name, s.train, s.test, s.test_fraction, dict(s.storage_options)
+            ),
+            spec.target,
+            spec.seed,
+            key=f"{prefix}silo-data-{s.name}-{suffix}",
+        )
+        for s in spec.silos
+    }
+    schemas = _gather(
+        spec,
+        {
+            name: _pinned(
+                cluster,
+                name,
+                silo_schema,
+                future,
+                spec.target,
+                spec.task,
+                key=f"{prefix}schema-{name}-{suffix}",
+            )
+            for name, future in data.items()
+        },
+    )
+    return data, schemas
+
+
 @task(name="open-silos", cache_policy=NO_CACHE, persist_result=False)
 def open_silos(
     spec: FederationSpec,
@@ -74,35 +114,7 @@ def open_silos(
     Returns the futures of the prepared, silo-resident arrays and what the
     coordinator learned: feature names, classes and the global scaler.
     """
-    data = {
-        s.name: _pinned(
-            cluster,
-            s.name,
-            load_silo,
-            SiloSource(
-                s.name, s.train, s.test, s.test_fraction, dict(s.storage_options)
-            ),
-            spec.target,
-            spec.seed,
-            key=f"silo-data-{s.name}-{run_id}",
-        )
-        for s in spec.silos
-    }
-    schemas = _gather(
-        spec,
-        {
-            name: _pinned(
-                cluster,
-                name,
-                silo_schema,
-                future,
-                spec.target,
-                spec.task,
-                key=f"schema-{name}-{run_id}",
-            )
-            for name, future in data.items()
-        },
-    )
+    data, schemas = read_silos(spec, cluster, run_id)
     features = check_schemas(
         list(schemas.values()),
         target=spec.target,

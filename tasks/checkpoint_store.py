@@ -587,10 +587,7 @@ class CheckpointStore:
     def _put(self, path: str, data: bytes) -> None:
         """Write ``data`` to ``path`` atomically."""
         try:
-            if self._local:
-                _atomic_local_write(path, data)
-            else:
-                self._fs.pipe_file(path, data)
+            put_file(self._fs, path, data)
         except _IO_ERRORS as exc:
             raise CheckpointError(f"cannot write {self._show(path)}: {exc}") from exc
 
@@ -615,6 +612,17 @@ def _with_metadata(table: pa.Table, metadata: Mapping[str, str]) -> pa.Table:
     merged = {**(table.schema.metadata or {})}
     merged.update({k.encode(): v.encode() for k, v in metadata.items()})
     return table.replace_schema_metadata(merged)
+
+
+def put_file(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (local rename, or one object put).
+
+    I/O errors propagate; callers name the path.
+    """
+    if isinstance(fs, LocalFileSystem):
+        _atomic_local_write(path, data)
+    else:
+        fs.pipe_file(path, data)
 
 
 def _atomic_local_write(path: str, data: bytes) -> None:

@@ -14,12 +14,9 @@ variant's whole run: ``bytes_up``, ``bytes_down``, ``raw_bytes``,
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import posixpath
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,9 +25,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from fedsilo.errors import CheckpointError
+from fedsilo.tasks.checkpoint_store import put_file
 
 #: The variants in the order reports show them.
 VARIANTS = ("federated", "personalized", "local", "centralized")
@@ -242,24 +239,7 @@ def put_atomic(
     """Write ``data`` to a file atomically (temporary name and rename, or one put)."""
     fs, path = _fs(location, storage_options)
     try:
-        if isinstance(fs, LocalFileSystem):
-            directory = os.path.dirname(path)
-            os.makedirs(directory, exist_ok=True)
-            tmp = os.path.join(
-                directory, f".{os.path.basename(path)}.tmp-{secrets.token_hex(4)}"
-            )
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        else:
-            fs.pipe_file(path, data)
+        put_file(fs, path, data)
     except OSError as error:
         raise CheckpointError(f"cannot write {location}: {error}") from None
     return location

@@ -20,18 +20,17 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from fedsilo.errors import CheckpointError
 from fedsilo.tasks.checkpoint_store import (
     _IO_ERRORS,
     SUCCESS_FILE,
-    _atomic_local_write,
     _check_name,
     _open_fs,
     _parquet_bytes,
     _show,
     _with_metadata,
+    put_file,
 )
 
 
@@ -83,10 +82,7 @@ def write_stats(
             )
         for name, data in files:
             path = posixpath.join(directory, name)
-            if isinstance(fs, LocalFileSystem):
-                _atomic_local_write(path, data)
-            else:
-                fs.pipe_file(path, data)
+            put_file(fs, path, data)
     except _IO_ERRORS as exc:
         raise CheckpointError(f"cannot write {_show(fs, directory)}: {exc}") from exc
     return _show(fs, directory)

@@ -176,16 +176,20 @@ def would_exceed(
     population: int | None = None,
 ) -> bool:
     """Return whether one more round would spend more than ``epsilon_budget``."""
-    epsilon = epsilon_spent(
-        noise_multiplier,
-        sampling_rate,
-        rounds_done + 1,
-        delta,
-        accountant=accountant,
-        sampling=sampling,
-        population=population,
-    )
-    return epsilon > epsilon_budget
+    try:
+        check_budget(
+            noise_multiplier,
+            sampling_rate,
+            rounds_done,
+            delta,
+            epsilon_budget,
+            accountant=accountant,
+            sampling=sampling,
+            population=population,
+        )
+    except PrivacyBudgetExceededError:
+        return True
+    return False
 
 
 def check_budget(
