@@ -314,3 +314,16 @@ def test_plain_fedavg_does_not_survive_the_scaled_update(
     # The control: the attack that median and Krum absorb costs FedAvg more
     # than the 2 points they keep to.
     assert accuracy < honest_accuracy - 0.02
+
+
+def test_trimmed_mean_breaks_ties_by_weight_not_arrival_order() -> None:
+    """Equal values of different weight: the trimmed one must not depend on order."""
+    ones, zeros = {"x": np.array([1.0])}, {"x": np.array([0.0])}
+    batch = [ones, zeros, zeros, zeros, ones]
+    weights = [1.0, 1.0, 2.0, 1.0, 1.0]
+    order = [0, 2, 1, 3, 4]
+
+    a = trimmed_mean(batch, 0.2, weights)
+    b = trimmed_mean([batch[i] for i in order], 0.2, [weights[i] for i in order])
+
+    np.testing.assert_array_equal(a["x"], b["x"])

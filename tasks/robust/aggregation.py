@@ -97,7 +97,10 @@ def trimmed_mean(
     w = _weights(weights, n)
 
     def reduce(flat: np.ndarray) -> np.ndarray:
-        order = np.argsort(flat, axis=0, kind="stable")[k : n - k]
+        # Ties in value are ordered by weight, so which of two equal values is
+        # trimmed never depends on the order the updates arrived in.
+        tie_break = np.broadcast_to(w[:, None], flat.shape)
+        order = np.lexsort((tie_break, flat), axis=0)[k : n - k]
         kept = np.take_along_axis(flat, order, axis=0)
         kept_w = w[order]
         total = kept_w.sum(axis=0)
