@@ -43,15 +43,21 @@ def _final_table(summary: dict[str, Any], history: list[Any], elapsed: float) ->
     return "\n".join(lines)
 
 
+def _spec_from_args(args: argparse.Namespace) -> Any:
+    """Load ``args.spec`` with ``--rounds`` and ``--checkpoints`` applied, validated."""
+    from fedsilo.spec import load_spec, with_changes
+
+    return with_changes(
+        load_spec(args.spec),
+        args.spec,
+        rounds=args.rounds,
+        checkpoints=args.checkpoints,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Train the federation a spec describes (or continue one of its runs)."""
-    from fedsilo.spec import load_spec
-
-    spec = load_spec(args.spec)
-    if args.rounds is not None:
-        spec = spec.model_copy(update={"rounds": args.rounds})
-    if args.checkpoints is not None:
-        spec = spec.model_copy(update={"checkpoints": args.checkpoints})
+    spec = _spec_from_args(args)
     run_id = args.run_id
     if args.resume:
         from fedsilo.resume import check_same_federation, latest_run, locate_run
@@ -72,19 +78,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a run from its last complete checkpoint, with its recorded spec."""
     from fedsilo.resume import check_same_federation, locate_run, recorded_spec
-    from fedsilo.spec import load_spec
+    from fedsilo.spec import load_spec, with_changes
 
     given = None if args.spec is None else load_spec(args.spec)
     root = args.checkpoints or (given.checkpoints if given else "./checkpoints")
     options = given.storage_options if given else {}
     store = locate_run(root, args.run_id, args.federation, options)
+    base = given if given is not None else recorded_spec(store)
+    spec = with_changes(base, "fedsilo resume", checkpoints=root, rounds=args.rounds)
     if given is not None:
-        spec = given.model_copy(update={"checkpoints": root})
         check_same_federation(spec, store)
-    else:
-        spec = recorded_spec(store).model_copy(update={"checkpoints": root})
-    if args.rounds is not None:
-        spec = spec.model_copy(update={"rounds": args.rounds})
     latest = store.latest_complete_round()
     print(f"resuming run {args.run_id} of {spec.name} after round {latest}", flush=True)
     return _train(spec, args.run_id, True)
@@ -125,13 +128,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Train federated, personalized, local-only and centralized models; report."""
     import shlex
 
-    from fedsilo.spec import load_spec
 
-    spec = load_spec(args.spec)
-    if args.rounds is not None:
-        spec = spec.model_copy(update={"rounds": args.rounds})
-    if args.checkpoints is not None:
-        spec = spec.model_copy(update={"checkpoints": args.checkpoints})
+    spec = _spec_from_args(args)
     if args.personalize_epochs < 1:
         raise FedsiloError("--personalize-epochs must be at least 1")
     from fedsilo.flows.compare import federated_comparison

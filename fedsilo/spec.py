@@ -529,3 +529,18 @@ def load_spec(path: str | Path) -> FederationSpec:
     path = Path(path)
     data = read_yaml(path, SpecError, "spec")
     return parse_spec(data, source=str(path), base=path.parent.resolve())
+
+
+def with_changes(spec: FederationSpec, source: str, **changes: Any) -> FederationSpec:
+    """Return ``spec`` with top-level fields replaced, validated like a spec file.
+
+    ``model_copy`` would skip validation: ``--rounds 0`` or a ``--rounds`` that
+    disagrees with ``num_boost_round`` must fail as clearly as in the YAML.
+    """
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return spec
+    try:
+        return FederationSpec.model_validate({**spec.model_dump(), **changes})
+    except ValidationError as error:
+        raise SpecError(format_errors(source, error)) from None

@@ -161,3 +161,27 @@ def test_in_process_main_reports_spec_errors(
 
     assert code == 2
     assert "expected a mapping" in capsys.readouterr().err
+
+
+def test_rounds_override_is_validated_like_the_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "task": "classification",
+                "target": "label",
+                "rounds": 2,
+                "silos": [{"name": "a", "train": "a.parquet"}],
+            }
+        )
+    )
+
+    code = main(["run", str(spec), "--rounds", "0"])
+
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "rounds: Input should be greater than or equal to 1" in err[0]
