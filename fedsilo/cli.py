@@ -72,7 +72,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"resuming run {run_id}", flush=True)
         store = locate_run(spec.checkpoints, run_id, spec.name, spec.storage_options)
         check_same_federation(spec, store)
+        if _already_done(spec, store, args.rounds):
+            return 0
     return _train(spec, run_id, args.resume)
+
+
+def _already_done(spec: Any, store: Any, asked: int | None) -> bool:
+    """Say so when a run to resume has its rounds; refuse --rounds below them."""
+    latest = store.latest_complete_round() or 0
+    if asked is not None and asked < latest:
+        raise FedsiloError(
+            f"--rounds {asked}: run {store.run_id} already has {latest} complete "
+            "rounds"
+        )
+    if latest >= spec.rounds:
+        print(f"run {store.run_id} already has its {latest} rounds; nothing to do")
+        return True
+    return False
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -88,6 +104,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     spec = with_changes(base, "fedsilo resume", checkpoints=root, rounds=args.rounds)
     if given is not None:
         check_same_federation(spec, store)
+    if _already_done(spec, store, args.rounds):
+        return 0
     latest = store.latest_complete_round()
     print(f"resuming run {args.run_id} of {spec.name} after round {latest}", flush=True)
     return _train(spec, args.run_id, True)
@@ -121,6 +139,8 @@ def _train(spec: Any, run_id: str | None, resume: bool) -> int:
     finally:
         run_state.listeners.remove(listener)
     print(_final_table(summary, history, time.perf_counter() - started))
+    if summary.get("stopped"):
+        print(summary["stopped"])
     return 0
 
 

@@ -14,14 +14,14 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dask
-from distributed import Client, Nanny, Scheduler, Security, SpecCluster
+from distributed import Client, Future, Nanny, Scheduler, Security, SpecCluster
 
 from fedsilo.errors import ClusterError
 
@@ -50,6 +50,23 @@ class SiloCluster:
     def worker_name(self, silo: str) -> str:
         """Return the name of the worker holding ``silo`` (the silo's own name)."""
         return self.hosts.get(silo, silo)
+
+    def submit_to(
+        self, address: str, fn: Callable[..., Any], *args: Any, key: str
+    ) -> Future:
+        """Run ``fn`` on the worker at ``address`` and nowhere else."""
+        return self.client.submit(
+            fn,
+            *args,
+            key=key,
+            workers=[address],
+            allow_other_workers=False,
+            pure=False,
+        )
+
+    def submit(self, silo: str, fn: Callable[..., Any], *args: Any, key: str) -> Future:
+        """Run ``fn`` on the worker holding ``silo`` and nowhere else."""
+        return self.submit_to(self.workers[silo], fn, *args, key=key)
 
     def by_worker(self, silos: Sequence[str]) -> dict[str, list[str]]:
         """Group ``silos`` by the name of their worker, keeping their order."""

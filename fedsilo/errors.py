@@ -47,6 +47,7 @@ class SiloFailedError(FedsiloError):
     def __init__(self, silo: str, reason: str) -> None:
         super().__init__(f"silo {silo!r}: {reason}")
         self.silo = silo
+        self.detail = reason  # without the "silo 'x': " prefix
 
 
 class SiloLateError(SiloFailedError):

@@ -399,7 +399,7 @@ def drop_silo(state: BoostingRun, error: SiloFailedError, round_number: int) -> 
     if len(remaining) < needed:
         raise SiloFailedError(
             error.silo,
-            f"{str(error).split(': ', 1)[-1]}; round {round_number} has "
+            f"{error.detail}; round {round_number} has "
             f"{len(remaining)} silo(s) left, secure aggregation needs {needed} "
             f"(strategy.min_silos={state.spec.strategy.min_silos})",
         ) from error
@@ -647,19 +647,18 @@ def train_boosted(
             _RUNS[run_id] = state
         stopped = None
         try:
-            for round_number in range(start_round, spec.rounds + 1):
-                stopped = budget_stop(state, round_number)
-                if stopped:
-                    logger.warning(stopped)
-                    break
-                # As in flows/training.py: the parent keeps its heartbeat.
-                with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            # As in flows/training.py: the parent keeps its heartbeat, the round
+            # flows skip theirs; entered once (each entry copies the settings).
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                for round_number in range(start_round, spec.rounds + 1):
+                    stopped = budget_stop(state, round_number)
+                    if stopped:
+                        logger.warning(stopped)
+                        break
                     result = federated_boosting_round(run_id, round_number)
-                state.history.append(result)
-                for listener in list(run_state.listeners):
-                    # Listeners read ``state.spec`` (and the history); a
-                    # BoostingRun has both, like run_state.RunState.
-                    listener(result, state)
+                    state.history.append(result)
+                    for listener in list(run_state.listeners):
+                        listener(result, state)
             silo_seconds = calls.call_all("timings")
         finally:
             with _LOCK:

@@ -371,6 +371,9 @@ def federated_comparison(
         finally:
             run_state.listeners.remove(personalizer)
         wall["federated", "global"] = time.perf_counter() - started
+        if not summary["rounds"]:
+            why = summary.get("stopped") or "no round to train"
+            raise FedsiloError(f"the federated run trained no round ({why})")
         frames.append(_run_rows(spec, personalizer.run_id, "federated"))
         if personalizer.evaluations:
             runs["personalized"] = personalizer.run_id

@@ -124,7 +124,7 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
         first = failures[0] if failures else None
         raise SiloFailedError(
             first.silo if first else selected[0],
-            f"{first.reason.split(': ', 1)[-1] if first else 'no update arrived'}; "
+            f"{first.detail if first else 'no update arrived'}; "
             f"round {round_number} got {len(updates)} update(s), "
             f"strategy.min_silos is {strategy.min_silos}",
         )

@@ -46,18 +46,6 @@ class StatsResult:
     categorical: list[str]
 
 
-def _pinned(cluster: SiloCluster, silo: str, fn: Any, *args: Any, key: str) -> Any:
-    """Submit ``fn`` to the silo's own worker only."""
-    return cluster.client.submit(
-        fn,
-        *args,
-        key=key,
-        workers=[cluster.workers[silo]],
-        allow_other_workers=False,
-        pure=False,
-    )
-
-
 def _gather(spec: FederationSpec, futures: dict[str, Any]) -> dict[str, Any]:
     """Wait for one reply per silo; the first failure names its silo."""
     return {
@@ -110,8 +98,7 @@ def silo_profiles(
     return _gather(
         spec,
         {
-            name: _pinned(
-                cluster,
+            name: cluster.submit(
                 name,
                 silo_profile,
                 future,
@@ -140,8 +127,7 @@ def histograms(
     return _gather(
         spec,
         {
-            name: _pinned(
-                cluster,
+            name: cluster.submit(
                 name,
                 silo_histograms,
                 future,
@@ -173,7 +159,11 @@ def federated_stats(
     bins = spec.statistics.bins if bins is None else bins
     names = [s.name for s in spec.silos]
     with silo_cluster(
-        names, spec.cluster.address, spec.cluster.timeout, spec.cluster.tls
+        names,
+        spec.cluster.address,
+        spec.cluster.timeout,
+        spec.cluster.tls,
+        n_workers=spec.cluster.workers,
     ) as cluster:
         data, numeric, categorical = open_silo_rows(spec, cluster, stats_id)
         try:

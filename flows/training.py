@@ -39,18 +39,6 @@ from fedsilo.tasks.silo_stats import silo_categories
 from fedsilo.tasks.statistics import standard_scaler
 
 
-def _pinned(cluster: SiloCluster, silo: str, fn: Any, *args: Any, key: str) -> Any:
-    """Submit ``fn`` to the silo's own worker only."""
-    return cluster.client.submit(
-        fn,
-        *args,
-        key=key,
-        workers=[cluster.workers[silo]],
-        allow_other_workers=False,
-        pure=False,
-    )
-
-
 def _gather(spec: FederationSpec, futures: dict[str, Any]) -> dict[str, Any]:
     """Wait for one future per silo; the first failure names its silo."""
     return {
@@ -68,8 +56,7 @@ def read_silos(
     what the coordinator learns. Dask keys end in ``suffix`` (a run id).
     """
     data = {
-        s.name: _pinned(
-            cluster,
+        s.name: cluster.submit(
             s.name,
             load_silo,
             SiloSource(
@@ -84,8 +71,7 @@ def read_silos(
     schemas = _gather(
         spec,
         {
-            name: _pinned(
-                cluster,
+            name: cluster.submit(
                 name,
                 silo_schema,
                 future,
@@ -134,8 +120,7 @@ def open_silos(
         moments = _gather(
             spec,
             {
-                name: _pinned(
-                    cluster,
+                name: cluster.submit(
                     name,
                     silo_moments,
                     future,
@@ -147,8 +132,7 @@ def open_silos(
         )
         mean, scale = standard_scaler(list(moments.values()))
     prepared = {
-        name: _pinned(
-            cluster,
+        name: cluster.submit(
             name,
             prepare_silo,
             future,
@@ -165,7 +149,7 @@ def open_silos(
     _gather(
         spec,
         {
-            name: _pinned(cluster, name, row_count, f, key=f"count-{name}-{run_id}")
+            name: cluster.submit(name, row_count, f, key=f"count-{name}-{run_id}")
             for name, f in prepared.items()
         },
     )
@@ -196,8 +180,7 @@ def _encoding(
     lists = _gather(
         spec,
         {
-            name: _pinned(
-                cluster,
+            name: cluster.submit(
                 name,
                 silo_categories,
                 future,
@@ -261,8 +244,7 @@ def setup_compression(state: run_state.RunState) -> None:
     if chosen.kind == "none":
         return
     for silo in state.spec.silos:
-        state.compressors[silo.name] = _pinned(
-            state.cluster,
+        state.compressors[silo.name] = state.cluster.submit(
             silo.name,
             SiloCompressor,
             chosen.kind,
@@ -276,15 +258,13 @@ def setup_privacy(state: run_state.RunState, server: dict[str, Any]) -> None:
     spec = state.spec
     if spec.privacy.secure_aggregation:
         for silo in spec.silos:
-            state.keypairs[silo.name] = _pinned(
-                state.cluster,
+            state.keypairs[silo.name] = state.cluster.submit(
                 silo.name,
                 make_keypair,
                 key=f"keypair-{silo.name}-{state.run_id}",
             )
         publics = {
-            name: _pinned(
-                state.cluster,
+            name: state.cluster.submit(
                 name,
                 public_key,
                 future,

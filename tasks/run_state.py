@@ -62,9 +62,14 @@ class RunState:
     server_optimizer: Any = None  # a tasks.server_optimizers.ServerOptimizer
     epsilon: float | None = None
 
+    silo_order: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.silo_order = {s.name: i for i, s in enumerate(self.spec.silos)}
+
     def silo_index(self, silo: str) -> int:
         """Return the silo's fixed place in the spec (its secure-aggregation id)."""
-        return [s.name for s in self.spec.silos].index(silo)
+        return self.silo_order[silo]
 
     def server_state(self) -> dict[str, np.ndarray]:
         """Return what a checkpoint needs beyond the model to resume exactly."""
@@ -84,18 +89,13 @@ class RunState:
         self, address: str, fn: Callable[..., Any], *args: Any, key: str
     ) -> Future:
         """Run ``fn`` on the worker at ``address`` and nowhere else."""
-        return self.cluster.client.submit(
-            fn,
-            *args,
-            key=f"{key}-{self.run_id}",
-            workers=[address],
-            allow_other_workers=False,
-            pure=False,
-        )
+        return self.cluster.submit_to(address, fn, *args, key=f"{key}-{self.run_id}")
 
 
 _RUNS: dict[str, RunState] = {}
 _LOCK = threading.Lock()
+
+
 class RunView(Protocol):
     """What every run (averaged or boosted) shows a progress listener."""
 

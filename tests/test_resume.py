@@ -175,3 +175,25 @@ def test_resume_refuses_a_changed_spec_and_unknown_runs(
     # More rounds and another scheduler address are allowed changes.
     assert main(["resume", "first", "--checkpoints", store, "--rounds", "2"]) == 0
     assert _store(tmp_path, spec_path, "first").complete_rounds() == [1, 2]
+
+
+@pytest.mark.integration
+def test_resuming_a_finished_run_does_nothing_and_fewer_rounds_are_refused(
+    breast_cancer_dir: Path,
+    tmp_path: Path,
+    shared_cluster: str,
+    prefect_api: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec_path = _spec_file(breast_cancer_dir, tmp_path, shared_cluster, rounds=2)
+    store = str(tmp_path / "store")
+    assert main(["run", str(spec_path), "--run-id", "done"]) == 0
+    capsys.readouterr()
+
+    assert main(["resume", "done", "--checkpoints", store]) == 0
+    assert "already has its 2 rounds; nothing to do" in capsys.readouterr().out
+    assert main(["resume", "done", "--checkpoints", store, "--rounds", "1"]) == 2
+    assert "--rounds 1: run done already has 2 complete rounds" in (
+        capsys.readouterr().err
+    )
+    assert _store(tmp_path, spec_path, "done").complete_rounds() == [1, 2]
