@@ -294,6 +294,7 @@ def test_prefect_records_round_flow_runs_and_artifacts(
         ArtifactFilter,
         ArtifactFilterKey,
         FlowRunFilter,
+        FlowRunFilterName,
         FlowRunFilterParentFlowRunId,
     )
 
@@ -311,7 +312,13 @@ def test_prefect_records_round_flow_runs_and_artifacts(
     federated_training(spec)
 
     with get_client(sync_client=True) as client:
-        parents = [r for r in client.read_flow_runs() if r.name == "artifact-check"]
+        # Filter on the server: an unfiltered read returns one page (200 runs),
+        # and the session's shared test API holds more than that.
+        parents = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=["artifact-check"])
+            )
+        )
         assert len(parents) == 1 and parents[0].state.is_completed()
         children = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
