@@ -136,8 +136,13 @@ def build_spec(
     address: str,
     store: Path,
 ) -> Any:
-    """Return a boosting federation spec attached to the running cluster."""
-    return parse_spec(
+    """Return a boosting federation spec attached to the running cluster.
+
+    With ``--workers`` the cluster runs that many pool workers; a spec file
+    cannot say both (``cluster.workers`` starts an embedded pool), so the
+    attached spec gets ``workers`` set afterwards, as ``fedsilo compare`` does.
+    """
+    spec = parse_spec(
         {
             "name": name,
             "task": "classification",
@@ -156,6 +161,14 @@ def build_spec(
         },
         source=name,
     )
+    if POOL_WORKERS[0] is None:
+        return spec
+    cluster = spec.cluster.model_copy(update={"workers": POOL_WORKERS[0]})
+    return spec.model_copy(update={"cluster": cluster})
+
+
+#: ``--workers``: pool workers of the running cluster (None: one per silo).
+POOL_WORKERS: list[int | None] = [None]
 
 
 def _cpu_seconds() -> float:
@@ -405,15 +418,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits", action="store_true", help="add the digits check")
     parser.add_argument("--workdir", help="keep data and checkpoints here")
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="cluster.workers: the 4 silos share this many pool workers of the "
+        "running cluster (default: one worker per silo)",
+    )
     args = parser.parse_args(argv)
 
     from fedsilo.cluster import embedded_cluster
 
+    POOL_WORKERS[0] = args.workers
     quiet_dask_logs()
     with tempfile.TemporaryDirectory(prefix="fedsilo-job-b-") as tmp:
         work = Path(args.workdir or tmp)
         started = time.perf_counter()
-        cluster = embedded_cluster([f"silo-{i}" for i in range(N_SILOS)])
+        cluster = embedded_cluster(
+            [f"silo-{i}" for i in range(N_SILOS)], n_workers=args.workers
+        )
         try:
             address = str(cluster.scheduler_address)
             cluster_s = time.perf_counter() - started

@@ -33,7 +33,13 @@ if TYPE_CHECKING:
 FORKSERVER_PRELOAD = ("distributed", "fedsilo.tasks.silo_batch")
 #: Dask settings of the embedded workers: a 1 s admin tick (default 20 ms)
 #: halves what an idle worker costs in CPU (docs/benchmarks.md).
-WORKER_CONFIG = {"distributed.admin.tick.interval": "1s"}
+#: Embedded workers: a 1 s admin tick (idle workers wake less), and no
+#: statistical profiler (it samples every thread every 10 ms for a dashboard
+#: the embedded cluster does not serve).
+WORKER_CONFIG = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.profile.enabled": False,
+}
 _FORKSERVER_LOCK = threading.Lock()
 
 

@@ -339,11 +339,6 @@ class FederationSpec(_Strict):
             )
         if self.model.kind == "xgboost":
             self._check_boosting_privacy()
-            if self.cluster.workers is not None:
-                raise ValueError(
-                    "cluster.workers (pool workers) is not available for kind "
-                    "'xgboost' yet: its silos need a worker each"
-                )
             if self.strategy.kind != "fedavg" or self.strategy.server_optimizer:
                 raise ValueError(
                     "kind 'xgboost' sums histograms; strategy.kind and "

@@ -1,31 +1,34 @@
 """The silos of a boosting run as the learner sees them, over the Dask client.
 
-:class:`DaskFederation` implements ``gbdt.learner.Federation``. Every exchange
-is one call per silo to the silo's resident
-:class:`~fedsilo.tasks.gbdt_silo.BoostingSilo` on its own worker (never
-elsewhere); the coordinator collects the replies and sums them. A tree level is
-one exchange: the splits just chosen travel with the request for the next
-level's histograms, and the last one of a tree also starts the next tree, so a
-tree of depth ``d`` costs ``d`` exchanges. They go through Dask directly, not
-as Prefect tasks, in one of two ways (:data:`TRANSPORTS`):
+:class:`DaskFederation` implements ``gbdt.learner.Federation``. Every silo's
+boosting state lives on its own worker (never elsewhere) as a Dask actor made
+by a pinned ``Client.submit(..., actor=True)``; the coordinator collects the
+replies of an exchange and sums them. A tree level is one exchange: the splits
+just chosen travel with the request for the next level's histograms, and the
+last one of a tree also starts the next tree, so a tree of depth ``d`` costs
+``d`` exchanges. They go through Dask directly, not as Prefect tasks, in one of
+three ways (:data:`TRANSPORTS`, chosen with ``FEDSILO_GBDT_TRANSPORT``):
 
-- ``"actor"`` (default): the silo's state is a Dask actor, created by a pinned
-  ``Client.submit(..., actor=True)``; a call is one request to its worker
-  (about 1-5 ms here), not routed through the scheduler's task machinery;
-- ``"submit"``: a call is a pinned ``Client.submit`` per silo on the future of
-  the silo's state, then a direct gather. Each such task passes the client's,
+- ``"worker"`` (default): one request per worker and exchange to fedsilo's
+  handler on that worker (:mod:`fedsilo.tasks.gbdt_worker`), which runs the
+  call for every silo it hosts on the worker's event loop and answers once;
+  plain histograms of silos sharing a worker (pool workers) are summed there;
+- ``"actor"``: one actor method call per silo (the actor's thread runs it);
+- ``"submit"``: a pinned ``Client.submit`` per silo on the future of the
+  silo's state, then a direct gather. Each such task passes the client's,
   scheduler's and worker's batched streams (10, 5 and 2 ms send intervals), so
   back-to-back exchanges cost 15-40 ms each here; see docs/gbdt.md.
 
-Either way the coordinator holds only futures (and actor handles) of the
-silo-resident state, and :meth:`SiloCalls.free` releases them.
+Every transport grows the same trees. The coordinator holds only futures (and
+actor handles) of the silo-resident state, and :meth:`SiloCalls.free` releases
+them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
-import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from distributed import Actor, Client, Future
+from distributed.protocol import to_serialize
 
 from fedsilo.errors import FedsiloError, SiloFailedError
 from fedsilo.tasks import gbdt_silo
@@ -40,21 +44,28 @@ from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from fedsilo.tasks.gbdt.model import Tree
 from fedsilo.tasks.gbdt.privacy import MaskedHistograms, unmask_histograms
 from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
+from fedsilo.tasks.gbdt_worker import (
+    EXCHANGE_CALLS,
+    HANDLER,
+    SiloCallFailed,
+    payload_bytes,
+)
 from fedsilo.tasks.privacy.secagg import MaskContext
 from fedsilo.tasks.round_tasks import wait_silo
 
-Transport = Literal["actor", "submit"]
-TRANSPORTS: tuple[Transport, ...] = ("actor", "submit")
+Transport = Literal["worker", "actor", "submit"]
+TRANSPORTS: tuple[Transport, ...] = ("worker", "actor", "submit")
 #: Environment variable that selects the transport of per-level exchanges.
 TRANSPORT_ENV = "FEDSILO_GBDT_TRANSPORT"
 
 
 def default_transport() -> Transport:
-    """Return the transport named by ``FEDSILO_GBDT_TRANSPORT`` (default actor)."""
-    value = os.environ.get(TRANSPORT_ENV, "actor")
-    if value not in TRANSPORTS:
-        raise FedsiloError(f"{TRANSPORT_ENV}={value!r}: use one of {list(TRANSPORTS)}")
-    return "submit" if value == "submit" else "actor"
+    """Return the transport named by ``FEDSILO_GBDT_TRANSPORT`` (default worker)."""
+    value = os.environ.get(TRANSPORT_ENV, "worker")
+    for transport in TRANSPORTS:
+        if value == transport:
+            return transport
+    raise FedsiloError(f"{TRANSPORT_ENV}={value!r}: use one of {list(TRANSPORTS)}")
 
 
 #: Observers of every exchange: ``(silo, call name, (sent, reply))``. Tests use
@@ -69,15 +80,6 @@ class Traffic:
     down: int = 0
     up: int = 0
     calls: int = 0
-
-
-def payload_bytes(value: Any) -> int:
-    """Return the size of a message: array buffers of histograms, else pickled."""
-    if isinstance(value, NodeHistograms | MaskedHistograms):
-        return value.nbytes
-    if isinstance(value, tuple):
-        return sum(payload_bytes(v) for v in value)
-    return len(pickle.dumps(value, protocol=5))
 
 
 def _wait_all(futures: Sequence[Future], timeout: float) -> bool:
@@ -124,7 +126,7 @@ class SiloCalls:
     workers: dict[str, str]  # silo -> worker address
     run_key: str
     timeout: float
-    transport: Transport = "actor"
+    transport: Transport = "worker"
     traffic: dict[str, Traffic] = field(default_factory=dict)
     states: dict[str, Future] = field(default_factory=dict)
     actors: dict[str, Any] = field(default_factory=dict)
@@ -191,7 +193,7 @@ class SiloCalls:
     # -- silo-resident state -----------------------------------------------------
     def open(self, fn: Callable[..., Any], per_silo: dict[str, Sequence[Any]]) -> None:
         """Create each silo's resident state with ``fn(*args)`` on its worker."""
-        actor = self.transport == "actor"
+        actor = self.transport != "submit"
         self.states = {
             silo: self.submit(silo, fn, *args, name="gbdt-silo", actor=actor)
             for silo, args in per_silo.items()
@@ -238,6 +240,73 @@ class SiloCalls:
     def call_all(self, method: str, *args: Any) -> dict[str, Any]:
         """Call ``method(*args)`` at every silo."""
         return self.call(method, {silo: args for silo in self.states})
+
+    def exchange(self, method: str, *args: Any) -> list[Any]:
+        """Call ``method(*args)`` at every silo; return the replies to combine.
+
+        With the ``worker`` transport a reply may already be the sum of the
+        silos sharing a worker; otherwise there is one reply per silo.
+        """
+        if self.transport != "worker":
+            return list(self.call_all(method, *args).values())
+        if method not in EXCHANGE_CALLS:
+            raise ValueError(f"not an exchange call: {method!r}")
+        groups: dict[str, list[str]] = {}
+        for silo in self.states:
+            groups.setdefault(self.workers[silo], []).append(silo)
+        answers = self.client.sync(self._send_to_workers, groups, method, args)
+        sent = payload_bytes(args)
+        replies: list[Any] = []
+        for address, silos in groups.items():
+            answer = answers[address]
+            if isinstance(answer, BaseException):
+                raise _failure(silos[0], answer)
+            if "failed" in answer:
+                failed: SiloCallFailed = answer["failed"]
+                raise _failure(failed.silo, failed.error)
+            merged = answer["replies"]
+            for i, (silo, size) in enumerate(zip(silos, answer["sizes"], strict=True)):
+                t = self.traffic.setdefault(silo, Traffic())
+                t.down += sent
+                t.up += size
+                t.calls += 1
+                own = merged[i] if len(merged) == len(silos) else merged[0]
+                for observer in list(observers):
+                    observer(silo, f"gbdt-{method}", (args, own))
+            replies.extend(merged)
+        return replies
+
+    async def _send_to_workers(
+        self, groups: dict[str, list[str]], method: str, args: tuple[Any, ...]
+    ) -> dict[str, Any]:
+        """Send one exchange request to every worker; answers (or errors) by worker.
+
+        A worker that has not answered within the silo timeout gets a
+        ``TimeoutError`` as its answer.
+        """
+        calls = {
+            address: asyncio.ensure_future(
+                getattr(self.client.rpc(address), HANDLER)(
+                    keys=[self.states[s].key for s in silos],
+                    silos=silos,
+                    method=method,
+                    args=to_serialize(args),
+                )
+            )
+            for address, silos in groups.items()
+        }
+        _, late = await asyncio.wait(calls.values(), timeout=self.timeout)
+        for call in late:
+            call.cancel()
+        answers: dict[str, Any] = {}
+        for address, call in calls.items():
+            if call in late:
+                answers[address] = TimeoutError(f"no reply within {self.timeout:g}s")
+            elif call.exception() is not None:
+                answers[address] = call.exception()
+            else:
+                answers[address] = call.result()
+        return answers
 
     def drop(self, silo: str) -> None:
         """Stop calling a silo that dropped out; free its state if it still can."""
@@ -341,7 +410,7 @@ class DaskFederation:
             args: tuple[Any, ...] = (exponent,)
             if self.secure is not None:
                 args = (exponent, self.secure.next_tree())
-            ready = combine(list(self.calls.call_all("start_round", *args).values()))
+            ready = combine(self.calls.exchange("start_round", *args))
             self.exchanges += 1
         self._exponent = exponent
         self.seconds["start"] += time.perf_counter() - started
@@ -355,8 +424,7 @@ class DaskFederation:
         args: tuple[Any, ...] = (list(splits), list(nodes))
         if self.secure is not None:
             args = (*args, self.secure.next_level())
-        replies = self.calls.call_all("grow_level", *args)
-        total = combine(list(replies.values()))
+        total = combine(self.calls.exchange("grow_level", *args))
         self.exchanges += 1
         self.seconds["level"] += time.perf_counter() - started
         return total
@@ -370,12 +438,12 @@ class DaskFederation:
             args: tuple[Any, ...] = (list(trees), self._exponent)
             if self.secure is not None:
                 args = (*args, self.secure.next_tree())
-            replies = self.calls.call_all("finish_and_start", *args)
-            for loss, _ in replies.values():
+            replies = self.calls.exchange("finish_and_start", *args)
+            for loss, _ in replies:
                 total = total + loss
-            self._started = combine([h for _, h in replies.values()])
+            self._started = combine([h for _, h in replies])
         else:
-            for loss in self.calls.call_all("finish_round", list(trees)).values():
+            for loss in self.calls.exchange("finish_round", list(trees)):
                 total = total + loss
         self.exchanges += 1
         self.seconds["finish"] += time.perf_counter() - started

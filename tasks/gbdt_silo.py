@@ -38,6 +38,7 @@ from fedsilo.tasks.gbdt.silo_state import (
     SiloData as GBDTData,
 )
 from fedsilo.tasks.gbdt.sketch import QuantileSummary, summarize
+from fedsilo.tasks.gbdt_worker import install_handler
 from fedsilo.tasks.messages import Evaluation
 from fedsilo.tasks.metrics import classification_scores, regression_scores
 from fedsilo.tasks.privacy.secagg import KeyPair, MaskContext
@@ -396,6 +397,7 @@ def open_silo(
 
     ``keys`` is the silo's key pair for secure aggregation (made on this worker).
     """
+    install_handler()  # serves the per-level exchanges (worker transport)
     objective = setup.make_objective()
     state = SiloTreeState.create(rows.silo, rows.train, cuts, objective, setup.backend)
     state.set_intercept(intercept)

@@ -428,26 +428,58 @@ def test_cli_reports_max_bin_below_two_in_one_line(tmp_path: Path) -> None:
     assert "spec.yaml" in line and "max_bin" in line
 
 
-def test_submit_transport_grows_the_same_model(
+def test_every_transport_grows_the_same_model(
     tmp_path: Path, shared_cluster: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedsilo.tasks.gbdt_federation import TRANSPORT_ENV
+    from fedsilo.tasks.gbdt_federation import TRANSPORT_ENV, TRANSPORTS
 
     frame = make_data("reg:squarederror", n=600)
     silos = write_silos(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
     spec = make_spec(
         silos, tmp_path / "store", shared_cluster, "reg:squarederror", rounds=1
     )
-    texts = {}
-    for transport in ("actor", "submit"):
+    texts, traffic = {}, {}
+    for transport in TRANSPORTS:
         monkeypatch.setenv(TRANSPORT_ENV, transport)
         summary = run(spec)
         assert summary["transport"] == transport
         texts[transport] = store_of(spec, summary).read_model_json(1)
-    assert texts["actor"] == texts["submit"]
+        traffic[transport] = summary["traffic"]
+    assert texts["worker"] == texts["actor"] == texts["submit"]
+    assert traffic["worker"] == traffic["actor"]
 
 
-@pytest.mark.parametrize("transport", ["actor", "submit"])
+def test_pool_workers_sum_their_silos_histograms_and_grow_the_same_trees(
+    tmp_path: Path, shared_cluster: str, payloads: list[tuple[str, str, Any]]
+) -> None:
+    from fedsilo.spec import with_changes
+
+    frame = make_data("binary:logistic", n=1300)
+    silos = write_silos(frame.iloc[:1000], frame.iloc[1000:], 4, tmp_path / "data")
+    own = make_spec(silos, tmp_path / "own", shared_cluster, rounds=1)
+    pooled = with_changes(
+        own,
+        "test",
+        cluster={"address": None, "workers": 2},
+        checkpoints=str(tmp_path / "pool"),
+    )
+
+    by_silo = run(own)
+    payloads.clear()
+    by_pool = run(pooled)
+
+    assert (
+        store_of(pooled, by_pool).read_model_json(1)
+        == store_of(own, by_silo).read_model_json(1)
+    )
+    # Two silos per worker: one summed histogram answers for both of them.
+    levels = [(silo, reply) for silo, name, (_, reply) in payloads if "level" in name]
+    assert levels and len({id(reply) for _, reply in levels}) == len(levels) // 2
+    # Bytes are still counted per silo, as if each had a worker of its own.
+    assert by_pool["traffic"] == by_silo["traffic"]
+
+
+@pytest.mark.parametrize("transport", ["worker", "actor", "submit"])
 def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
     from distributed import Client
 
@@ -492,6 +524,6 @@ def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
             calls.call("free", {"silo-1": ()})
 
             with pytest.raises(SiloFailedError, match=r"silo 'silo-1'.*freed"):
-                calls.call_all("start_round", 40)
+                calls.exchange("start_round", 40)
         finally:
             calls.free()

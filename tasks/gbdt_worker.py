@@ -1,0 +1,131 @@
+"""A worker's side of the boosting exchanges: one request per worker and level.
+
+With the ``worker`` transport (the default) the coordinator sends every tree
+level to each worker once, naming the silos that worker hosts. The handler
+installed here runs each silo's method on its resident
+:class:`~fedsilo.tasks.gbdt_silo.BoostingSilo` (the Dask actor made when the
+silo opened) on the worker's event loop, with no thread hop, and answers with
+one message. When the worker hosts several silos (pool workers in a
+simulation), their plain histograms are summed here before they leave: the sum
+is exact (every cell is a multiple of the silos' common gradient grid, see
+docs/gbdt.md), so the coordinator receives less and learns less. Masked
+histograms (secure aggregation) are not added here: each keeps its own silo
+index and roster, and the coordinator unmasks them together as before.
+
+Bytes are still counted per silo as the size of that silo's own reply, which is
+what each silo sends when it has a worker of its own.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import get_worker
+from distributed.protocol import to_serialize
+
+from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
+from fedsilo.tasks.gbdt.privacy import MaskedHistograms
+from fedsilo.tasks.gbdt.silo_state import LossSum
+
+#: The worker RPC operation that serves boosting exchanges.
+HANDLER = "fedsilo_gbdt_exchange"
+
+#: Methods the handler serves: short per-level calls, safe on the event loop.
+EXCHANGE_CALLS = frozenset(
+    {"start_round", "grow_level", "finish_round", "finish_and_start"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SiloCallFailed:
+    """A hosted silo's call raised: which silo, and the error."""
+
+    silo: str
+    error: BaseException
+
+
+def install_handler() -> None:
+    """Serve :data:`HANDLER` on the current worker (idempotent)."""
+    worker = get_worker()
+    if HANDLER in worker.handlers:
+        return
+
+    def fedsilo_gbdt_exchange(
+        keys: Sequence[str] = (),
+        silos: Sequence[str] = (),
+        method: str = "",
+        args: Sequence[Any] = (),
+    ) -> dict[str, Any]:
+        return _exchange(worker, keys, silos, method, args)
+
+    worker.handlers[HANDLER] = fedsilo_gbdt_exchange
+
+
+def merge_co_hosted(replies: Sequence[Any]) -> list[Any]:
+    """Sum the plain replies of silos on one worker; leave anything else apart.
+
+    Histograms, loss sums and (loss, histograms) pairs are added; masked
+    histograms and anything unknown are returned one per silo.
+    """
+    if len(replies) < 2:
+        return list(replies)
+    if all(isinstance(r, NodeHistograms) for r in replies):
+        return [sum_histograms(replies)]
+    if all(isinstance(r, LossSum) for r in replies):
+        return [_sum_losses(replies)]
+    if all(
+        isinstance(r, tuple)
+        and len(r) == 2
+        and isinstance(r[0], LossSum)
+        and isinstance(r[1], NodeHistograms)
+        for r in replies
+    ):
+        return [
+            (
+                _sum_losses([r[0] for r in replies]),
+                sum_histograms([r[1] for r in replies]),
+            )
+        ]
+    return list(replies)
+
+
+def payload_bytes(value: Any) -> int:
+    """Return the size of a message: array buffers of histograms, else pickled."""
+    if isinstance(value, NodeHistograms | MaskedHistograms):
+        return value.nbytes
+    if isinstance(value, tuple):
+        return sum(payload_bytes(v) for v in value)
+    return len(pickle.dumps(value, protocol=5))
+
+
+def _sum_losses(losses: Sequence[LossSum]) -> LossSum:
+    total = losses[0]
+    for loss in losses[1:]:
+        total = total + loss
+    return total
+
+
+def _exchange(
+    worker: Any,
+    keys: Sequence[str] = (),
+    silos: Sequence[str] = (),
+    method: str = "",
+    args: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Run ``method(*args)`` at every listed silo of this worker; one reply."""
+    if method not in EXCHANGE_CALLS:
+        raise ValueError(f"not an exchange call: {method!r}")
+    replies: list[Any] = []
+    for key, silo in zip(keys, silos, strict=True):
+        try:
+            state = worker.state.actors[key]
+            if state is None:
+                raise RuntimeError("its boosting state is not open on this worker")
+            replies.append(getattr(state, method)(*args))
+        except Exception as error:  # reported as a value, naming the silo
+            return {"failed": to_serialize(SiloCallFailed(silo, error))}
+    sizes = [payload_bytes(r) for r in replies]
+    return {"sizes": sizes, "replies": to_serialize(merge_co_hosted(replies))}
