@@ -468,10 +468,9 @@ def test_pool_workers_sum_their_silos_histograms_and_grow_the_same_trees(
     payloads.clear()
     by_pool = run(pooled)
 
-    assert (
-        store_of(pooled, by_pool).read_model_json(1)
-        == store_of(own, by_silo).read_model_json(1)
-    )
+    assert store_of(pooled, by_pool).read_model_json(1) == store_of(
+        own, by_silo
+    ).read_model_json(1)
     # Two silos per worker: one summed histogram answers for both of them.
     levels = [(silo, reply) for silo, name, (_, reply) in payloads if "level" in name]
     assert levels and len({id(reply) for _, reply in levels}) == len(levels) // 2

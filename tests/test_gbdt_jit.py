@@ -36,6 +36,8 @@ def test_find_splits_numba_equals_numpy(p: TreeParams) -> None:
     hess[3, :, :stride] = 0.0  # a node with only missing values
     grad[4, 1] = grad[4, 0]  # ties between features
     hess[4, 1] = hess[4, 0]
+    grad[5, :, stride] = hess[5, :, stride] = 0.0  # nothing missing in a node
+    grad[6, 2, stride] = hess[6, 2, stride] = 0.0  # ... or in one feature
     totals = np.stack(
         [grad[:, 0].sum(axis=1), hess[:, 0].sum(axis=1), np.full(m, 10.0)], axis=1
     )

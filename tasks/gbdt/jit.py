@@ -220,12 +220,15 @@ if numba is not None:
                 miss_g = grad[i, f, stride]
                 miss_h = hess[i, f, stride]
                 limit = min(stride, n_bins[f])
+                # With nothing missing, "missing goes left" (d = 1) has the very
+                # sums of d = 0, so it never wins the strict ">" below: skip it.
+                directions = 2 if (miss_g != 0.0 or miss_h != 0.0) else 1
                 lg = 0.0
                 lh = 0.0
                 for k in range(limit):
                     lg += grad[i, f, k]
                     lh += hess[i, f, k]
-                    for d in range(2):
+                    for d in range(directions):
                         gl = lg + miss_g if d == 1 else lg
                         hl = lh + miss_h if d == 1 else lh
                         gr = g_total - gl
