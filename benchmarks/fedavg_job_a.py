@@ -55,7 +55,12 @@ def _startup_seconds() -> float:
 
 STARTUP = _startup_seconds()  # interpreter start-up before this file ran
 
-from fedsilo.prefect_env import apply_defaults, quiet_dask_logs, warm_up  # noqa: E402
+from fedsilo.prefect_env import (  # noqa: E402
+    apply_defaults,
+    quiet_dask_logs,
+    unwatched_heartbeats_off,
+    warm_up,
+)
 
 apply_defaults(quiet=True)  # before Prefect starts its ephemeral API
 
@@ -275,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         warmed()
         marks["flow_called"] = elapsed()
         try:
-            summary = federated_training(spec)
+            with unwatched_heartbeats_off():  # as `fedsilo run` does
+                summary = federated_training(spec)
         finally:
             run_state.listeners.remove(listener)
         marks["flow_returned"] = elapsed()

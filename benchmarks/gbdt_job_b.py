@@ -46,7 +46,11 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from fedsilo.prefect_env import apply_defaults, quiet_dask_logs  # noqa: E402
+from fedsilo.prefect_env import (  # noqa: E402
+    apply_defaults,
+    quiet_dask_logs,
+    unwatched_heartbeats_off,
+)
 
 apply_defaults(quiet=True)  # before Prefect starts its ephemeral API
 # A busy machine can take longer than Prefect's default 20 s to start the API.
@@ -219,7 +223,8 @@ def run_fedsilo(spec: Any) -> tuple[float, dict[str, Any], list[Any]]:
     try:
         before, coordinator = cluster_cpu(address), _cpu_seconds()
         started = time.perf_counter()
-        summary = federated_training(spec)
+        with unwatched_heartbeats_off():  # as `fedsilo run` does
+            summary = federated_training(spec)
         seconds = time.perf_counter() - started
         after = cluster_cpu(address)
         cpu = {k: after[k] - before.get(k, 0.0) for k in after}

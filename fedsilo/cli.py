@@ -118,7 +118,7 @@ def _train(spec: Any, run_id: str | None, resume: bool) -> int:
     warmed = warm_up(embedded_cluster=spec.cluster.address is None)
     from fedsilo.flows.training import federated_training
     from fedsilo.locking import federation_lock
-    from fedsilo.prefect_env import quiet_dask_logs
+    from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
     from fedsilo.tasks import run_state
     from fedsilo.tasks.checkpoint_store import new_run_id
 
@@ -135,7 +135,8 @@ def _train(spec: Any, run_id: str | None, resume: bool) -> int:
     try:
         with federation_lock(spec.name, spec.checkpoints, run_id):
             warmed()
-            summary = federated_training(spec, run_id=run_id, resume=resume)
+            with unwatched_heartbeats_off():
+                summary = federated_training(spec, run_id=run_id, resume=resume)
     finally:
         run_state.listeners.remove(listener)
     print(_final_table(summary, history, time.perf_counter() - started))
@@ -154,7 +155,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise FedsiloError("--personalize-epochs must be at least 1")
     from fedsilo.flows.compare import federated_comparison
     from fedsilo.locking import federation_lock
-    from fedsilo.prefect_env import quiet_dask_logs
+    from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
     from fedsilo.tasks import comparison
     from fedsilo.tasks.checkpoint_store import new_run_id
     from fedsilo.tasks.compare_report import metric_table, report_data, text_table
@@ -172,7 +173,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.no_centralized:
         words.append("--no-centralized")
     started = time.perf_counter()
-    with federation_lock(spec.name, spec.checkpoints, compare_id):
+    with federation_lock(spec.name, spec.checkpoints, compare_id), (
+        unwatched_heartbeats_off()
+    ):
         result = federated_comparison(
             spec,
             compare_id=compare_id,
@@ -206,13 +209,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.bins is not None and not 2 <= args.bins <= 1000:
         raise FedsiloError(f"--bins {args.bins}: give 2 to 1000")
     from fedsilo.flows.stats import federated_stats
-    from fedsilo.prefect_env import quiet_dask_logs
+    from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
     from fedsilo.tasks.stats_report import text_report
 
     quiet_dask_logs()
-    result = federated_stats(
-        spec, min_count=args.min_count, bins=args.bins, store=args.out
-    )
+    with unwatched_heartbeats_off():
+        result = federated_stats(
+            spec, min_count=args.min_count, bins=args.bins, store=args.out
+        )
     print(text_report(result.stats, spec.target))
     print(f"\ntables {result.path}")
     return 0

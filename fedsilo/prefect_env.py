@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 EPHEMERAL_DEFAULTS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
@@ -72,3 +72,26 @@ def warm_up(embedded_cluster: bool) -> Callable[[], None]:
     thread = threading.Thread(target=start, name="fedsilo-warm-up", daemon=True)
     thread.start()
     return thread.join
+
+
+@contextlib.contextmanager
+def unwatched_heartbeats_off() -> Iterator[None]:
+    """Run the parent flow without heartbeats when only the ephemeral API sees it.
+
+    Heartbeats let a server mark a crashed flow run; Prefect's ephemeral API
+    stops with this process, so nothing could use them. They cost up to a
+    second at the end of every run (Prefect's heartbeat thread sleeps in 1 s
+    steps and is joined when the flow ends). With ``PREFECT_API_URL`` set
+    (a server, a deployment) they stay on.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
