@@ -27,8 +27,8 @@ logistic, mlp-*). They do not apply to ``xgboost``: its trees are grown from
 summed histograms and appended, there is no averaged parameter vector.
 
 FedProx (Li et al. 2020) changes local training, not aggregation: each silo
-minimises ``loss(w) + mu/2 * ||w - w_global||**2`` (``proximal_term``; its
-gradient is ``proximal_gradient``). fedsilo applies it as a proximal step after
+minimises ``loss(w) + mu/2 * ||w - w_global||**2``. fedsilo applies it as a
+proximal step after
 every local mini-batch (``local.proximal_mu``, ``sklearn_models.train_local``)
 for ``sgd-*`` and ``mlp-*``; ``logistic`` and ``xgboost`` refuse it. Which
 models, how, and why not the others: docs/strategies.md.
@@ -247,25 +247,3 @@ def make_server_optimizer(
             f"unknown server optimiser {kind!r}; one of {sorted(OPTIMIZERS)}"
         ) from None
     return cls(initial, **hyperparameters)  # type: ignore[arg-type]
-
-
-def proximal_term(params: Params, global_params: Params, mu: float) -> float:
-    """Return FedProx's penalty ``mu/2 * ||w - w_global||**2``."""
-    return (
-        0.5
-        * mu
-        * sum(
-            float(np.sum((np.asarray(params[n], np.float64) - global_params[n]) ** 2))
-            for n in params
-        )
-    )
-
-
-def proximal_gradient(
-    params: Params, global_params: Params, mu: float
-) -> dict[str, np.ndarray]:
-    """Return FedProx's gradient term ``mu * (w - w_global)``, tensor by tensor."""
-    return {
-        name: mu * (np.asarray(params[name], np.float64) - global_params[name])
-        for name in params
-    }

@@ -26,7 +26,6 @@ from fedsilo.tasks.privacy.secagg import (
     mask_weighted_update,
     missing_silos,
     modular_sum,
-    retry_context,
     shared_seed,
     unmask_sum,
     unmask_weighted_average,
@@ -289,19 +288,13 @@ def test_a_dropped_silo_is_refused_and_the_retry_gives_the_right_sum() -> None:
         unmask_sum(survivors)
     assert refused.value.missing == (2,)
 
-    retry, roster = retry_context(context, refused.value.roster, refused.value.missing)
+    retry = context.next_attempt()
+    roster = tuple(i for i in refused.value.roster if i not in refused.value.missing)
     retried_keys = {i: keys[i] for i in roster}
     retried = _mask_all(retried_keys, {i: vectors[i] for i in roster}, retry)
 
     assert roster == (0, 1, 3) and retry.attempt == 1
     np.testing.assert_allclose(unmask_sum(retried), honest, atol=FP.tolerance(3))
-
-
-def test_retry_refuses_to_go_below_three_silos() -> None:
-    with pytest.raises(SecureAggregationError, match="at least 3"):
-        retry_context(MaskContext("run", 1), (0, 1, 2), (2,))
-    _, roster = retry_context(MaskContext("run", 1), (0, 1, 2), (2,), min_silos=2)
-    assert roster == (0, 1)
 
 
 def test_inconsistent_masked_updates_are_refused() -> None:

@@ -16,8 +16,6 @@ from fedsilo.tasks.server_optimizers import (
     FedAvgM,
     FedYogi,
     make_server_optimizer,
-    proximal_gradient,
-    proximal_term,
 )
 
 VALUES = st.floats(-100, 100, allow_nan=False, allow_infinity=False)
@@ -149,14 +147,3 @@ def test_mismatched_models_and_states_are_named_errors() -> None:
         optimizer.load_state_dict({"rounds": np.array(1)})
     with pytest.raises(ValueError, match="unknown server optimiser"):
         make_server_optimizer("sgd", _params([0.0]))  # type: ignore[arg-type]
-
-
-def test_fedprox_term_and_gradient() -> None:
-    w = _params([1.0, 2.0], 1.0)
-    w_global = _params([0.0, 0.0], 0.0)
-
-    gradient = proximal_gradient(w, w_global, mu=0.1)
-
-    assert proximal_term(w, w_global, mu=0.1) == pytest.approx(0.05 * 6.0)
-    np.testing.assert_allclose(gradient["coef_"], [[0.1, 0.2]])
-    np.testing.assert_allclose(gradient["intercept_"], [0.1])

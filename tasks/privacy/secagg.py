@@ -35,8 +35,9 @@ so the all-zero nonce is safe.
 Dropouts: this is Bonawitz et al.'s protocol without the secret-sharing recovery
 phase. A silo of the roster that sends nothing leaves its masks uncancelled, so
 ``unmask_sum`` refuses the round with ``SiloDropoutError``; the orchestration
-retries the round with the silos present (``retry_context``), whose masks are
-fresh because the attempt number is in the seed's context. Masking a vector
+(``flows/round.py``, ``flows/boosting.py``) retries the round with the silos
+present under ``MaskContext.next_attempt()``, whose masks are fresh because the
+attempt number is in the seed's context. Masking a vector
 twice under one context would leak the difference of the two vectors: every
 message of a round (each GBDT histogram exchange, for example) needs its own
 ``step`` label.
@@ -46,7 +47,8 @@ faithfully and does not collude with silos. Without a PKI the coordinator could
 swap public keys (a man in the middle) or announce different rosters to
 different silos; Bonawitz et al.'s signatures and consistency checks against
 that are not implemented. A sum over two silos tells each silo the other's
-update, so ``min_silos`` defaults to 3 in ``retry_context``.
+update: a secure round needs at least ``max(strategy.min_silos, 2)`` silos,
+and a ``min_silos`` of 3 or more is the setting to use.
 """
 
 from __future__ import annotations
@@ -307,20 +309,3 @@ def unmask_weighted_average(
     if weight <= 0.0:
         raise EmptyAggregationError("the total weight of the updates is zero")
     return total[:-1] / weight, weight
-
-
-def retry_context(
-    context: MaskContext,
-    roster: Sequence[int],
-    missing: Sequence[int],
-    *,
-    min_silos: int = 3,
-) -> tuple[MaskContext, tuple[int, ...]]:
-    """Return the context and roster of the retry without the dropped silos."""
-    remaining = tuple(sorted(set(roster) - set(missing)))
-    if len(remaining) < max(min_silos, 2):
-        raise SecureAggregationError(
-            f"only {len(remaining)} silos remain after {list(missing)} dropped out; "
-            f"secure aggregation needs at least {max(min_silos, 2)}"
-        )
-    return context.next_attempt(), remaining
