@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from fedsilo.tasks.gbdt.histogram import NodeHistograms
 from fedsilo.tasks.gbdt.learner import Federation
 from fedsilo.tasks.gbdt.model import Tree
 from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
-from fedsilo.tasks.privacy.dp import histogram_sensitivity
+from fedsilo.tasks.privacy.dp import histogram_sensitivity, noise_histograms
 from fedsilo.tasks.privacy.encoding import FixedPoint
 from fedsilo.tasks.privacy.secagg import (
     MaskContext,
@@ -197,13 +197,15 @@ def noisy(
     rng: np.random.Generator,
 ) -> NodeHistograms:
     """Return summed histograms plus Gaussian noise, hessians and counts >= 0."""
-    std = dp.stddev(histograms.grad.shape[1], n_trees)
-    grad = histograms.grad + rng.normal(0.0, std, histograms.grad.shape)
-    hess = histograms.hess + rng.normal(0.0, std, histograms.hess.shape)
-    totals = histograms.totals + rng.normal(0.0, std, histograms.totals.shape)
-    np.maximum(hess, 0.0, out=hess)
-    np.maximum(totals[:, 1:], 0.0, out=totals[:, 1:])
-    return replace(histograms, grad=grad, hess=hess, totals=totals)
+    out = noise_histograms(
+        histograms,
+        sensitivity=dp.sensitivity(histograms.grad.shape[1], n_trees),
+        noise_multiplier=dp.noise_multiplier,
+        rng=rng,
+    )
+    np.maximum(out.hess, 0.0, out=out.hess)
+    np.maximum(out.totals[:, 1:], 0.0, out=out.totals[:, 1:])
+    return out
 
 
 class NoisyFederation:
