@@ -59,6 +59,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Train the federation a spec describes (or continue one of its runs)."""
     spec = _spec_from_args(args)
     run_id = args.run_id
+    if run_id is not None:  # before any silo is read or cluster started
+        from fedsilo.tasks.checkpoint_store import check_run_id
+
+        check_run_id(run_id)
     if args.resume:
         from fedsilo.resume import check_same_federation, latest_run, locate_run
 

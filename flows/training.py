@@ -342,6 +342,8 @@ def federated_training(
     """
     logger = get_run_logger()
     run_id = run_id or new_run_id()
+    if spec.model.kind != "xgboost":
+        sklearn_models.check_params(spec.model.kind, spec.model.params)
     silo_names = [s.name for s in spec.silos]
     with silo_cluster(
         silo_names,

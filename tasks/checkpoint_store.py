@@ -44,6 +44,7 @@ __all__ = [
     "MODEL_SCHEMA",
     "CheckpointStore",
     "MetricRow",
+    "check_run_id",
     "list_runs",
     "metrics_table",
     "new_run_id",
@@ -357,6 +358,11 @@ def _check_name(kind: str, value: str) -> None:
             f"{kind} {value!r} must match {_NAME_RE.pattern} "
             "(it becomes a directory name)"
         )
+
+
+def check_run_id(run_id: str) -> None:
+    """Raise ``CheckpointError`` unless ``run_id`` can name a run directory."""
+    _check_name("run id", run_id)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -53,6 +53,20 @@ def build_estimator(kind: str, params: Mapping[str, Any], seed: int) -> Any:
     return estimator
 
 
+def check_params(kind: str, params: Mapping[str, Any]) -> None:
+    """Raise ``SpecError`` naming ``model.params`` if scikit-learn refuses them.
+
+    Scikit-learn checks parameter values only when an estimator first fits,
+    which would be at every silo, as a silo failure; this checks them once,
+    before any silo is read.
+    """
+    estimator = build_estimator(kind, params, 0)
+    try:
+        estimator._validate_params()
+    except (ValueError, TypeError) as error:
+        raise SpecError(f"model.params: {error}") from None
+
+
 def is_mlp(kind: str) -> bool:
     """Return whether ``kind`` is a multilayer perceptron."""
     return kind.startswith("mlp")

@@ -185,3 +185,57 @@ def test_rounds_override_is_validated_like_the_spec(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "rounds: Input should be greater than or equal to 1" in err[0]
+
+
+def test_a_bad_run_id_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "s.yaml"  # its silo file does not exist: never read
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "task": "classification",
+                "target": "label",
+                "rounds": 1,
+                "silos": [{"name": "a", "train": str(tmp_path / "none.parquet")}],
+                "checkpoints": str(tmp_path / "store"),
+            }
+        )
+    )
+
+    code = main(["run", str(spec), "--run-id", "../escape"])
+
+    assert code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "run id '../escape'" in line
+    assert not (tmp_path / "store").exists()
+
+
+def test_bad_model_params_fail_once_before_any_silo_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "s.yaml"  # its silo files do not exist: never read
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "task": "classification",
+                "target": "label",
+                "rounds": 1,
+                "model": {"kind": "sgd-logistic", "params": {"alpha": -1.0}},
+                "silos": [
+                    {"name": "a", "train": str(tmp_path / "a.parquet")},
+                    {"name": "b", "train": str(tmp_path / "b.parquet")},
+                ],
+                "checkpoints": str(tmp_path / "store"),
+            }
+        )
+    )
+
+    code = main(["run", str(spec)])
+
+    assert code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "model.params" in line and "'alpha'" in line and "Got -1.0" in line
+    assert "a.parquet" not in line and not (tmp_path / "store").exists()
