@@ -501,3 +501,35 @@ def test_an_embedded_cluster_with_tls_listens_on_tls_only(
         assert embedded and address.startswith("tls://127.0.0.1:")
         assert sorted(workers) == list(SILOS)
         assert all(w.startswith("tls://127.0.0.1:") for w in workers.values())
+
+
+def test_boosting_exchanges_reach_the_workers_over_tls(
+    pki: Path, two_silos: Path, tmp_path: Path, prefect_api: None
+) -> None:
+    from fedsilo.flows.training import federated_training
+    from fedsilo.tasks.checkpoint_store import CheckpointStore
+
+    data = yaml.safe_load((two_silos / "federation.yaml").read_text())
+    data["cluster"] = {"tls": tls_files(pki, "coordinator")}
+    data["model"] = {
+        "kind": "xgboost",
+        "trees_per_round": 2,
+        "params": {"objective": "binary:logistic", "max_depth": 3, "max_bin": 16},
+    }
+    data["rounds"] = 1
+    data["checkpoints"] = str(tmp_path / "store")
+    path = two_silos / "federation-tls-xgboost.yaml"  # silo paths are relative
+    path.write_text(yaml.safe_dump(data))
+    spec = load_spec(path)
+
+    summary = federated_training(spec)
+
+    # The per-level exchanges went to fedsilo's handler on each TLS worker.
+    assert summary["transport"] == "worker" and summary["trees"] == 2
+    assert set(summary["traffic"]) == set(SILOS)
+    store = CheckpointStore(spec.checkpoints, spec.name, summary["run_id"])
+    import xgboost
+
+    booster = xgboost.Booster()
+    booster.load_model(bytearray((store.read_model_json(1) or "").encode()))
+    assert booster.num_boosted_rounds() == 2
