@@ -121,9 +121,12 @@ def _exchange(
     replies: list[Any] = []
     for key, silo in zip(keys, silos, strict=True):
         try:
-            state = worker.state.actors[key]
+            state = worker.state.actors.get(key)
             if state is None:
-                raise RuntimeError("its boosting state is not open on this worker")
+                raise RuntimeError(
+                    "its boosting state is not on this worker (released, or the "
+                    "worker restarted)"
+                )
             replies.append(getattr(state, method)(*args))
         except Exception as error:  # reported as a value, naming the silo
             return {"failed": to_serialize(SiloCallFailed(silo, error))}

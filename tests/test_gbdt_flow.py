@@ -524,5 +524,20 @@ def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
 
             with pytest.raises(SiloFailedError, match=r"silo 'silo-1'.*freed"):
                 calls.exchange("start_round", 40)
+
+            if transport == "worker":
+                # The worker no longer holds the state at all (released).
+                key = calls.states["silo-0"].key
+                calls.actors.pop("silo-0", None)
+                calls.states["silo-0"].release()
+                address = workers["silo-0"]
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and client.run(
+                    lambda dask_worker: key in dask_worker.state.actors,
+                    workers=[address],
+                )[address]:
+                    time.sleep(0.05)
+                with pytest.raises(SiloFailedError, match=r"silo 'silo-0'.*not on"):
+                    calls.exchange("start_round", 40)
         finally:
             calls.free()
