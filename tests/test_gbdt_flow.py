@@ -527,6 +527,7 @@ def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
 
             if transport == "worker":
                 # The worker no longer holds the state at all (released).
+                calls.drop("silo-1")
                 key = calls.states["silo-0"].key
                 calls.actors.pop("silo-0", None)
                 calls.states["silo-0"].release()
