@@ -139,6 +139,7 @@ def build_spec(
     trees_per_round: int,
     address: str,
     store: Path,
+    workers: int | None = None,
 ) -> Any:
     """Return a boosting federation spec attached to the running cluster.
 
@@ -165,14 +166,10 @@ def build_spec(
         },
         source=name,
     )
-    if POOL_WORKERS[0] is None:
+    if workers is None:
         return spec
-    cluster = spec.cluster.model_copy(update={"workers": POOL_WORKERS[0]})
+    cluster = spec.cluster.model_copy(update={"workers": workers})
     return spec.model_copy(update={"cluster": cluster})
-
-
-#: ``--workers``: pool workers of the running cluster (None: one per silo).
-POOL_WORKERS: list[int | None] = [None]
 
 
 def _cpu_seconds() -> float:
@@ -298,6 +295,7 @@ def job_b(args: argparse.Namespace, address: str, work: Path) -> list[dict[str, 
             args.trees_per_round,
             address,
             work / "checkpoints",
+            args.workers,
         )
     records = []
     for repeat in range(args.repeat):
@@ -365,7 +363,7 @@ def job_b(args: argparse.Namespace, address: str, work: Path) -> list[dict[str, 
     return records
 
 
-def digits(address: str, work: Path, trees: int) -> dict[str, Any]:
+def digits(address: str, work: Path, trees: int, workers: int | None) -> dict[str, Any]:
     """Multi-class log loss of fedsilo and pooled xgboost on digits (4 iid silos)."""
     data = load_digits()
     X_train, X_test, y_train, y_test = train_test_split(
@@ -380,7 +378,9 @@ def digits(address: str, work: Path, trees: int) -> dict[str, Any]:
     }
     parts = np.array_split(np.random.default_rng(0).permutation(len(X_train)), N_SILOS)
     silos = write_silos(parts, X_train, y_train, X_test, y_test, work / "digits")
-    spec = build_spec("digits", silos, params, 1, trees, address, work / "checkpoints")
+    spec = build_spec(
+        "digits", silos, params, 1, trees, address, work / "checkpoints", workers
+    )
     fed_s, summary, _ = run_fedsilo(spec)
     frame = pd.DataFrame(X_test, columns=_features(X_test.shape[1]))
     fed = final_booster(spec, summary).predict(xgb.DMatrix(frame))
@@ -395,7 +395,7 @@ def digits(address: str, work: Path, trees: int) -> dict[str, Any]:
     return out
 
 
-def warm_up(address: str, work: Path) -> float:
+def warm_up(address: str, work: Path, workers: int | None) -> float:
     """A small run: starts the Prefect API and loads the kernels in every worker."""
     X, y, Xt, yt = make_data(4_000, 1_000)
     parts = np.array_split(np.arange(len(X)), N_SILOS)
@@ -408,6 +408,7 @@ def warm_up(address: str, work: Path) -> float:
         2,
         address,
         work / "checkpoints",
+        workers,
     )
     return run_fedsilo(spec)[0]
 
@@ -433,7 +434,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedsilo.cluster import embedded_cluster
 
-    POOL_WORKERS[0] = args.workers
     quiet_dask_logs()
     with tempfile.TemporaryDirectory(prefix="fedsilo-job-b-") as tmp:
         work = Path(args.workdir or tmp)
@@ -444,14 +444,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             address = str(cluster.scheduler_address)
             cluster_s = time.perf_counter() - started
-            warm_s = warm_up(address, work)
+            warm_s = warm_up(address, work, args.workers)
             print(
                 f"cluster start {cluster_s:.1f}s, warm-up run (Prefect API start, "
                 f"kernels loaded at the silos) {warm_s:.1f}s; not in the times below",
                 flush=True,
             )
             records = job_b(args, address, work)
-            digits_result = digits(address, work, 200) if args.digits else None
+            digits_result = (
+                digits(address, work, 200, args.workers) if args.digits else None
+            )
         finally:
             cluster.close()
 

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from distributed import Client, Future, Nanny, Scheduler, Security, SpecCluster
 from fedsilo.errors import ClusterError
 
 if TYPE_CHECKING:
-    from fedsilo.spec import TlsSpec
+    from fedsilo.spec import FederationSpec, TlsSpec
 
 #: What the fork server imports once, so that every embedded worker forked from
 #: it starts with Dask, pandas, pyarrow and scikit-learn already loaded.
@@ -241,6 +241,19 @@ def embedded_cluster(
             silence_logs=logging.WARNING,
             security=security,
         )
+
+
+def spec_cluster(
+    spec: FederationSpec,
+) -> AbstractContextManager[SiloCluster]:
+    """Return :func:`silo_cluster` for the silos and ``cluster`` of ``spec``."""
+    return silo_cluster(
+        [s.name for s in spec.silos],
+        spec.cluster.address,
+        spec.cluster.timeout,
+        spec.cluster.tls,
+        n_workers=spec.cluster.workers,
+    )
 
 
 @contextmanager

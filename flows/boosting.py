@@ -24,7 +24,6 @@ import pyarrow as pa
 from distributed import Future
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from fedsilo.cluster import SiloCluster
 from fedsilo.connectors.schema import check_schemas
@@ -36,6 +35,7 @@ from fedsilo.flows.reporting import (
     round_table,
 )
 from fedsilo.flows.round import MAX_SECURE_ATTEMPTS
+from fedsilo.flows.round_loop import run_rounds
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks import gbdt_silo, run_state
 from fedsilo.tasks.checkpoint_store import CheckpointStore, MetricRow, new_run_id
@@ -645,20 +645,14 @@ def train_boosted(
         setup_boosting_privacy(state, publics, binned["base_release"], start_round)
         with _LOCK:
             _RUNS[run_id] = state
-        stopped = None
         try:
-            # As in flows/training.py: the parent keeps its heartbeat, the round
-            # flows skip theirs; entered once (each entry copies the settings).
-            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                for round_number in range(start_round, spec.rounds + 1):
-                    stopped = budget_stop(state, round_number)
-                    if stopped:
-                        logger.warning(stopped)
-                        break
-                    result = federated_boosting_round(run_id, round_number)
-                    state.history.append(result)
-                    for listener in list(run_state.listeners):
-                        listener(result, state)
+            stopped = run_rounds(
+                state,
+                range(start_round, spec.rounds + 1),
+                federated_boosting_round,
+                budget_stop,
+                logger,
+            )
             silo_seconds = calls.call_all("timings")
         finally:
             with _LOCK:

@@ -33,7 +33,7 @@ from distributed import Worker
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from fedsilo.cluster import SiloCluster, silo_cluster
+from fedsilo.cluster import SiloCluster, spec_cluster
 from fedsilo.errors import FedsiloError
 from fedsilo.flows.reporting import artifact_key
 from fedsilo.flows.training import federated_training
@@ -353,13 +353,7 @@ def federated_comparison(
     wall: dict[tuple[str, str], float] = {}
     frames: list[pd.DataFrame] = []
     personalizer = Personalizer(_run_id(compare_id, "federated"), personalize_epochs)
-    with silo_cluster(
-        names,
-        spec.cluster.address,
-        spec.cluster.timeout,
-        spec.cluster.tls,
-        n_workers=spec.cluster.workers,
-    ) as cluster:
+    with spec_cluster(spec) as cluster:
         address = spec.cluster.model_copy(update={"address": cluster.address})
         attached = spec.model_copy(update={"cluster": address})
 

@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from fedsilo.cluster import SiloCluster, silo_cluster
+from fedsilo.cluster import SiloCluster, spec_cluster
 from fedsilo.connectors.schema import categorical_features, check_schemas
 from fedsilo.flows.reporting import artifact_key
 from fedsilo.flows.training import read_silos
@@ -157,14 +157,7 @@ def federated_stats(
     stats_id = stats_id or new_run_id()
     min_count = spec.statistics.min_count if min_count is None else min_count
     bins = spec.statistics.bins if bins is None else bins
-    names = [s.name for s in spec.silos]
-    with silo_cluster(
-        names,
-        spec.cluster.address,
-        spec.cluster.timeout,
-        spec.cluster.tls,
-        n_workers=spec.cluster.workers,
-    ) as cluster:
+    with spec_cluster(spec) as cluster:
         data, numeric, categorical = open_silo_rows(spec, cluster, stats_id)
         try:
             profiles = silo_profiles(
@@ -214,5 +207,5 @@ def federated_stats(
         key=artifact_key(spec.name, "federated-stats"),
         description=f"{spec.name}: federated statistics of the silos' training rows",
     )
-    logger.info("federated statistics of %d silos written to %s", len(names), path)
+    logger.info("federated statistics of %d silos written to %s", len(spec.silos), path)
     return StatsResult(stats_id, path, stats, numeric, categorical)

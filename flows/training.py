@@ -9,13 +9,13 @@ from typing import Any, cast
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-from fedsilo.cluster import SiloCluster, silo_cluster
+from fedsilo.cluster import SiloCluster, spec_cluster
 from fedsilo.connectors.schema import categorical_features, check_schemas
 from fedsilo.errors import CheckpointError
 from fedsilo.flows.reporting import finish_run
 from fedsilo.flows.round import federated_round
+from fedsilo.flows.round_loop import run_rounds
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks import run_state, sklearn_models
 from fedsilo.tasks.checkpoint_store import CheckpointStore, new_run_id
@@ -344,14 +344,7 @@ def federated_training(
     run_id = run_id or new_run_id()
     if spec.model.kind != "xgboost":
         sklearn_models.check_params(spec.model.kind, spec.model.params)
-    silo_names = [s.name for s in spec.silos]
-    with silo_cluster(
-        silo_names,
-        spec.cluster.address,
-        spec.cluster.timeout,
-        spec.cluster.tls,
-        n_workers=spec.cluster.workers,
-    ) as cluster:
+    with spec_cluster(spec) as cluster:
         if spec.model.kind == "xgboost":
             from fedsilo.flows.boosting import train_boosted
 
@@ -416,22 +409,14 @@ def federated_training(
         setup_privacy(state, server)
         setup_compression(state)
         run_state.register(state)
-        stopped = None
         try:
-            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                # The parent flow keeps its heartbeat (its thread holds its own
-                # copy of the settings); the short round flows skip theirs, whose
-                # thread join costs ~1 s a round. Entered once for all rounds:
-                # each entry copies the whole settings model (~50 ms).
-                for round_number in range(start_round, spec.rounds + 1):
-                    stopped = budget_stop(state, round_number)
-                    if stopped:
-                        logger.warning(stopped)
-                        break
-                    result = federated_round(run_id, round_number)
-                    state.history.append(result)
-                    for listener in list(run_state.listeners):
-                        listener(result, state)
+            stopped = run_rounds(
+                state,
+                range(start_round, spec.rounds + 1),
+                federated_round,
+                budget_stop,
+                logger,
+            )
         finally:
             run_state.forget(run_id)
             opened["prepared"].clear()

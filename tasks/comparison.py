@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedsilo.errors import CheckpointError
-from fedsilo.tasks.checkpoint_store import put_file
+from fedsilo.tasks.checkpoint_store import METRICS_SCHEMA, put_file
 
 #: The variants in the order reports show them.
 VARIANTS = ("federated", "personalized", "local", "centralized")
@@ -42,11 +42,7 @@ COMPARISON_SCHEMA = pa.schema(
         pa.field("variant", pa.string(), nullable=False),
         pa.field("run", pa.string(), nullable=False),
         pa.field("round", pa.int64(), nullable=False),
-        pa.field("silo", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("metric", pa.string(), nullable=False),
-        pa.field("value", pa.float64(), nullable=False),
-        pa.field("n_samples", pa.int64(), nullable=False),
+        *METRICS_SCHEMA,  # the checkpoints' metrics columns, as they are
     ]
 )
 COMPARISON_FILE = "comparison.parquet"

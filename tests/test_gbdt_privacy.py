@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from silo_files import write_silos
 from sklearn.metrics import roc_auc_score
 
 from fedsilo.errors import SiloFailedError, SpecError
@@ -322,28 +323,9 @@ def test_spec_accepts_xgboost_privacy_and_refuses_what_it_lacks(
 # --- through Prefect and the shared cluster ---------------------------------------
 
 
-def write_silos(frame: pd.DataFrame, n_test: int, out: Path) -> list[dict[str, str]]:
-    train, test = frame.iloc[:-n_test], frame.iloc[-n_test:]
-    silos = []
-    for i, (a, b) in enumerate(
-        zip(
-            np.array_split(np.arange(len(train)), 4),
-            np.array_split(np.arange(len(test)), 4),
-            strict=True,
-        )
-    ):
-        folder = out / f"silo-{i}"
-        folder.mkdir(parents=True, exist_ok=True)
-        train.iloc[a].to_parquet(folder / "train.parquet", index=False)
-        test.iloc[b].to_parquet(folder / "test.parquet", index=False)
-        silos.append(
-            {
-                "name": f"silo-{i}",
-                "train": str(folder / "train.parquet"),
-                "test": str(folder / "test.parquet"),
-            }
-        )
-    return silos
+def four_silos(frame: pd.DataFrame, n_test: int, out: Path) -> list[dict[str, str]]:
+    """The last ``n_test`` rows are the test rows; 4 contiguous silos."""
+    return write_silos(frame.iloc[:-n_test], frame.iloc[-n_test:], 4, out)
 
 
 def flow_spec(
@@ -418,7 +400,7 @@ def test_a_secure_run_grows_the_plain_runs_trees_from_masked_histograms(
     payloads: list[tuple[str, str, Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    silos = write_silos(make_data(900), 200, tmp_path / "data")
+    silos = four_silos(make_data(900), 200, tmp_path / "data")
     plain = flow_spec(silos, tmp_path / "store", shared_cluster)
     secure = flow_spec(
         silos,
@@ -476,7 +458,7 @@ def test_a_silo_lost_mid_tree_makes_the_round_grow_again_without_it(
     from fedsilo.flows import boosting
 
     frame = make_data(900)
-    silos = write_silos(frame, 200, tmp_path / "data")
+    silos = four_silos(frame, 200, tmp_path / "data")
     spec = flow_spec(
         silos,
         tmp_path / "store",
@@ -563,7 +545,7 @@ def test_a_silo_lost_mid_tree_makes_the_round_grow_again_without_it(
 def test_a_dp_run_records_epsilon_every_round_and_stops_at_its_budget(
     tmp_path: Path, shared_cluster: str
 ) -> None:
-    silos = write_silos(make_data(900), 200, tmp_path / "data")
+    silos = four_silos(make_data(900), 200, tmp_path / "data")
     z, delta = 2.0, 1e-5
     per_round = 2 * 3  # trees_per_round x max_depth
     budget = gbdt_epsilon(z, 1 + 2 * per_round, delta) + 0.01
@@ -615,7 +597,7 @@ def test_a_lost_silo_fails_the_run_clearly_below_min_silos(
     from fedsilo.flows import boosting
     from fedsilo.tasks import gbdt_federation
 
-    silos = write_silos(make_data(600), 100, tmp_path / "data")
+    silos = four_silos(make_data(600), 100, tmp_path / "data")
     spec = flow_spec(
         silos,
         tmp_path / "store",
