@@ -40,7 +40,6 @@ from fedsilo.spec import FederationSpec
 from fedsilo.tasks import gbdt_silo, run_state
 from fedsilo.tasks.checkpoint_store import CheckpointStore, MetricRow, new_run_id
 from fedsilo.tasks.gbdt.learner import Federation, train
-from fedsilo.tasks.gbdt.learner import RoundResult as TreeResult
 from fedsilo.tasks.gbdt.model import GBDTModel
 from fedsilo.tasks.gbdt.objective import Intercept
 from fedsilo.tasks.gbdt.params import GBDTParams
@@ -86,7 +85,6 @@ class BoostingRun:
     workers: dict[str, str]  # silo -> name of the worker that holds it
     model: GBDTModel | None = None
     history: list[run_state.RoundResult] = dataclasses.field(default_factory=list)
-    tree_losses: list[TreeResult] = dataclasses.field(default_factory=list)
     last_updates: list[LocalUpdate] = dataclasses.field(default_factory=list)
     grow_seconds: float = 0.0
     privacy: BoostingPrivacy = dataclasses.field(
@@ -353,10 +351,8 @@ def grow_trees(run_id: str, round_number: int) -> GBDTModel:
     secure = state.federation.secure
     attempts = MAX_SECURE_ATTEMPTS if secure is not None else 1
     started = time.perf_counter()
-    losses: list[TreeResult] = []
     for attempt in range(attempts):
         check_privacy_budget(state, round_number)
-        losses.clear()
         state.federation.trees_left = state.params.num_boost_round
         try:
             if secure is not None:
@@ -371,7 +367,6 @@ def grow_trees(run_id: str, round_number: int) -> GBDTModel:
                 label_bound=state.label_bound,
                 feature_names=state.setup.features,
                 init_model=state.model,
-                callback=lambda _model, result: losses.append(result),
             )
         except SiloFailedError as error:
             if secure is None or attempt + 1 == attempts:
@@ -379,7 +374,6 @@ def grow_trees(run_id: str, round_number: int) -> GBDTModel:
             drop_silo(state, error, round_number)
             continue
         break
-    state.tree_losses.extend(losses)
     state.grow_seconds += time.perf_counter() - started
     dp = state.spec.privacy.dp
     if dp is not None:

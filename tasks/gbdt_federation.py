@@ -43,7 +43,7 @@ from fedsilo.tasks import gbdt_silo
 from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from fedsilo.tasks.gbdt.model import Tree
 from fedsilo.tasks.gbdt.privacy import MaskedHistograms, unmask_histograms
-from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
+from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit, sum_losses
 from fedsilo.tasks.gbdt_worker import (
     EXCHANGE_CALLS,
     HANDLER,
@@ -429,22 +429,19 @@ class DaskFederation:
         self.seconds["level"] += time.perf_counter() - started
         return total
 
-    def finish_round(self, trees: Sequence[Tree]) -> LossSum:
-        """Send the round's trees; return the summed training loss."""
+    def finish_round(self, trees: Sequence[Tree], loss: bool = True) -> LossSum | None:
+        """Send the round's trees; return the summed training loss (if ``loss``)."""
         started = time.perf_counter()
         self.trees_left -= 1
-        total = LossSum(0.0, 0)
         if self.trees_left > 0 and self._exponent is not None:
-            args: tuple[Any, ...] = (list(trees), self._exponent)
+            args: tuple[Any, ...] = (list(trees), self._exponent, loss)
             if self.secure is not None:
                 args = (*args, self.secure.next_tree())
             replies = self.calls.exchange("finish_and_start", *args)
-            for loss, _ in replies:
-                total = total + loss
+            total = sum_losses([r[0] for r in replies])
             self._started = combine([h for _, h in replies])
         else:
-            for loss in self.calls.exchange("finish_round", list(trees)):
-                total = total + loss
+            total = sum_losses(self.calls.exchange("finish_round", list(trees), loss))
         self.exchanges += 1
         self.seconds["finish"] += time.perf_counter() - started
         return total

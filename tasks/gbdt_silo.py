@@ -240,13 +240,16 @@ class BoostingSilo:
         margin[:] = self._saved_test[0]
         self._test_offsets = self._saved_test[1].copy()
 
-    def finish_round(self, trees: Sequence[Tree]) -> LossSum:
-        """Add the round's trees to the train and test margins; return the loss."""
+    def finish_round(self, trees: Sequence[Tree], loss: bool = True) -> LossSum | None:
+        """Add the round's trees to the train and test margins; return the loss.
+
+        The loss (None without ``loss``) is summed over the silo's training rows.
+        """
         started = time.thread_time()
-        loss = self.state.finish_round(trees)
+        total = self.state.finish_round(trees, loss)
         self.add_test_trees(trees, range(len(trees)))
         self._busy("finish_round", started)
-        return loss
+        return total
 
     def timings(self) -> dict[str, float]:
         """Return the CPU seconds this silo has spent per call (its thread's)."""
@@ -258,10 +261,14 @@ class BoostingSilo:
         )
 
     def finish_and_start(
-        self, trees: Sequence[Tree], exponent: int, context: MaskContext | None = None
-    ) -> tuple[LossSum, Histograms]:
+        self,
+        trees: Sequence[Tree],
+        exponent: int,
+        loss: bool,
+        context: MaskContext | None = None,
+    ) -> tuple[LossSum | None, Histograms]:
         """Finish this round and start the next on the grid ``2**-exponent``."""
-        return self.finish_round(trees), self.start_round(exponent, context)
+        return self.finish_round(trees, loss), self.start_round(exponent, context)
 
     def evaluate(self, setup: BoostingSetup, round_number: int) -> list[Evaluation]:
         """Score the current model on the silo's train and test rows."""

@@ -28,7 +28,7 @@ from distributed.protocol import to_serialize
 
 from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from fedsilo.tasks.gbdt.privacy import MaskedHistograms
-from fedsilo.tasks.gbdt.silo_state import LossSum
+from fedsilo.tasks.gbdt.silo_state import LossSum, sum_losses
 
 #: The worker RPC operation that serves boosting exchanges.
 HANDLER = "fedsilo_gbdt_exchange"
@@ -74,18 +74,18 @@ def merge_co_hosted(replies: Sequence[Any]) -> list[Any]:
         return list(replies)
     if all(isinstance(r, NodeHistograms) for r in replies):
         return [sum_histograms(replies)]
-    if all(isinstance(r, LossSum) for r in replies):
-        return [_sum_losses(replies)]
+    if all(isinstance(r, LossSum) or r is None for r in replies):
+        return [sum_losses(replies)]
     if all(
         isinstance(r, tuple)
         and len(r) == 2
-        and isinstance(r[0], LossSum)
+        and (isinstance(r[0], LossSum) or r[0] is None)
         and isinstance(r[1], NodeHistograms)
         for r in replies
     ):
         return [
             (
-                _sum_losses([r[0] for r in replies]),
+                sum_losses([r[0] for r in replies]),
                 sum_histograms([r[1] for r in replies]),
             )
         ]
@@ -99,13 +99,6 @@ def payload_bytes(value: Any) -> int:
     if isinstance(value, tuple):
         return sum(payload_bytes(v) for v in value)
     return len(pickle.dumps(value, protocol=5))
-
-
-def _sum_losses(losses: Sequence[LossSum]) -> LossSum:
-    total = losses[0]
-    for loss in losses[1:]:
-        total = total + loss
-    return total
 
 
 def _exchange(

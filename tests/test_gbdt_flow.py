@@ -247,6 +247,9 @@ def test_payloads_hold_no_rows(
             # Gradient sums, never a feature value of any row.
             assert not np.isin(h.grad, values).any()
     assert histograms >= 4 * 3
+    # The flow reads no per-tree training loss, so none is computed or sent.
+    finished = [r for _, name, (_, r) in payloads if name == "gbdt-finish_and_start"]
+    assert finished and all(loss is None for loss, _ in finished)
     traffic = summary["traffic"]
     assert set(traffic) == set(n_rows)
 
@@ -508,10 +511,13 @@ def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
                 calls.states["silo-0"].release()
                 address = workers["silo-0"]
                 deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and client.run(
-                    lambda dask_worker: key in dask_worker.state.actors,
-                    workers=[address],
-                )[address]:
+                while (
+                    time.monotonic() < deadline
+                    and client.run(
+                        lambda dask_worker: key in dask_worker.state.actors,
+                        workers=[address],
+                    )[address]
+                ):
                     time.sleep(0.05)
                 with pytest.raises(SiloFailedError, match=r"silo 'silo-0'.*not on"):
                     calls.exchange("start_round", 40)

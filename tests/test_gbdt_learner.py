@@ -211,6 +211,59 @@ def test_resume_from_json_checkpoint_reaches_the_same_model() -> None:
     assert len(seen) == 2 and seen[1] < seen[0]  # training loss goes down
 
 
+def test_training_loss_is_summed_only_when_asked() -> None:
+    X, y = data()
+    objective = make_objective("binary:logistic", 0)
+    params = GBDTParams.from_dict(
+        {"objective": "binary:logistic", "num_boost_round": 3, "max_bin": 16}
+    )
+    silo_data = [
+        prepare_silo_data(f"s{i}", X[i::2], y[i::2], objective) for i in range(2)
+    ]
+    cuts = federated_cuts([d.X for d in silo_data], params.max_bin)
+    stats = np.sum([objective.label_stats(d.y) for d in silo_data], axis=0)
+    intercept = objective.intercept(stats, None)
+
+    class Counting(InMemoryFederation):
+        asked: list[bool] = []
+
+        def finish_round(self, trees, loss=True):  # type: ignore[no-untyped-def]
+            self.asked.append(loss)
+            return super().finish_round(trees, loss)
+
+    def federation() -> Counting:
+        states = [
+            SiloTreeState.create(f"s{i}", d, cuts, objective)
+            for i, d in enumerate(silo_data)
+        ]
+        for s in states:
+            s.set_intercept(intercept)
+        return Counting(states)
+
+    seen: list[float] = []
+    sizes = {"n_rows": X.shape[0], "label_bound": 1.0}
+    model = train(
+        federation(),
+        cuts,
+        params,
+        intercept,
+        callback=lambda m, r: seen.append(r.value),
+        **sizes,
+    )
+    assert Counting.asked == [True] * 3
+    # The reported loss is the log loss of the model's own predictions.
+    pooled_X = np.concatenate([d.X for d in silo_data])
+    pooled_y = np.concatenate([d.y for d in silo_data])
+    p = predict(model, pooled_X)
+    expected = -np.mean(pooled_y * np.log(p) + (1 - pooled_y) * np.log(1 - p))
+    assert seen[-1] == pytest.approx(expected, rel=1e-6)
+
+    Counting.asked = []
+    quiet = train(federation(), cuts, params, intercept, **sizes)
+    assert Counting.asked == [False] * 3
+    assert dumps(quiet) == dumps(model)
+
+
 def test_training_is_deterministic() -> None:
     X, y = data()
     params = {"objective": "binary:logistic", "num_boost_round": 3, "max_bin": 16}

@@ -33,6 +33,7 @@ from fedsilo.tasks.gbdt.silo_state import (
     NodeSplit,
     SiloTreeState,
     prepare_silo_data,
+    sum_losses,
 )
 from fedsilo.tasks.gbdt.sketch import cut_points, merge_sketches, sketch_size, summarize
 from fedsilo.tasks.gbdt.split import SplitInfo, TreeParams, find_splits, leaf_weight
@@ -53,8 +54,11 @@ class Federation(Protocol):
         """Apply ``splits`` at every silo; return summed histograms of ``nodes``."""
         ...
 
-    def finish_round(self, trees: Sequence[Tree]) -> LossSum:
-        """Add the round's trees to every silo's margins; return the summed loss."""
+    def finish_round(self, trees: Sequence[Tree], loss: bool = True) -> LossSum | None:
+        """Add the round's trees to every silo's margins; return the summed loss.
+
+        With ``loss=False`` the silos skip computing it and None comes back.
+        """
         ...
 
 
@@ -74,12 +78,9 @@ class InMemoryFederation:
         """Return the silos' summed histograms after applying ``splits``."""
         return sum_histograms([s.level(splits, nodes) for s in self.silos])
 
-    def finish_round(self, trees: Sequence[Tree]) -> LossSum:
-        """Return the silos' summed loss after adding ``trees``."""
-        total = LossSum(0.0, 0)
-        for s in self.silos:
-            total = total + s.finish_round(trees)
-        return total
+    def finish_round(self, trees: Sequence[Tree], loss: bool = True) -> LossSum | None:
+        """Return the silos' summed loss after adding ``trees`` (None: not asked)."""
+        return sum_losses([s.finish_round(trees, loss) for s in self.silos])
 
 
 class _TreeBuilder:
@@ -143,8 +144,11 @@ def grow_round(
     p: TreeParams,
     offsets: np.ndarray,
     exponent: int,
-) -> tuple[list[Tree], LossSum]:
+    loss: bool = True,
+) -> tuple[list[Tree], LossSum | None]:
     """Grow one tree per output from summed histograms; return trees and loss.
+
+    The training loss after the trees is summed only when ``loss`` is set.
 
     ``offsets`` (one per output) are added to every node value: the multi-class
     intercepts in the first round, zeros otherwise. Silos round gradients to
@@ -195,7 +199,7 @@ def grow_round(
         cache = new_cache
         frontier = sorted(new_cache)
     trees = [b.finish(p, float(offsets[t])) for t, b in enumerate(builders)]
-    return trees, federation.finish_round(trees)
+    return trees, federation.finish_round(trees, loss)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +252,9 @@ def train(
         offsets = intercept.offsets if r == 0 else np.zeros(params.n_outputs)
         bound = objective.gradient_bound(label_bound, margin_bound)
         exponent = gradient_exponent(n_rows, bound)
-        new, loss = grow_round(federation, cuts, params.tree, offsets, exponent)
+        new, loss = grow_round(
+            federation, cuts, params.tree, offsets, exponent, callback is not None
+        )
         margin_bound += sum(float(np.max(np.abs(t.value))) for t in new)
         trees.extend(new)
         info.extend(range(len(new)))
@@ -262,7 +268,7 @@ def train(
             cuts=model.cuts,
             feature_names=model.feature_names,
         )
-        if callback is not None:
+        if callback is not None and loss is not None:
             value = objective.metric_value(loss.loss_sum, loss.n_samples)
             callback(model, RoundResult(r, loss, objective.metric, value))
     return model

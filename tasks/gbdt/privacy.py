@@ -245,9 +245,9 @@ class NoisyFederation:
         self.releases += 1
         return out
 
-    def finish_round(self, trees: Sequence[Tree]) -> LossSum:
+    def finish_round(self, trees: Sequence[Tree], loss: bool = True) -> LossSum | None:
         """Pass the trees on; the loss sum is a training metric, not a release."""
-        return self.inner.finish_round(trees)
+        return self.inner.finish_round(trees, loss)
 
 
 def noisy_label_stats(

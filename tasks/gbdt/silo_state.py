@@ -65,6 +65,16 @@ class LossSum:
         return LossSum(self.loss_sum + other.loss_sum, self.n_samples + other.n_samples)
 
 
+def sum_losses(losses: Sequence[LossSum | None]) -> LossSum | None:
+    """Add silos' loss sums; None when any silo was not asked for one."""
+    total = LossSum(0.0, 0)
+    for loss in losses:
+        if loss is None:
+            return None
+        total = total + loss
+    return total
+
+
 @dataclass(frozen=True, slots=True)
 class SiloData:
     """A silo's validated rows: float32 features and float64 labels."""
@@ -310,11 +320,12 @@ class SiloTreeState:
         self.apply_splits(splits)
         return self.histograms(nodes)
 
-    def finish_round(self, trees: Sequence[Tree]) -> LossSum:
+    def finish_round(self, trees: Sequence[Tree], loss: bool = True) -> LossSum | None:
         """Route rows to the round's leaves, add leaf values to margins, clear offsets.
 
         ``trees[t]`` fits output ``t``; its leaves already hold the offsets of the
-        first round, which is why the offsets are cleared here.
+        first round, which is why the offsets are cleared here. Returns the
+        training loss at the new margins, or None without ``loss``.
         """
         binned, _, margin = self._data()
         _, _, positions = self._round()
@@ -325,7 +336,7 @@ class SiloTreeState:
             margin[:, t] += tree.value[leaf].astype(np.float64)
         self._offsets = np.zeros_like(self._offsets)
         self._grad = self._hess = self._positions = None
-        return self.loss()
+        return self.loss() if loss else None
 
     def save_margins(self) -> None:
         """Remember the margins, to undo a round of trees that is abandoned."""
