@@ -86,6 +86,7 @@ class BoostingRun:
     model: GBDTModel | None = None
     history: list[run_state.RoundResult] = dataclasses.field(default_factory=list)
     last_updates: list[LocalUpdate] = dataclasses.field(default_factory=list)
+    last_evaluations: list[Evaluation] = dataclasses.field(default_factory=list)
     grow_seconds: float = 0.0
     privacy: BoostingPrivacy = dataclasses.field(
         default_factory=lambda: BoostingPrivacy()
@@ -539,6 +540,7 @@ def federated_boosting_round(run_id: str, round_number: int) -> run_state.RoundR
     evaluations = [e for future in futures for e in future.result()]
     updates = _updates(state, round_number, before, grown, evaluations)
     state.last_updates = updates
+    state.last_evaluations = evaluations
     path = checkpoint_model(run_id, round_number, model, evaluations, updates)
     test_metrics = global_metrics(
         [e for e in evaluations if e.split == "test"], state.spec.task

@@ -207,26 +207,27 @@ def _evaluation_rows(
     return pd.DataFrame(rows, columns=comparison.COMPARISON_SCHEMA.names)
 
 
-def _local_overall(local: pd.DataFrame, runs: str) -> pd.DataFrame:
-    """Return global rows of the local-only models, combined from their silos."""
-    rows = []
-    for (round_number, split, metric), group in local.groupby(
-        ["round", "split", "metric"]
-    ):
-        pairs = list(zip(group["value"], group["n_samples"], strict=True))
-        rows.append(
-            {
-                "variant": "local",
-                "run": runs,
-                "round": round_number,
-                "silo": "global",
-                "split": split,
-                "metric": metric,
-                "value": comparison.combine_silos(pairs, str(metric)),
-                "n_samples": int(group["n_samples"].sum()),
-            }
-        )
-    return pd.DataFrame(rows, columns=comparison.COMPARISON_SCHEMA.names)
+@dataclasses.dataclass(slots=True)
+class RoundScores:
+    """A round listener keeping the silos' evaluations of the chosen runs."""
+
+    run_ids: set[str]
+    evaluations: list[Evaluation] = dataclasses.field(default_factory=list)
+
+    def __call__(self, result: run_state.RoundResult, state: Any) -> None:
+        """Keep the round's evaluations if the run is one of ours."""
+        if state.run_id in self.run_ids:
+            self.evaluations.extend(state.last_evaluations)
+
+
+def local_overall(evaluations: list[Evaluation], runs: str, task: str) -> pd.DataFrame:
+    """Return the local-only variant's global rows, exact as a federated round's.
+
+    Each silo's own model scores its own rows; the silos' sums (not their
+    metrics) combine, so R2 uses the pooled label variance.
+    """
+    rows = _evaluation_rows("local", runs, evaluations, task)
+    return rows[rows["silo"] == "global"].reset_index(drop=True)
 
 
 def variant_federation(name: str) -> str:
@@ -390,22 +391,29 @@ def federated_comparison(
         known = tuple(summary["classes"])
         linear = spec.model.kind != "xgboost"  # trees take classes from params
         local_frames = []
-        for i, silo in enumerate(spec.silos):
-            run_id = _run_id(compare_id, "local", silo.name, i)
-            started = time.perf_counter()
-            variant = _variant_spec(attached, [silo])
-            # A silo may hold one class only (label skew): its model still
-            # learns the federation's classes, as the silo would know them.
-            federated_training(
-                variant, run_id=run_id, known_classes=known if linear else ()
-            )
-            wall["local", silo.name] = time.perf_counter() - started
-            rows = _run_rows(variant, run_id, "local")
-            local_frames.append(rows[rows["silo"] == silo.name])
+        scores = RoundScores(
+            {_run_id(compare_id, "local", s.name, i) for i, s in enumerate(spec.silos)}
+        )
+        run_state.listeners.append(scores)
+        try:
+            for i, silo in enumerate(spec.silos):
+                run_id = _run_id(compare_id, "local", silo.name, i)
+                started = time.perf_counter()
+                variant = _variant_spec(attached, [silo])
+                # A silo may hold one class only (label skew): its model still
+                # learns the federation's classes, as the silo would know them.
+                federated_training(
+                    variant, run_id=run_id, known_classes=known if linear else ()
+                )
+                wall["local", silo.name] = time.perf_counter() - started
+                rows = _run_rows(variant, run_id, "local")
+                local_frames.append(rows[rows["silo"] == silo.name])
+        finally:
+            run_state.listeners.remove(scores)
         local = pd.concat(local_frames, ignore_index=True)
         local = local[~local["metric"].isin(comparison.TRAFFIC)]
         runs["local"] = _run_id(compare_id, "local", "*")
-        frames += [local, _local_overall(local, runs["local"])]
+        frames += [local, local_overall(scores.evaluations, runs["local"], spec.task)]
         wall["local", "global"] = sum(wall["local", s] for s in names)
 
         if pooled is not None:

@@ -143,6 +143,7 @@ def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
     evaluations, lost = _evaluate(run_id, round_number, scorers, logger)
     for error in lost:
         absent[error.silo] = "failed"
+    state.last_evaluations = evaluations
     path = checkpoint(
         run_id,
         round_number,

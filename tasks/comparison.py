@@ -83,22 +83,6 @@ def raw_bytes(n_rows: int, n_features: int) -> int:
     return int(n_rows) * (int(n_features) + 1) * VALUE_BYTES
 
 
-def combine_silos(values: Sequence[tuple[float, int]], metric: str) -> float:
-    """Combine per-silo values of one metric into one over all their rows.
-
-    Means (accuracy, log loss, MAE) and the project's ROC AUC (the row-weighted
-    mean of the silos' AUCs) combine exactly by row weights and RMSE by its
-    squares; R² is approximated by the row-weighted mean of the silos' R².
-    """
-    usable = [(v, n) for v, n in values if n > 0 and not math.isnan(v)]
-    total = sum(n for _, n in usable)
-    if total == 0:
-        return float("nan")
-    if metric == "rmse":
-        return math.sqrt(sum(v * v * n for v, n in usable) / total)
-    return sum(v * n for v, n in usable) / total
-
-
 def comparison_table(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pa.Table:
     """Validate rows and cast them to :data:`COMPARISON_SCHEMA`."""
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))

@@ -19,7 +19,7 @@ from distributed import Future
 from fedsilo.cluster import SiloCluster
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks.checkpoint_store import CheckpointStore
-from fedsilo.tasks.messages import LocalUpdate
+from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.silo import FitConfig
 
 
@@ -54,6 +54,7 @@ class RunState:
     params: dict[str, np.ndarray]
     history: list[RoundResult] = field(default_factory=list)
     last_updates: list[LocalUpdate] = field(default_factory=list)
+    last_evaluations: list[Evaluation] = field(default_factory=list)
     keypairs: dict[str, Future] = field(default_factory=dict)  # stay on workers
     # Each silo's compression.SiloCompressor (with its residual): stays on workers.
     compressors: dict[str, Future] = field(default_factory=dict)
@@ -101,6 +102,7 @@ class RunView(Protocol):
 
     spec: FederationSpec
     run_id: str
+    last_evaluations: list[Evaluation]  # the silos' scores of the latest round
 
 
 #: Called after every round with its result and the run (a RunState for

@@ -55,20 +55,49 @@ def test_rounds_to_reach_is_the_first_round_within_five_percent() -> None:
     assert comparison.rounds_to_reach([(1, float("nan")), (2, 0.3)], 0.1) == 2.0
 
 
-def test_combining_silos_equals_the_pooled_metric() -> None:
-    rng = np.random.default_rng(0)
-    errors = [rng.normal(size=n) for n in (5, 17, 40)]
-    rmse = [(float(np.sqrt(np.mean(e**2))), len(e)) for e in errors]
-    mae = [(float(np.mean(np.abs(e))), len(e)) for e in errors]
-    pooled = np.concatenate(errors)
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_local_only_global_rows_equal_the_pooled_metrics(task: str) -> None:
+    from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, r2_score
 
-    assert comparison.combine_silos(rmse, "rmse") == pytest.approx(
-        np.sqrt(np.mean(pooled**2))
-    )
-    assert comparison.combine_silos(mae, "mae") == pytest.approx(
-        np.mean(np.abs(pooled))
-    )
-    assert math.isnan(comparison.combine_silos([(0.5, 0)], "accuracy"))
+    from fedsilo.flows.compare import local_overall
+    from fedsilo.tasks.messages import Evaluation
+    from fedsilo.tasks.metrics import classification_scores, regression_scores
+
+    rng = np.random.default_rng(0)
+    # Silos whose label means differ: a row-weighted mean of their R² is not
+    # the R² over all their rows.
+    ys, predictions, evaluations = [], [], []
+    for i, n in enumerate((5, 17, 40)):
+        if task == "regression":
+            y = rng.normal(loc=3.0 * i, size=n)
+            p = y + rng.normal(scale=0.5 + i, size=n)
+            metrics, sums = regression_scores(y, p)
+        else:
+            y = (rng.random(n) < 0.2 + 0.3 * i).astype(int)
+            p = np.clip(0.6 * y + 0.2 + rng.normal(scale=0.2, size=n), 0.01, 0.99)
+            metrics, sums = classification_scores(
+                y, np.column_stack([1 - p, p]), np.array([0, 1])
+            )
+        ys.append(y)
+        predictions.append(p)
+        evaluations.append(
+            Evaluation(f"silo-{i}", 1, f"silo-{i}", "test", n, metrics, sums)
+        )
+
+    rows = local_overall(evaluations, "local-*", task)
+
+    got = dict(zip(rows["metric"], rows["value"], strict=True))
+    assert set(rows["silo"]) == {"global"} and set(rows["n_samples"]) == {62}
+    y, p = np.concatenate(ys), np.concatenate(predictions)
+    if task == "regression":
+        assert got["r2"] == pytest.approx(r2_score(y, p), rel=1e-12)
+        assert got["rmse"] == pytest.approx(np.sqrt(np.mean((y - p) ** 2)))
+        assert got["mae"] == pytest.approx(mean_absolute_error(y, p))
+        weighted = sum(e.metrics["r2"] * e.n_samples for e in evaluations) / 62
+        assert abs(weighted - r2_score(y, p)) > 0.01  # what was reported before
+    else:
+        assert got["accuracy"] == pytest.approx(accuracy_score(y, p > 0.5))
+        assert got["log_loss"] == pytest.approx(log_loss(y, p))
 
 
 def test_comparison_table_names_a_missing_column() -> None:
