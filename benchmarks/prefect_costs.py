@@ -11,7 +11,9 @@ with a LocalCluster of 4 single-threaded worker processes, it times:
   (like the round's fit/evaluate tasks), N = 4 and 32;
 - a wave of N pinned ``Client.submit`` round trips without Prefect;
 - a wave of N Prefect tasks each doing one pinned ``Client.submit`` round trip
-  (exactly what ``fit_local``/``evaluate_local`` do).
+  (what ``fit_local``/``evaluate_local`` did until session 4);
+- a wave of N Prefect tasks each sending one request straight to a worker
+  handler (what they do now, tasks/silo_rpc.py).
 
 Run from the repository root::
 
@@ -62,6 +64,25 @@ def dask_task(i: int, worker: str) -> int:
         _noop, i, workers=[worker], allow_other_workers=False, pure=False
     )
     return int(future.result(timeout=60))
+
+
+def _install_noop(dask_worker: Any) -> None:
+    """Serve a do-nothing request on a worker (as tasks/silo_rpc.py serves one)."""
+
+    def fedsilo_noop(i: int = 0) -> int:
+        return i
+
+    dask_worker.handlers["fedsilo_noop"] = fedsilo_noop
+
+
+@task(name="rpc-roundtrip", **OPTIONS)
+def rpc_task(i: int, worker: str) -> int:
+    client: Client = CLIENT["client"]
+
+    async def call() -> int:
+        return int(await client.rpc(worker).fedsilo_noop(i=i))
+
+    return int(client.sync(call))
 
 
 @flow(name="empty-round", persist_result=False, validate_parameters=False)
@@ -121,6 +142,12 @@ def measure(repeat: int) -> dict[str, float]:
         out[f"wave_{n}_empty_tasks"] = timed(wave_tasks, repeat)
         out[f"wave_{n}_dask_submits"] = timed(wave_dask, repeat)
         out[f"wave_{n}_tasks_with_dask"] = timed(wave_both, repeat)
+
+        def wave_rpc(pins: list[str] = pins) -> None:
+            for f in [rpc_task.submit(i, w) for i, w in enumerate(pins)]:
+                f.result()
+
+        out[f"wave_{n}_tasks_with_rpc"] = timed(wave_rpc, repeat)
     return out
 
 
@@ -140,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         Client(cluster) as client,
     ):
         CLIENT["client"] = client
+        client.run(_install_noop)
         figures = measure(args.repeat)
     for name, seconds in figures.items():
         print(f"{name:<28} {seconds * 1000:8.1f} ms")

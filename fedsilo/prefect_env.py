@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterator
 
 EPHEMERAL_DEFAULTS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "5",
+    # Events too: by default every 20 events are one SQLite write, i.e. ten a
+    # round at 32 silos; a request racing one gets 503 and Prefect's client
+    # waits 2 s before trying again. The ephemeral API serves no UI, and both
+    # services write what they hold when it stops.
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "1000",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "5",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # The ephemeral API must answer within this; Prefect's 20 s default fails
     # `fedsilo run` outright on a busy machine (seen at load average 15).

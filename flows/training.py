@@ -17,7 +17,7 @@ from fedsilo.flows.reporting import finish_run
 from fedsilo.flows.round import federated_round
 from fedsilo.flows.round_loop import run_rounds
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks import run_state, sklearn_models
+from fedsilo.tasks import run_state, silo_rpc, sklearn_models
 from fedsilo.tasks.checkpoint_store import CheckpointStore, new_run_id
 from fedsilo.tasks.compression import SiloCompressor
 from fedsilo.tasks.encoding import Encoding, global_categories
@@ -151,6 +151,17 @@ def open_silos(
         {
             name: cluster.submit(name, row_count, f, key=f"count-{name}-{run_id}")
             for name, f in prepared.items()
+        },
+    )
+    # Every worker serves the round's fit and scoring requests (tasks/silo_rpc.py).
+    hosts = cluster.by_worker(list(prepared))
+    _gather(
+        spec,
+        {
+            silos[0]: cluster.submit(
+                silos[0], silo_rpc.installed, key=f"silo-rpc-{silos[0]}-{run_id}"
+            )
+            for silos in hosts.values()
         },
     )
     return {

@@ -2,13 +2,14 @@
 
 Each runs in the coordinator's thread pool. The ones that touch silos run one
 per worker and phase (``fit-<worker>-rNNNN``; with one worker per silo the
-worker is named after its silo): each submits ONE Dask task, pinned to that
-worker, that fits or scores the worker's silos in turn, and waits for the small
-per-silo replies. Silo workers need no Prefect API access.
+worker is named after its silo): each sends ONE request to that worker
+(tasks/silo_rpc.py), which fits or scores the worker's silos in turn, and
+waits for the small per-silo replies. Silo workers need no Prefect API access.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,14 +19,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fedsilo.errors import FedsiloError, SiloFailedError, SiloLateError
-from fedsilo.tasks import run_state
+from fedsilo.tasks import run_state, silo_rpc
 from fedsilo.tasks.checkpoint_store import MetricRow
 from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.metrics import global_metrics
 from fedsilo.tasks.privacy.accountant import epsilon_spent
 from fedsilo.tasks.privacy.secagg import MaskContext
 from fedsilo.tasks.round_aggregation import Combined, combine
-from fedsilo.tasks.silo_batch import SiloFault, evaluate_silos, fit_silos
+from fedsilo.tasks.silo_batch import SiloFault
 from fedsilo.tasks.silo_privacy import PrivacyRequest
 
 
@@ -89,22 +90,41 @@ def _silo_errors(
     return [type(error)(silo, reason) for silo in silos]
 
 
-def _replies(
+def call_worker(
+    state: run_state.RunState,
     worker: str,
     silos: Sequence[str],
-    future: Future,
-    timeout: float,
+    phase: str,
+    args: Sequence[Any],
     deadline: float | None = None,
 ) -> list[Any]:
-    """Return a worker task's per-silo replies, failures as SiloFailedError.
+    """Run a phase's batch at the worker holding ``silos``; return the replies.
 
-    A failure of the whole task is every silo's failure (:class:`SiloLateError`
-    past the deadline).
+    Failures come back as SiloFailedError per silo; the whole batch failing
+    (lost worker, no reply within the silo timeout, :class:`SiloLateError` past
+    the deadline) is every one of its silos' failure. A late batch's reply is
+    never read.
     """
+    timeout = state.spec.cluster.silo_timeout
+    wait = timeout if deadline is None else min(timeout, deadline)
+    address = state.cluster.workers[silos[0]]
+    client = state.cluster.client
+
+    async def send() -> Any:
+        return await asyncio.wait_for(silo_rpc.call(client, address, phase, args), wait)
+
     try:
-        replies = wait_silo(worker, future, timeout, deadline)
-    except SiloFailedError as error:
-        return list(_silo_errors(worker, silos, error))
+        replies = client.sync(send)
+    except TimeoutError:
+        if deadline is not None and deadline <= timeout:
+            late = SiloLateError(worker, f"missed the {deadline:g}s deadline")
+            return list(_silo_errors(worker, silos, late))
+        lost = SiloFailedError(worker, f"no reply within {timeout:g}s")
+        return list(_silo_errors(worker, silos, lost))
+    except Exception as error:
+        text = str(error).splitlines()[0] if str(error) else ""
+        failed = SiloFailedError(worker, f"{type(error).__name__}: {text}")
+        return list(_silo_errors(worker, silos, failed))
     assert isinstance(replies, list) and len(replies) == len(silos)
     return [
         SiloFailedError(r.silo, r.reason) if isinstance(r, SiloFault) else r
@@ -131,9 +151,7 @@ def fit_local(
     Returns their (protected) updates and the failures, each naming its silo.
     """
     state = run_state.get(run_id)
-    future = state.submit_to(
-        state.cluster.workers[silos[0]],
-        fit_silos,
+    args = (
         list(silos),
         [state.prepared[silo] for silo in silos],
         [privacy_request(state, s, round_number, attempt, roster) for s in silos],
@@ -142,14 +160,9 @@ def fit_local(
         state.config,
         round_number,
         [state.compressors.get(silo) for silo in silos],
-        key=f"fit-{worker}-r{round_number}-a{attempt}",
     )
-    replies = _replies(
-        worker,
-        silos,
-        future,
-        state.spec.cluster.silo_timeout,
-        state.spec.strategy.deadline,
+    replies = call_worker(
+        state, worker, silos, "fit", args, state.spec.strategy.deadline
     )
     updates = [r for r in replies if isinstance(r, LocalUpdate)]
     return updates, [r for r in replies if isinstance(r, SiloFailedError)]
@@ -207,17 +220,14 @@ def evaluate_local(
     Returns the evaluations and the failures, each naming its silo.
     """
     state = run_state.get(run_id)
-    future = state.submit_to(
-        state.cluster.workers[silos[0]],
-        evaluate_silos,
+    args = (
         list(silos),
         [state.prepared[silo] for silo in silos],
         state.params,
         state.config,
         round_number,
-        key=f"evaluate-{worker}-r{round_number}",
     )
-    replies = _replies(worker, silos, future, state.spec.cluster.silo_timeout)
+    replies = call_worker(state, worker, silos, "evaluate", args)
     evaluations = [e for r in replies if isinstance(r, list) for e in r]
     return evaluations, [r for r in replies if isinstance(r, SiloFailedError)]
 
