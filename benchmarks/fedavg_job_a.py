@@ -207,7 +207,7 @@ def instrument(marks: dict[str, float]) -> None:
     """
     from fedsilo.flows import training
 
-    real_cluster, real_open = training.silo_cluster, training.open_silos
+    real_cluster, real_open = training.spec_cluster, training.open_silos
 
     @contextlib.contextmanager
     def timed_cluster(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -222,7 +222,7 @@ def instrument(marks: dict[str, float]) -> None:
         finally:
             marks["silos_opened"] = elapsed()
 
-    training.silo_cluster = timed_cluster
+    training.spec_cluster = timed_cluster  # type: ignore[assignment]
     training.open_silos = timed_open
 
 

@@ -97,7 +97,7 @@ def instrumented(marks: dict[str, float], started: float) -> Iterator[None]:
     """Record when the cluster is ready and when ``open_silos`` returns."""
     from fedsilo.flows import training
 
-    real_cluster, real_open = training.silo_cluster, training.open_silos
+    real_cluster, real_open = training.spec_cluster, training.open_silos
 
     @contextlib.contextmanager
     def timed_cluster(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -112,12 +112,12 @@ def instrumented(marks: dict[str, float], started: float) -> Iterator[None]:
         finally:
             marks["silos_opened_s"] = time.perf_counter() - started
 
-    training.silo_cluster = timed_cluster  # type: ignore[assignment]
+    training.spec_cluster = timed_cluster  # type: ignore[assignment]
     training.open_silos = timed_open  # type: ignore[assignment]
     try:
         yield
     finally:
-        training.silo_cluster = real_cluster  # type: ignore[assignment]
+        training.spec_cluster = real_cluster  # type: ignore[assignment]
         training.open_silos = real_open  # type: ignore[assignment]
 
 
