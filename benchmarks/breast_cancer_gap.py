@@ -52,8 +52,12 @@ def main() -> None:
         for partition in ("iid", "dirichlet"):
             out = Path(tmp) / partition
             spec_path = write_federation(
-                "breast_cancer", n_silos=args.silos, partition=partition, out=out,
-                alpha=args.alpha, rounds=args.rounds,
+                "breast_cancer",
+                n_silos=args.silos,
+                partition=partition,
+                out=out,
+                alpha=args.alpha,
+                rounds=args.rounds,
             )
             spec = load_spec(spec_path)
             spec = FederationSpec.model_validate(

@@ -84,26 +84,9 @@ def write_synthetic(root: Path, rows: int) -> list[dict[str, str]]:
     frame["label"] = y.astype(np.int64)
     n_test = rows // 5
     train, test = frame.iloc[:-n_test], frame.iloc[-n_test:]
-    silos = []
-    for i, (a, b) in enumerate(
-        zip(
-            np.array_split(np.arange(len(train)), SILOS),
-            np.array_split(np.arange(len(test)), SILOS),
-            strict=True,
-        )
-    ):
-        folder = root / f"silo-{i}"
-        folder.mkdir(parents=True, exist_ok=True)
-        train.iloc[a].to_parquet(folder / "train.parquet", index=False)
-        test.iloc[b].to_parquet(folder / "test.parquet", index=False)
-        silos.append(
-            {
-                "name": f"silo-{i}",
-                "train": str(folder / "train.parquet"),
-                "test": str(folder / "test.parquet"),
-            }
-        )
-    return silos
+    from fedsilo.datasets.writer import write_slices
+
+    return write_slices(train, test, SILOS, root)
 
 
 def write_breast_cancer(root: Path) -> list[dict[str, Any]]:

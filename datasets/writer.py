@@ -52,6 +52,35 @@ def _model_params(model_kind: str, data: Dataset) -> dict[str, Any]:
     return {**params, "objective": "multi:softprob", "num_class": n_classes}
 
 
+def write_slices(
+    train: pd.DataFrame, test: pd.DataFrame, n_silos: int, out: Path
+) -> list[dict[str, str]]:
+    """Write contiguous train and test slices, one pair of Parquet files per silo.
+
+    Silo ``i`` is ``silo-<i>`` under ``out``; returns the spec's silo entries.
+    """
+    silos = []
+    for i, (a, b) in enumerate(
+        zip(
+            np.array_split(np.arange(len(train)), n_silos),
+            np.array_split(np.arange(len(test)), n_silos),
+            strict=True,
+        )
+    ):
+        folder = out / f"silo-{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        train.iloc[a].to_parquet(folder / "train.parquet", index=False)
+        test.iloc[b].to_parquet(folder / "test.parquet", index=False)
+        silos.append(
+            {
+                "name": f"silo-{i}",
+                "train": str(folder / "train.parquet"),
+                "test": str(folder / "test.parquet"),
+            }
+        )
+    return silos
+
+
 def write_federation(
     dataset: str,
     *,

@@ -39,7 +39,7 @@ from distributed import Actor, Client, Future
 from distributed.protocol import to_serialize
 
 from fedsilo.errors import FedsiloError, SiloFailedError
-from fedsilo.tasks import gbdt_silo
+from fedsilo.tasks import gbdt_silo, worker_rpc
 from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from fedsilo.tasks.gbdt.model import Tree
 from fedsilo.tasks.gbdt.privacy import MaskedHistograms, unmask_histograms
@@ -286,7 +286,10 @@ class SiloCalls:
         """
         calls = {
             address: asyncio.ensure_future(
-                getattr(self.client.rpc(address), HANDLER)(
+                worker_rpc.request(
+                    self.client,
+                    address,
+                    HANDLER,
                     keys=[self.states[s].key for s in silos],
                     silos=silos,
                     method=method,

@@ -19,13 +19,13 @@ what each silo sends when it has a worker of its own.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from distributed import get_worker
 from distributed.protocol import to_serialize
 
+from fedsilo.tasks import worker_rpc
 from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from fedsilo.tasks.gbdt.privacy import MaskedHistograms
 from fedsilo.tasks.gbdt.silo_state import LossSum, sum_losses
@@ -49,19 +49,19 @@ class SiloCallFailed:
 
 def install_handler() -> None:
     """Serve :data:`HANDLER` on the current worker (idempotent)."""
-    worker = get_worker()
-    if HANDLER in worker.handlers:
-        return
 
-    def fedsilo_gbdt_exchange(
-        keys: Sequence[str] = (),
-        silos: Sequence[str] = (),
-        method: str = "",
-        args: Sequence[Any] = (),
-    ) -> dict[str, Any]:
-        return _exchange(worker, keys, silos, method, args)
+    def make(worker: Any) -> Callable[..., dict[str, Any]]:
+        def fedsilo_gbdt_exchange(
+            keys: Sequence[str] = (),
+            silos: Sequence[str] = (),
+            method: str = "",
+            args: Sequence[Any] = (),
+        ) -> dict[str, Any]:
+            return _exchange(worker, keys, silos, method, args)
 
-    worker.handlers[HANDLER] = fedsilo_gbdt_exchange
+        return fedsilo_gbdt_exchange
+
+    worker_rpc.serve(HANDLER, make)
 
 
 def merge_co_hosted(replies: Sequence[Any]) -> list[Any]:

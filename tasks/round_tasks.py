@@ -43,14 +43,26 @@ def wait_silo(
         return future.result(timeout=wait)
     except FedsiloError:
         raise
-    except TimeoutError:
-        future.cancel()
-        if deadline is not None and deadline <= timeout:
-            raise SiloLateError(silo, f"missed the {deadline:g}s deadline") from None
-        raise SiloFailedError(silo, f"no reply within {timeout:g}s") from None
     except Exception as error:
-        text = str(error).splitlines()[0] if str(error) else ""
-        raise SiloFailedError(silo, f"{type(error).__name__}: {text}") from error
+        if isinstance(error, TimeoutError):
+            future.cancel()
+        raise silo_failure(silo, error, timeout, deadline) from error
+
+
+def silo_failure(
+    silo: str, error: Exception, timeout: float, deadline: float | None = None
+) -> SiloFailedError:
+    """Name the silo whose call raised ``error``; a timeout is late or lost.
+
+    A ``TimeoutError`` is :class:`SiloLateError` when the deadline was the
+    shorter wait, else no reply within the silo timeout.
+    """
+    if isinstance(error, TimeoutError):
+        if deadline is not None and deadline <= timeout:
+            return SiloLateError(silo, f"missed the {deadline:g}s deadline")
+        return SiloFailedError(silo, f"no reply within {timeout:g}s")
+    text = str(error).splitlines()[0] if str(error) else ""
+    return SiloFailedError(silo, f"{type(error).__name__}: {text}")
 
 
 def privacy_request(
@@ -115,16 +127,9 @@ def call_worker(
 
     try:
         replies = client.sync(send)
-    except TimeoutError:
-        if deadline is not None and deadline <= timeout:
-            late = SiloLateError(worker, f"missed the {deadline:g}s deadline")
-            return list(_silo_errors(worker, silos, late))
-        lost = SiloFailedError(worker, f"no reply within {timeout:g}s")
-        return list(_silo_errors(worker, silos, lost))
     except Exception as error:
-        text = str(error).splitlines()[0] if str(error) else ""
-        failed = SiloFailedError(worker, f"{type(error).__name__}: {text}")
-        return list(_silo_errors(worker, silos, failed))
+        failure = silo_failure(worker, error, timeout, deadline)
+        return list(_silo_errors(worker, silos, failure))
     assert isinstance(replies, list) and len(replies) == len(silos)
     return [
         SiloFailedError(r.silo, r.reason) if isinstance(r, SiloFault) else r

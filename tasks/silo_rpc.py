@@ -1,11 +1,8 @@
 """A round's silo work sent straight to the silo's worker, not through the scheduler.
 
-A Dask task costs five messages (client to scheduler, scheduler to worker,
-worker back to scheduler, scheduler to client, client to worker for the
-result); a round's fit and scoring need one request and one reply per worker.
-Each silo worker serves :data:`HANDLER`: the coordinator's ``fit-<worker>`` and
-``evaluate-<worker>`` tasks call it through the Dask client's connection pool
-(TLS and all), and the worker runs the batch in its own task thread, so it
+Each silo worker serves :data:`HANDLER` (see tasks/worker_rpc.py): the
+coordinator's ``fit-<worker>`` and ``evaluate-<worker>`` tasks send it one
+request each, and the worker runs the batch in its own task thread, so it
 queues behind (and never beside) the silo's other work. The silo-resident
 arrays stay Dask futures owned by the coordinator; the request names their
 keys and the worker looks them up in its own memory.
@@ -19,9 +16,10 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from distributed import Future, get_worker
+from distributed import Future
 from distributed.protocol import to_serialize
 
+from fedsilo.tasks import worker_rpc
 from fedsilo.tasks.silo_batch import evaluate_silos, fit_silos
 
 #: The worker RPC operation that serves a round's per-worker batches.
@@ -71,12 +69,7 @@ def _named(reply: Any, worker: str) -> Any:
     return reply
 
 
-def install_handler() -> None:
-    """Serve :data:`HANDLER` on the current worker (idempotent); call in a task."""
-    worker = get_worker()
-    if HANDLER in worker.handlers:
-        return
-
+def _handler(worker: Any) -> Callable[..., Any]:
     async def fedsilo_silo_batch(phase: str = "", args: Sequence[Any] = ()) -> Any:
         if phase not in PHASES:
             raise ValueError(f"not a silo batch phase: {phase!r}")
@@ -86,41 +79,18 @@ def install_handler() -> None:
         replies = await loop.run_in_executor(worker.executors["default"], run)
         return {"replies": to_serialize(_named(replies, str(worker.name)))}
 
-    worker.handlers[HANDLER] = fedsilo_silo_batch
+    return fedsilo_silo_batch
 
 
 def installed() -> bool:
-    """Install the handler here and return True (a Dask task run on each worker)."""
-    install_handler()
+    """Serve :data:`HANDLER` on this worker and return True (run as a Dask task)."""
+    worker_rpc.serve(HANDLER, _handler)
     return True
 
 
-#: While a batch is out, how often the scheduler is asked if its worker is alive.
-WATCH_SECONDS = 0.5
-
-
-class WorkerLeftError(RuntimeError):
-    """The worker a batch was sent to left the cluster before answering."""
-
-
 async def call(client: Any, address: str, phase: str, args: Sequence[Any]) -> Any:
-    """Send one batch to the worker at ``address``; return its per-silo replies.
-
-    A worker that dies is noticed by the scheduler within moments, while a
-    connection to its closed port is retried for Dask's whole connect timeout:
-    the scheduler is asked every :data:`WATCH_SECONDS` while the batch is out,
-    and :class:`WorkerLeftError` ends the wait once the worker is gone.
-    """
-    rpc = client.rpc(address)
-    sent = asyncio.ensure_future(
-        getattr(rpc, HANDLER)(phase=phase, args=to_serialize(by_key(args)))
+    """Send one batch to the worker at ``address``; return its per-silo replies."""
+    answer = await worker_rpc.request(
+        client, address, HANDLER, phase=phase, args=to_serialize(by_key(args))
     )
-    try:
-        while True:
-            done, _ = await asyncio.wait({sent}, timeout=WATCH_SECONDS)
-            if done:
-                return sent.result()["replies"]
-            if address not in await client.scheduler.ncores(workers=[address]):
-                raise WorkerLeftError("its worker left the cluster")
-    finally:
-        sent.cancel()
+    return answer["replies"]

@@ -187,10 +187,16 @@ def test_rounds_override_is_validated_like_the_spec(
     assert "rounds: Input should be greater than or equal to 1" in err[0]
 
 
-def test_a_bad_run_id_is_refused_before_anything_runs(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    spec = tmp_path / "s.yaml"  # its silo file does not exist: never read
+def _unread_spec(tmp_path: Path, files: list[str], **extra: object) -> Path:
+    """Write a one-round spec whose silo files do not exist (never to be read).
+
+    Silo ``i`` is named ``"a"``, ``"b"``, ... and reads ``<files[i]>.parquet``.
+    """
+    spec = tmp_path / "s.yaml"
+    silos = [
+        {"name": chr(ord("a") + i), "train": str(tmp_path / f"{f}.parquet")}
+        for i, f in enumerate(files)
+    ]
     spec.write_text(
         yaml.safe_dump(
             {
@@ -198,11 +204,19 @@ def test_a_bad_run_id_is_refused_before_anything_runs(
                 "task": "classification",
                 "target": "label",
                 "rounds": 1,
-                "silos": [{"name": "a", "train": str(tmp_path / "none.parquet")}],
+                "silos": silos,
                 "checkpoints": str(tmp_path / "store"),
+                **extra,
             }
         )
     )
+    return spec
+
+
+def test_a_bad_run_id_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _unread_spec(tmp_path, ["none"])
 
     code = main(["run", str(spec), "--run-id", "../escape"])
 
@@ -215,22 +229,10 @@ def test_a_bad_run_id_is_refused_before_anything_runs(
 def test_bad_model_params_fail_once_before_any_silo_is_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = tmp_path / "s.yaml"  # its silo files do not exist: never read
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "task": "classification",
-                "target": "label",
-                "rounds": 1,
-                "model": {"kind": "sgd-logistic", "params": {"alpha": -1.0}},
-                "silos": [
-                    {"name": "a", "train": str(tmp_path / "a.parquet")},
-                    {"name": "b", "train": str(tmp_path / "b.parquet")},
-                ],
-                "checkpoints": str(tmp_path / "store"),
-            }
-        )
+    spec = _unread_spec(
+        tmp_path,
+        ["a", "b"],
+        model={"kind": "sgd-logistic", "params": {"alpha": -1.0}},
     )
 
     code = main(["run", str(spec)])

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 import yaml
-from silo_files import write_silos
 
+from fedsilo.datasets.writer import write_slices
 from fedsilo.errors import SiloDataError, SpecError
 from fedsilo.spec import parse_spec
 from fedsilo.tasks.checkpoint_store import CheckpointStore
@@ -122,7 +122,7 @@ def test_every_round_checkpoints_a_model_stock_xgboost_predicts_equally(
 ) -> None:
     frame = make_data(objective)
     train, test = frame.iloc[:700], frame.iloc[700:]
-    silos = write_silos(train, test, 4, tmp_path / "data")
+    silos = write_slices(train, test, 4, tmp_path / "data")
     spec = make_spec(silos, tmp_path / "store", shared_cluster, objective)
 
     summary = run(spec)
@@ -183,7 +183,7 @@ def test_one_two_and_four_silos_grow_the_same_trees(
     train, test = frame.iloc[:800], frame.iloc[800:]
     texts = []
     for k in (1, 2, 4):
-        silos = write_silos(train, test, k, tmp_path / f"data-{k}")
+        silos = write_slices(train, test, k, tmp_path / f"data-{k}")
         spec = make_spec(
             silos, tmp_path / "store", shared_cluster, rounds=1, trees_per_round=4
         )
@@ -201,7 +201,7 @@ def test_resumed_run_ends_with_the_same_model(
     tmp_path: Path, shared_cluster: str
 ) -> None:
     frame = make_data("multi:softprob")
-    silos = write_silos(frame.iloc[:700], frame.iloc[700:], 3, tmp_path / "data")
+    silos = write_slices(frame.iloc[:700], frame.iloc[700:], 3, tmp_path / "data")
     spec = make_spec(
         silos, tmp_path / "store", shared_cluster, "multi:softprob", rounds=3
     )
@@ -224,7 +224,7 @@ def test_payloads_hold_no_rows(
 ) -> None:
     frame = make_data("binary:logistic", n=1300)
     train, test = frame.iloc[:1000], frame.iloc[1000:]
-    silos = write_silos(train, test, 4, tmp_path / "data")
+    silos = write_slices(train, test, 4, tmp_path / "data")
     spec = make_spec(silos, tmp_path / "store", shared_cluster, rounds=1)
 
     summary = run(spec)
@@ -277,7 +277,7 @@ def test_silo_state_is_freed_at_the_end(tmp_path: Path, shared_cluster: str) -> 
     from distributed import Client
 
     frame = make_data("reg:squarederror", n=600)
-    silos = write_silos(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
+    silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
     spec = make_spec(
         silos, tmp_path / "store", shared_cluster, "reg:squarederror", rounds=1
     )
@@ -321,7 +321,7 @@ def test_bad_silo_data_names_the_silo_and_column(
     case: str, tmp_path: Path, shared_cluster: str
 ) -> None:
     frame = make_data("multi:softprob", n=400)
-    silos = write_silos(frame.iloc[:300], frame.iloc[300:], 3, tmp_path / "data")
+    silos = write_slices(frame.iloc[:300], frame.iloc[300:], 3, tmp_path / "data")
     path = Path(silos[1]["train"])
     _bad(pd.read_parquet(path), case).to_parquet(path, index=False)
     spec = make_spec(silos, tmp_path / "store", shared_cluster, "multi:softprob")
@@ -341,7 +341,7 @@ def test_non_numeric_feature_everywhere_is_refused(
 ) -> None:
     frame = make_data("binary:logistic", n=300)
     frame["x3"] = np.where(frame["x3"] > 0, "high", "low")
-    silos = write_silos(frame.iloc[:200], frame.iloc[200:], 2, tmp_path / "data")
+    silos = write_slices(frame.iloc[:200], frame.iloc[200:], 2, tmp_path / "data")
 
     with pytest.raises(SiloDataError, match=r"column 'x3'.*must be numeric"):
         run(make_spec(silos, tmp_path / "store", shared_cluster))
@@ -360,7 +360,7 @@ def test_cli_reports_bad_labels_in_one_line(
     from tests.test_cli import error_lines, run_cli
 
     frame = make_data("binary:logistic", n=300)
-    silos = write_silos(frame.iloc[:200], frame.iloc[200:], 2, tmp_path / "data")
+    silos = write_slices(frame.iloc[:200], frame.iloc[200:], 2, tmp_path / "data")
     path = Path(silos[1]["train"])
     bad = pd.read_parquet(path)
     bad.loc[bad.index[0], "label"] = 2
@@ -412,7 +412,7 @@ def test_every_transport_grows_the_same_model(
     from fedsilo.tasks.gbdt_federation import TRANSPORT_ENV, TRANSPORTS
 
     frame = make_data("reg:squarederror", n=600)
-    silos = write_silos(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
+    silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
     spec = make_spec(
         silos, tmp_path / "store", shared_cluster, "reg:squarederror", rounds=1
     )
@@ -433,7 +433,7 @@ def test_pool_workers_sum_their_silos_histograms_and_grow_the_same_trees(
     from fedsilo.spec import with_changes
 
     frame = make_data("binary:logistic", n=1300)
-    silos = write_silos(frame.iloc[:1000], frame.iloc[1000:], 4, tmp_path / "data")
+    silos = write_slices(frame.iloc[:1000], frame.iloc[1000:], 4, tmp_path / "data")
     own = make_spec(silos, tmp_path / "own", shared_cluster, rounds=1)
     pooled = with_changes(
         own,

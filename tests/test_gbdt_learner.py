@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -151,6 +152,27 @@ def test_intercept_comes_from_federated_label_sums(objective: str, extra: dict) 
         np.testing.assert_allclose(pred, y.mean(), atol=1e-4)
 
 
+def _two_silos(X: np.ndarray, y: np.ndarray, objective: Any, max_bin: int) -> tuple:
+    """Alternate rows over two silos: their data, cuts, label statistics, intercept."""
+    silo_data = [
+        prepare_silo_data(f"s{i}", X[i::2], y[i::2], objective) for i in range(2)
+    ]
+    cuts = federated_cuts([d.X for d in silo_data], max_bin)
+    stats = np.sum([objective.label_stats(d.y) for d in silo_data], axis=0)
+    return silo_data, cuts, stats, objective.intercept(stats, None)
+
+
+def _states(silo_data: list, cuts: list, objective: Any, intercept: Any) -> list:
+    """Fresh silo states, intercept set, for one in-memory federation."""
+    states = [
+        SiloTreeState.create(f"s{i}", d, cuts, objective)
+        for i, d in enumerate(silo_data)
+    ]
+    for s in states:
+        s.set_intercept(intercept)
+    return states
+
+
 def test_resume_from_json_checkpoint_reaches_the_same_model() -> None:
     X, y = data(classes=3)
     params = GBDTParams.from_dict(
@@ -162,21 +184,12 @@ def test_resume_from_json_checkpoint_reaches_the_same_model() -> None:
         }
     )
     objective = make_objective("multi:softprob", 3)
-    silo_data = [
-        prepare_silo_data(f"s{i}", X[i::2], y[i::2], objective) for i in range(2)
-    ]
-    cuts = federated_cuts([d.X for d in silo_data], params.max_bin)
-    stats = np.sum([objective.label_stats(d.y) for d in silo_data], axis=0)
-    intercept = objective.intercept(stats, None)
+    silo_data, cuts, stats, intercept = _two_silos(X, y, objective, params.max_bin)
 
     def federation(resume_from=None) -> InMemoryFederation:
-        states = [
-            SiloTreeState.create(f"s{i}", d, cuts, objective)
-            for i, d in enumerate(silo_data)
-        ]
-        for s in states:
-            s.set_intercept(intercept)
-            if resume_from is not None:
+        states = _states(silo_data, cuts, objective, intercept)
+        if resume_from is not None:
+            for s in states:
                 s.replay(resume_from.trees, resume_from.tree_info)
         return InMemoryFederation(states)
 
@@ -217,12 +230,7 @@ def test_training_loss_is_summed_only_when_asked() -> None:
     params = GBDTParams.from_dict(
         {"objective": "binary:logistic", "num_boost_round": 3, "max_bin": 16}
     )
-    silo_data = [
-        prepare_silo_data(f"s{i}", X[i::2], y[i::2], objective) for i in range(2)
-    ]
-    cuts = federated_cuts([d.X for d in silo_data], params.max_bin)
-    stats = np.sum([objective.label_stats(d.y) for d in silo_data], axis=0)
-    intercept = objective.intercept(stats, None)
+    silo_data, cuts, _, intercept = _two_silos(X, y, objective, params.max_bin)
 
     class Counting(InMemoryFederation):
         asked: list[bool] = []
@@ -232,13 +240,7 @@ def test_training_loss_is_summed_only_when_asked() -> None:
             return super().finish_round(trees, loss)
 
     def federation() -> Counting:
-        states = [
-            SiloTreeState.create(f"s{i}", d, cuts, objective)
-            for i, d in enumerate(silo_data)
-        ]
-        for s in states:
-            s.set_intercept(intercept)
-        return Counting(states)
+        return Counting(_states(silo_data, cuts, objective, intercept))
 
     seen: list[float] = []
     sizes = {"n_rows": X.shape[0], "label_bound": 1.0}

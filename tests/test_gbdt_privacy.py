@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from silo_files import write_silos
 from sklearn.metrics import roc_auc_score
 
+from fedsilo.datasets.writer import write_slices
 from fedsilo.errors import SiloFailedError, SpecError
 from fedsilo.spec import parse_spec
 from fedsilo.tasks.checkpoint_store import CheckpointStore
@@ -325,7 +325,7 @@ def test_spec_accepts_xgboost_privacy_and_refuses_what_it_lacks(
 
 def four_silos(frame: pd.DataFrame, n_test: int, out: Path) -> list[dict[str, str]]:
     """The last ``n_test`` rows are the test rows; 4 contiguous silos."""
-    return write_silos(frame.iloc[:-n_test], frame.iloc[-n_test:], 4, out)
+    return write_slices(frame.iloc[:-n_test], frame.iloc[-n_test:], 4, out)
 
 
 def flow_spec(
