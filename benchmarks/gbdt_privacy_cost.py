@@ -201,7 +201,7 @@ def masking_cost(n_silos: int = SILOS, repeat: int = 50) -> str:
     rng = np.random.default_rng(0)
     exponent = 30
     shape = (4, 20, 33)
-    hist = NodeHistograms(
+    hist = NodeHistograms.from_parts(
         nodes=np.array([[0, n] for n in (3, 4, 5, 6)], np.int64),
         grad=np.ldexp(np.rint(rng.normal(0, 2**exponent, shape)), -exponent),
         hess=np.ldexp(np.rint(rng.random(shape) * 2**exponent), -exponent),

@@ -204,12 +204,20 @@ class BoostingSilo:
         )
 
     def start_round(
-        self, exponent: int, context: MaskContext | None = None
+        self,
+        exponent: int,
+        context: MaskContext | None = None,
+        into: NodeHistograms | None = None,
     ) -> Histograms:
-        """Compute gradients on the grid ``2**-exponent``; return root histograms."""
+        """Compute gradients on the grid ``2**-exponent``; return root histograms.
+
+        ``into``: plain histograms of another silo on this worker to add these
+        to (and return); ignored when masking (``context``).
+        """
         started = time.thread_time()
         self._exponent = exponent
-        out = self._protect(self.state.start_round(exponent), context)
+        into = into if context is None else None
+        out = self._protect(self.state.start_round(exponent, into), context)
         self._busy("start_round", started)
         return out
 
@@ -218,10 +226,15 @@ class BoostingSilo:
         splits: Sequence[NodeSplit],
         nodes: Sequence[tuple[int, int]],
         context: MaskContext | None = None,
+        into: NodeHistograms | None = None,
     ) -> Histograms:
-        """Apply the level's splits; return histograms of the nodes to build."""
+        """Apply the level's splits; return histograms of the nodes to build.
+
+        ``into`` as for :meth:`start_round`.
+        """
         started = time.thread_time()
-        out = self._protect(self.state.level(splits, nodes), context)
+        into = into if context is None else None
+        out = self._protect(self.state.level(splits, nodes, into), context)
         self._busy("grow_level", started)
         return out
 
@@ -266,9 +279,10 @@ class BoostingSilo:
         exponent: int,
         loss: bool,
         context: MaskContext | None = None,
+        into: NodeHistograms | None = None,
     ) -> tuple[LossSum | None, Histograms]:
         """Finish this round and start the next on the grid ``2**-exponent``."""
-        return self.finish_round(trees, loss), self.start_round(exponent, context)
+        return self.finish_round(trees, loss), self.start_round(exponent, context, into)
 
     def evaluate(self, setup: BoostingSetup, round_number: int) -> list[Evaluation]:
         """Score the current model on the silo's train and test rows."""

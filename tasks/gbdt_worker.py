@@ -6,9 +6,10 @@ installed here runs each silo's method on its resident
 :class:`~fedsilo.tasks.gbdt_silo.BoostingSilo` (the Dask actor made when the
 silo opened) on the worker's event loop, with no thread hop, and answers with
 one message. When the worker hosts several silos (pool workers in a
-simulation), their plain histograms are summed here before they leave: the sum
-is exact (every cell is a multiple of the silos' common gradient grid, see
-docs/gbdt.md), so the coordinator receives less and learns less. Masked
+simulation), their plain histograms are summed here before they leave: each
+silo after the first adds its rows to the first one's histograms (``into``),
+which is exact (every cell is a multiple of the silos' common gradient grid,
+see docs/gbdt.md), so the coordinator receives less and learns less. Masked
 histograms (secure aggregation) are not added here: each keeps its own silo
 index and roster, and the coordinator unmasks them together as before.
 
@@ -37,6 +38,8 @@ HANDLER = "fedsilo_gbdt_exchange"
 EXCHANGE_CALLS = frozenset(
     {"start_round", "grow_level", "finish_round", "finish_and_start"}
 )
+#: Exchange calls that can add their histograms to a co-hosted silo's (``into``).
+ACCUMULATING = frozenset({"start_round", "grow_level", "finish_and_start"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +67,26 @@ def install_handler() -> None:
     worker_rpc.serve(HANDLER, make)
 
 
+def _histograms(reply: Any) -> NodeHistograms | None:
+    """Return the plain histograms in a reply (alone or after a loss), else None."""
+    if isinstance(reply, NodeHistograms):
+        return reply
+    if isinstance(reply, tuple) and reply and isinstance(reply[-1], NodeHistograms):
+        return reply[-1]
+    return None
+
+
 def merge_co_hosted(replies: Sequence[Any]) -> list[Any]:
     """Sum the plain replies of silos on one worker; leave anything else apart.
 
-    Histograms, loss sums and (loss, histograms) pairs are added; masked
-    histograms and anything unknown are returned one per silo.
+    Histograms, loss sums and (loss, histograms) pairs are added (histograms
+    that are one object, accumulated ``into`` each other, are taken once);
+    masked histograms and anything unknown are returned one per silo.
     """
     if len(replies) < 2:
         return list(replies)
     if all(isinstance(r, NodeHistograms) for r in replies):
-        return [sum_histograms(replies)]
+        return [_sum_distinct(replies)]
     if all(isinstance(r, LossSum) or r is None for r in replies):
         return [sum_losses(replies)]
     if all(
@@ -86,10 +99,16 @@ def merge_co_hosted(replies: Sequence[Any]) -> list[Any]:
         return [
             (
                 sum_losses([r[0] for r in replies]),
-                sum_histograms([r[1] for r in replies]),
+                _sum_distinct([r[1] for r in replies]),
             )
         ]
     return list(replies)
+
+
+def _sum_distinct(parts: Sequence[NodeHistograms]) -> NodeHistograms:
+    """Sum histograms, counting an object that appears several times once."""
+    distinct = list({id(p): p for p in parts}.values())
+    return distinct[0] if len(distinct) == 1 else sum_histograms(distinct)
 
 
 def payload_bytes(value: Any) -> int:
@@ -112,6 +131,7 @@ def _exchange(
     if method not in EXCHANGE_CALLS:
         raise ValueError(f"not an exchange call: {method!r}")
     replies: list[Any] = []
+    into: NodeHistograms | None = None
     for key, silo in zip(keys, silos, strict=True):
         try:
             state = worker.state.actors.get(key)
@@ -120,7 +140,10 @@ def _exchange(
                     "its boosting state is not on this worker (released, or the "
                     "worker restarted)"
                 )
-            replies.append(getattr(state, method)(*args))
+            call = getattr(state, method)
+            reply = call(*args, into=into) if method in ACCUMULATING else call(*args)
+            into = _histograms(reply) if method in ACCUMULATING else None
+            replies.append(reply)
         except Exception as error:  # reported as a value, naming the silo
             return {"failed": to_serialize(SiloCallFailed(silo, error))}
     sizes = [payload_bytes(r) for r in replies]

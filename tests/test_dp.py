@@ -288,7 +288,7 @@ def test_histogram_sensitivity_is_the_largest_change_one_row_makes() -> None:
 def test_noise_histograms_adds_noise_of_the_stated_std() -> None:
     from fedsilo.tasks.gbdt.histogram import NodeHistograms
 
-    hist = NodeHistograms(
+    hist = NodeHistograms.from_parts(
         nodes=np.array([[0, 0]]),
         grad=np.zeros((1, 50, 257)),
         hess=np.zeros((1, 50, 257)),

@@ -57,7 +57,8 @@ def test_build_equals_brute_force(backend: str) -> None:
     g, h = rng.normal(size=binned.n_rows), rng.random(binned.n_rows)
     positions = rng.integers(3, 7, binned.n_rows).astype(np.int32)
     nodes = np.array([5, 3])
-    hg, hh, totals = build_histograms(binned, g, h, positions, nodes, backend)
+    sums, totals = build_histograms(binned, g, h, positions, nodes, backend)
+    hg, hh = sums[..., 0], sums[..., 1]
     want_g, want_h = brute_force(binned, g, h, positions, [5, 3])
     np.testing.assert_allclose(hg, want_g, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(hh, want_h, rtol=1e-12, atol=1e-12)
@@ -128,11 +129,32 @@ def test_quantized_sums_do_not_depend_on_order() -> None:
     assert len(raw) > 1  # without the grid, order shows in the last bits
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_histograms_added_into_another_silos_equal_their_sum(backend: str) -> None:
+    binned, _ = make_binned(n=1200, seed=6)
+    rng = np.random.default_rng(7)
+    exponent = gradient_exponent(2 * binned.n_rows, 4.0)
+    g = [quantize(rng.normal(size=binned.n_rows), exponent) for _ in range(2)]
+    h = [quantize(rng.random(binned.n_rows), exponent) for _ in range(2)]
+    pos = [rng.integers(0, 4, binned.n_rows).astype(np.int32) for _ in range(2)]
+    nodes = np.array([1, 3])
+    apart = [
+        build_histograms(binned, g[i], h[i], pos[i], nodes, backend) for i in range(2)
+    ]
+    shared = build_histograms(binned, g[0], h[0], pos[0], nodes, backend)
+    same = build_histograms(binned, g[1], h[1], pos[1], nodes, backend, shared)
+    assert same[0] is shared[0] and same[1] is shared[1]  # added in place
+    np.testing.assert_array_equal(shared[0], apart[0][0] + apart[1][0])
+    np.testing.assert_array_equal(shared[1], apart[0][1] + apart[1][1])
+    with pytest.raises(ValueError, match="do not fit"):
+        build_histograms(binned, g[0], h[0], pos[0], np.array([1]), backend, shared)
+
+
 def test_sum_refuses_mismatched_or_empty_input() -> None:
     grad = np.zeros((1, 2, 5))
-    a = NodeHistograms(np.array([[0, 0]]), grad, grad, np.zeros((1, 3)))
-    b = NodeHistograms(np.array([[0, 1]]), grad, grad, np.zeros((1, 3)))
-    c = NodeHistograms(
+    a = NodeHistograms.from_parts(np.array([[0, 0]]), grad, grad, np.zeros((1, 3)))
+    b = NodeHistograms.from_parts(np.array([[0, 1]]), grad, grad, np.zeros((1, 3)))
+    c = NodeHistograms.from_parts(
         np.array([[0, 0]]), np.zeros((1, 2, 6)), np.zeros((1, 2, 6)), np.zeros((1, 3))
     )
     with pytest.raises(InconsistentUpdatesError):

@@ -41,8 +41,9 @@ def test_find_splits_numba_equals_numpy(p: TreeParams) -> None:
     totals = np.stack(
         [grad[:, 0].sum(axis=1), hess[:, 0].sum(axis=1), np.full(m, 10.0)], axis=1
     )
-    a = find_splits(grad, hess, totals, cuts, p, backend="numpy")
-    b = find_splits(grad, hess, totals, cuts, p, backend="numba")
+    sums = np.stack([grad, hess], axis=-1)
+    a = find_splits(sums, totals, cuts, p, backend="numpy")
+    b = find_splits(sums, totals, cuts, p, backend="numba")
     assert a == b
     assert any(s is None for s in a) and any(s is not None for s in a)
 

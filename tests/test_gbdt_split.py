@@ -65,10 +65,10 @@ def test_best_split_matches_exhaustive_search(
     h = rng.uniform(0.1, 1.0, n)
     cuts = federated_cuts([X.astype(np.float32)], 16)
     binned = bin_matrix(X, cuts)
-    hg, hh, totals = build_histograms(
+    sums, totals = build_histograms(
         binned, g, h, np.zeros(n, np.int32), np.array([0])
     )
-    (split,) = find_splits(hg, hh, totals, cuts, params)
+    (split,) = find_splits(sums, totals, cuts, params)
     gain, f, k, default_left = exhaustive(X, g, h, cuts, params)
     assert split is not None
     assert (split.feature, split.bin, split.default_left) == (f, k, default_left)
@@ -84,10 +84,10 @@ def test_ties_go_to_lowest_feature_then_bin_then_missing_right() -> None:
     g = np.array([-1.0, -1.0, 1.0, 1.0, 1.0, 1.0])
     h = np.ones(6)
     cuts = federated_cuts([X.astype(np.float32)], 8)
-    hg, hh, totals = build_histograms(
+    sums, totals = build_histograms(
         bin_matrix(X, cuts), g, h, np.zeros(6, np.int32), np.array([0])
     )
-    (split,) = find_splits(hg, hh, totals, cuts, TreeParams(min_child_weight=0.0))
+    (split,) = find_splits(sums, totals, cuts, TreeParams(min_child_weight=0.0))
     assert split is not None
     assert (split.feature, split.bin, split.default_left) == (0, 0, False)
 

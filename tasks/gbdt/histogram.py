@@ -1,10 +1,13 @@
 """Gradient/hessian histograms per tree node, their federated sum and subtraction.
 
 A histogram of a node holds, for every feature and bin, the float64 sums of the
-gradients and hessians of the node's rows in that bin; slot ``stride`` (one past
-the largest bin) holds the sums of the rows whose value is missing. Sums are
-accumulated in row order by both kernels (numpy ``bincount`` and numba), so the
-two give bitwise equal results.
+gradients and hessians of the node's rows in that bin, side by side (the last
+axis: gradient, hessian; one cache line serves both when a row is added);
+slot ``stride`` (one past the largest bin) holds the sums of the rows whose
+value is missing. Sums are accumulated in row order by both kernels (numpy
+``bincount`` and numba), so the two give bitwise equal results. The kernels
+add into the caller's arrays, so the histograms of silos sharing a worker are
+accumulated in one buffer (exact, see below).
 
 Histogram subtraction: a parent's histogram minus the histogram of its smaller
 child is the histogram of the other child, so only half the children are built.
@@ -39,9 +42,25 @@ class NodeHistograms:
     """Histograms of a set of nodes, identified by (tree, node id) pairs."""
 
     nodes: np.ndarray  # (m, 2) int64: tree index within the round, node id
-    grad: np.ndarray  # (m, n_features, stride + 1) float64
-    hess: np.ndarray  # (m, n_features, stride + 1) float64
+    sums: np.ndarray  # (m, n_features, stride + 1, 2) float64: gradients, hessians
     totals: np.ndarray  # (m, 3) float64: sum of gradients, of hessians, rows
+
+    @classmethod
+    def from_parts(
+        cls, nodes: np.ndarray, grad: np.ndarray, hess: np.ndarray, totals: np.ndarray
+    ) -> NodeHistograms:
+        """Return histograms from separate gradient and hessian sums (m, F, W)."""
+        return cls(nodes=nodes, sums=np.stack([grad, hess], axis=-1), totals=totals)
+
+    @property
+    def grad(self) -> np.ndarray:
+        """Return the gradient sums (m, n_features, stride + 1), a view."""
+        return self.sums[..., 0]
+
+    @property
+    def hess(self) -> np.ndarray:
+        """Return the hessian sums (m, n_features, stride + 1), a view."""
+        return self.sums[..., 1]
 
     @property
     def n_nodes(self) -> int:
@@ -51,9 +70,7 @@ class NodeHistograms:
     @property
     def nbytes(self) -> int:
         """Return the payload size in bytes."""
-        return int(
-            self.nodes.nbytes + self.grad.nbytes + self.hess.nbytes + self.totals.nbytes
-        )
+        return int(self.nodes.nbytes + self.sums.nbytes + self.totals.nbytes)
 
     def index(self) -> dict[tuple[int, int], int]:
         """Return the position of every (tree, node) pair."""
@@ -76,14 +93,13 @@ def quantize(values: np.ndarray, exponent: int) -> np.ndarray:
     return out
 
 
-def empty_histograms(n_features: int, stride: int) -> NodeHistograms:
-    """Return histograms of no node."""
-    shape = (0, n_features, stride + 1)
+def zero_histograms(nodes: np.ndarray, n_features: int, stride: int) -> NodeHistograms:
+    """Return all-zero histograms of ``nodes`` ((m, 2) pairs), to add rows to."""
+    m = int(nodes.shape[0])
     return NodeHistograms(
-        nodes=np.empty((0, 2), np.int64),
-        grad=np.empty(shape),
-        hess=np.empty(shape),
-        totals=np.empty((0, 3)),
+        nodes=np.asarray(nodes, np.int64).reshape(m, 2),
+        sums=np.zeros((m, n_features, stride + 1, 2)),
+        totals=np.zeros((m, 3)),
     )
 
 
@@ -108,10 +124,9 @@ def _numpy_kernel(
     slots: np.ndarray,
     g: np.ndarray,
     h: np.ndarray,
-    out_g: np.ndarray,
-    out_h: np.ndarray,
+    sums: np.ndarray,
 ) -> None:
-    m, n_features, width = out_g.shape
+    m, n_features, width, _ = sums.shape
     base = slots * width
     g_rows, h_rows = g[rows], h[rows]
     sub = binned.bins[rows]
@@ -122,8 +137,9 @@ def _numpy_kernel(
         if has_missing[f]:
             assert miss is not None
             idx[miss[:, f]] = (base + width - 1)[miss[:, f]]
-        out_g[:, f, :] = np.bincount(idx, g_rows, minlength=m * width).reshape(m, -1)
-        out_h[:, f, :] = np.bincount(idx, h_rows, minlength=m * width).reshape(m, -1)
+        for k, values in ((0, g_rows), (1, h_rows)):
+            added = np.bincount(idx, values, minlength=m * width).reshape(m, -1)
+            sums[:, f, :, k] += added
 
 
 def build_histograms(
@@ -133,35 +149,34 @@ def build_histograms(
     positions: np.ndarray,
     nodes: np.ndarray,
     backend: Backend = "auto",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (grad, hess, totals) histograms of one tree's ``nodes``.
+    into: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add the rows of one tree's ``nodes`` to (sums, totals) histograms; return them.
 
     ``positions`` holds every row's current node id; ``grad`` and ``hess`` are the
-    rows' float64 gradients for this tree.
+    rows' float64 gradients for this tree. ``into`` is ``(sums, totals)`` shaped
+    (m, n_features, stride + 1, 2) and (m, 3) to add to (zeros if None).
     """
     nodes = np.asarray(nodes, dtype=np.int64)
     m, n_features, stride = nodes.shape[0], binned.n_features, binned.stride
     jit = None if backend == "numpy" else kernels()
     if jit is None and backend == "numba":
         raise RuntimeError("numba is not installed")
+    if into is None:
+        sums, totals = np.zeros((m, n_features, stride + 1, 2)), np.zeros((m, 3))
+    else:
+        sums, totals = into
+        if sums.shape != (m, n_features, stride + 1, 2) or totals.shape != (m, 3):
+            raise ValueError(f"histograms of shape {sums.shape} do not fit {m} nodes")
     if jit is None:
         rows, slots = _select(positions, nodes)
-        totals = np.stack(
-            [
-                np.bincount(slots, grad[rows], minlength=m),
-                np.bincount(slots, hess[rows], minlength=m),
-                np.bincount(slots, minlength=m).astype(np.float64),
-            ],
-            axis=1,
-        )
-        out_g = np.zeros((m, n_features, stride + 1))
-        out_h = np.zeros((m, n_features, stride + 1))
-        _numpy_kernel(binned, rows, slots, grad, hess, out_g, out_h)
-        return out_g, out_h, totals
+        totals[:, 0] += np.bincount(slots, grad[rows], minlength=m)
+        totals[:, 1] += np.bincount(slots, hess[rows], minlength=m)
+        totals[:, 2] += np.bincount(slots, minlength=m)
+        _numpy_kernel(binned, rows, slots, grad, hess, sums)
+        return sums, totals
     lut = np.full(int(nodes.max(initial=-1)) + 1, -1, dtype=np.int64)
     lut[nodes] = np.arange(m)
-    out = np.zeros((m, n_features, stride + 1, 2))
-    totals = np.zeros((m, 3))
     missing = binned.missing
     jit.histogram(
         binned.bins,
@@ -172,11 +187,10 @@ def build_histograms(
         np.ascontiguousarray(grad, dtype=np.float64),
         np.ascontiguousarray(hess, dtype=np.float64),
         stride,
-        out,
+        sums,
         totals,
     )
-    out_g, out_h = out[..., 0].copy(), out[..., 1].copy()
-    return out_g, out_h, totals
+    return sums, totals
 
 
 def sum_histograms(parts: Sequence[NodeHistograms]) -> NodeHistograms:
@@ -184,27 +198,21 @@ def sum_histograms(parts: Sequence[NodeHistograms]) -> NodeHistograms:
     if not parts:
         raise EmptyAggregationError("no histograms to sum")
     first = parts[0]
-    grad, hess, totals = first.grad.copy(), first.hess.copy(), first.totals.copy()
+    sums, totals = first.sums.copy(), first.totals.copy()
     for p in parts[1:]:
         if not np.array_equal(p.nodes, first.nodes):
             raise InconsistentUpdatesError("histograms describe different nodes")
-        if p.grad.shape != first.grad.shape or p.hess.shape != first.hess.shape:
+        if p.sums.shape != first.sums.shape:
             raise InconsistentUpdatesError(
-                f"histogram shapes differ: {p.grad.shape} != {first.grad.shape}"
+                f"histogram shapes differ: {p.sums.shape[:3]} != {first.sums.shape[:3]}"
             )
-        grad += p.grad
-        hess += p.hess
+        sums += p.sums
         totals += p.totals
-    return NodeHistograms(nodes=first.nodes, grad=grad, hess=hess, totals=totals)
+    return NodeHistograms(nodes=first.nodes, sums=sums, totals=totals)
 
 
 def subtract(
-    parent: tuple[np.ndarray, np.ndarray, np.ndarray],
-    child: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the sibling's (grad, hess, totals): parent minus the built child."""
-    return (
-        parent[0] - child[0],
-        parent[1] - child[1],
-        parent[2] - child[2],
-    )
+    parent: tuple[np.ndarray, np.ndarray], child: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the sibling's (sums, totals): parent minus the built child."""
+    return parent[0] - child[0], parent[1] - child[1]

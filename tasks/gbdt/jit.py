@@ -191,22 +191,22 @@ if numba is not None:
 
     @jit
     def best_splits(
-        grad: Any,
-        hess: Any,
+        sums: Any,
         totals: Any,
         n_bins: Any,
         reg_lambda: float,
         reg_alpha: float,
         mcw: float,
         best: Any,
-        sums: Any,
+        found: Any,
     ) -> None:  # pragma: no cover - compiled
         """Best split per node, as ``split.find_splits`` scans and breaks ties.
 
-        ``best[i] = (feature, bin, default_left)``, ``sums[i] = (gain, GL, HL,
-        GR, HR)``; gain is -inf where no split is valid.
+        ``sums[i, f, k] = (G, H)`` of bin k; ``best[i] = (feature, bin,
+        default_left)``, ``found[i] = (gain, GL, HL, GR, HR)``; gain is -inf
+        where no split is valid.
         """
-        m, n_features, width = grad.shape
+        m, n_features, width, _ = sums.shape
         stride = width - 1
         for i in range(m):
             g_total = totals[i, 0]
@@ -217,8 +217,8 @@ if numba is not None:
             bk = 0
             bd = 0
             for f in range(n_features):
-                miss_g = grad[i, f, stride]
-                miss_h = hess[i, f, stride]
+                miss_g = sums[i, f, stride, 0]
+                miss_h = sums[i, f, stride, 1]
                 limit = min(stride, n_bins[f])
                 # With nothing missing, "missing goes left" (d = 1) has the very
                 # sums of d = 0, so it never wins the strict ">" below: skip it.
@@ -226,8 +226,8 @@ if numba is not None:
                 lg = 0.0
                 lh = 0.0
                 for k in range(limit):
-                    lg += grad[i, f, k]
-                    lh += hess[i, f, k]
+                    lg += sums[i, f, k, 0]
+                    lh += sums[i, f, k, 1]
                     for d in range(directions):
                         gl = lg + miss_g if d == 1 else lg
                         hl = lh + miss_h if d == 1 else lh
@@ -248,20 +248,20 @@ if numba is not None:
             best[i, 0] = bf
             best[i, 1] = bk
             best[i, 2] = bd
-            sums[i, 0] = top
+            found[i, 0] = top
             if top > -np.inf:
                 gl = 0.0
                 hl = 0.0
                 for k in range(bk + 1):
-                    gl += grad[i, bf, k]
-                    hl += hess[i, bf, k]
+                    gl += sums[i, bf, k, 0]
+                    hl += sums[i, bf, k, 1]
                 if bd == 1:
-                    gl += grad[i, bf, stride]
-                    hl += hess[i, bf, stride]
-                sums[i, 1] = gl
-                sums[i, 2] = hl
-                sums[i, 3] = g_total - gl
-                sums[i, 4] = h_total - hl
+                    gl += sums[i, bf, stride, 0]
+                    hl += sums[i, bf, stride, 1]
+                found[i, 1] = gl
+                found[i, 2] = hl
+                found[i, 3] = g_total - gl
+                found[i, 4] = h_total - hl
 
     _kernels = SimpleNamespace(
         route=route,

@@ -38,7 +38,7 @@ from fedsilo.tasks.gbdt.silo_state import (
 from fedsilo.tasks.gbdt.sketch import cut_points, merge_sketches, sketch_size, summarize
 from fedsilo.tasks.gbdt.split import SplitInfo, TreeParams, find_splits, leaf_weight
 
-_Hist = tuple[np.ndarray, np.ndarray, np.ndarray]
+_Hist = tuple[np.ndarray, np.ndarray]  # one node's sums (F, W, 2) and totals (3,)
 
 
 class Federation(Protocol):
@@ -160,19 +160,18 @@ def grow_round(
     frontier = [(t, 0) for t in range(n_trees)]
     builders = [_TreeBuilder(*roots.totals[at[k], :2]) for k in frontier]
     cache: dict[tuple[int, int], _Hist] = {
-        k: (roots.grad[at[k]], roots.hess[at[k]], roots.totals[at[k]]) for k in frontier
+        k: (roots.sums[at[k]], roots.totals[at[k]]) for k in frontier
     }
     depth = 0
     while frontier and depth < p.max_depth:
         totals = np.array(
             [
-                [builders[t].grad[n], builders[t].hess[n], cache[t, n][2][2]]
+                [builders[t].grad[n], builders[t].hess[n], cache[t, n][1][2]]
                 for t, n in frontier
             ]
         )
-        grad = np.stack([cache[k][0] for k in frontier])
-        hess = np.stack([cache[k][1] for k in frontier])
-        found = find_splits(grad, hess, totals, cuts, p)
+        sums = np.stack([cache[k][0] for k in frontier])
+        found = find_splits(sums, totals, cuts, p)
         splits: list[NodeSplit] = []
         build: list[tuple[int, int]] = []
         pairs: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = []
@@ -193,7 +192,7 @@ def grow_round(
         new_cache: dict[tuple[int, int], _Hist] = {}
         for parent, small, other in pairs:
             i = index[small]
-            child = (built.grad[i], built.hess[i], built.totals[i])
+            child = (built.sums[i], built.totals[i])
             new_cache[small] = child
             new_cache[other] = subtract(cache[parent], child)
         cache = new_cache

@@ -97,10 +97,10 @@ def histograms_from_vector(
             f"{n_features} features x {width} bins"
         )
     shape = (m, n_features, width)
-    return NodeHistograms(
+    return NodeHistograms.from_parts(
         nodes=np.asarray(nodes, np.int64),
-        grad=vector[:cells].reshape(shape).copy(),
-        hess=vector[cells : 2 * cells].reshape(shape).copy(),
+        grad=vector[:cells].reshape(shape),
+        hess=vector[cells : 2 * cells].reshape(shape),
         totals=vector[2 * cells :].reshape(m, 3).copy(),
     )
 

@@ -33,8 +33,8 @@ from fedsilo.tasks.gbdt.histogram import (
     Backend,
     NodeHistograms,
     build_histograms,
-    empty_histograms,
     quantize,
+    zero_histograms,
 )
 from fedsilo.tasks.gbdt.jit import kernels
 from fedsilo.tasks.gbdt.model import Tree
@@ -228,10 +228,13 @@ class SiloTreeState:
         margin[:] = intercept.base_margin
         self._offsets = np.asarray(intercept.offsets, dtype=np.float64).copy()
 
-    def start_round(self, exponent: int) -> NodeHistograms:
+    def start_round(
+        self, exponent: int, into: NodeHistograms | None = None
+    ) -> NodeHistograms:
         """Compute gradients on the grid ``2**-exponent``, return root histograms.
 
-        Every row starts at the root of each of the round's trees.
+        Every row starts at the root of each of the round's trees; ``into`` as
+        for :meth:`histograms`.
         """
         _, y, margin = self._data()
         g, h = self.objective.gradients(y, margin + self._offsets)
@@ -240,7 +243,7 @@ class SiloTreeState:
         self._grad = np.ascontiguousarray(quantize(g, exponent).T)
         self._hess = np.ascontiguousarray(quantize(h, exponent).T)
         self._positions = np.zeros((g.shape[1], margin.shape[0]), dtype=np.int32)
-        return self.histograms([(t, 0) for t in range(g.shape[1])])
+        return self.histograms([(t, 0) for t in range(g.shape[1])], into)
 
     def apply_splits(self, splits: Sequence[NodeSplit]) -> None:
         """Move the rows of every split node to its left or right child."""
@@ -296,29 +299,51 @@ class SiloTreeState:
                 go_left = np.where(missing, default_left[node], go_left)
             pos[rows] = np.where(go_left, left[node], left[node] + 1)
 
-    def histograms(self, nodes: Sequence[tuple[int, int]]) -> NodeHistograms:
-        """Return gradient/hessian histograms of (tree, node) pairs, in that order."""
+    def histograms(
+        self, nodes: Sequence[tuple[int, int]], into: NodeHistograms | None = None
+    ) -> NodeHistograms:
+        """Return gradient/hessian histograms of (tree, node) pairs, in that order.
+
+        With ``into`` (histograms of the same pairs) the rows are added to it and
+        it is returned: how silos sharing a worker sum their histograms.
+        """
         binned, _, _ = self._data()
         grad, hess, positions = self._round()
-        if not nodes:
-            return empty_histograms(binned.n_features, binned.stride)
         pairs = np.asarray(nodes, dtype=np.int64).reshape(-1, 2)
-        shape = (pairs.shape[0], binned.n_features, binned.stride + 1)
-        out_g, out_h, totals = np.empty(shape), np.empty(shape), np.empty((shape[0], 3))
+        if into is None:
+            into = zero_histograms(pairs, binned.n_features, binned.stride)
+        elif not np.array_equal(into.nodes, pairs):
+            raise ValueError(f"silo {self.name!r}: histograms of other nodes given")
         for t in np.unique(pairs[:, 0]):
             sel = np.flatnonzero(pairs[:, 0] == t)
-            g, h, tot = build_histograms(
+            a, b = int(sel[0]), int(sel[-1]) + 1
+            if b - a == sel.size:  # the tree's nodes side by side: add in place
+                build_histograms(
+                    binned,
+                    grad[t],
+                    hess[t],
+                    positions[t],
+                    pairs[a:b, 1],
+                    self.backend,
+                    (into.sums[a:b], into.totals[a:b]),
+                )
+                continue
+            sums, totals = build_histograms(
                 binned, grad[t], hess[t], positions[t], pairs[sel, 1], self.backend
             )
-            out_g[sel], out_h[sel], totals[sel] = g, h, tot
-        return NodeHistograms(nodes=pairs, grad=out_g, hess=out_h, totals=totals)
+            into.sums[sel] += sums
+            into.totals[sel] += totals
+        return into
 
     def level(
-        self, splits: Sequence[NodeSplit], nodes: Sequence[tuple[int, int]]
+        self,
+        splits: Sequence[NodeSplit],
+        nodes: Sequence[tuple[int, int]],
+        into: NodeHistograms | None = None,
     ) -> NodeHistograms:
         """Apply the splits just chosen, then return histograms of ``nodes``."""
         self.apply_splits(splits)
-        return self.histograms(nodes)
+        return self.histograms(nodes, into)
 
     def finish_round(self, trees: Sequence[Tree], loss: bool = True) -> LossSum | None:
         """Route rows to the round's leaves, add leaf values to margins, clear offsets.

@@ -74,8 +74,7 @@ def leaf_weight(g: float, h: float, p: TreeParams) -> float:
 
 
 def find_splits(
-    grad: np.ndarray,
-    hess: np.ndarray,
+    sums: np.ndarray,
     totals: np.ndarray,
     cuts: Sequence[np.ndarray],
     p: TreeParams,
@@ -83,16 +82,17 @@ def find_splits(
 ) -> list[SplitInfo | None]:
     """Return the best split of every node, or None where no split gains enough.
 
-    ``grad``/``hess`` are summed histograms shaped (nodes, features, stride + 1)
-    with missing sums in the last slot; ``totals`` holds (G, H, rows) per node.
-    The numba kernel (``backend`` "auto" or "numba") gives the same result as
-    the numpy code, bit for bit.
+    ``sums`` are summed histograms shaped (nodes, features, stride + 1, 2):
+    gradient and hessian sums, missing values in the last bin slot; ``totals``
+    holds (G, H, rows) per node. The numba kernel (``backend`` "auto" or
+    "numba") gives the same result as the numpy code, bit for bit.
     """
     jit = None if backend == "numpy" else kernels()
     if jit is None and backend == "numba":
         raise RuntimeError("numba is not installed")
     if jit is not None:
-        return _find_splits_jit(jit, grad, hess, totals, cuts, p)
+        return _find_splits_jit(jit, sums, totals, cuts, p)
+    grad, hess = sums[..., 0], sums[..., 1]
     m, n_features, width = grad.shape
     stride = width - 1
     n_bins = np.array([c.size for c in cuts])
@@ -142,32 +142,30 @@ def find_splits(
 
 def _find_splits_jit(
     jit: Any,
-    grad: np.ndarray,
-    hess: np.ndarray,
+    sums: np.ndarray,
     totals: np.ndarray,
     cuts: Sequence[np.ndarray],
     p: TreeParams,
 ) -> list[SplitInfo | None]:
-    m, n_features, _ = grad.shape
+    m, n_features, _, _ = sums.shape
     n_bins = np.array([c.size for c in cuts], dtype=np.int64)
     if n_bins.shape[0] != n_features:
         raise ValueError("histograms and cuts disagree on the number of features")
     best = np.zeros((m, 3), np.int64)
-    sums = np.zeros((m, 5))
+    found = np.zeros((m, 5))
     jit.best_splits(
-        np.ascontiguousarray(grad, dtype=np.float64),
-        np.ascontiguousarray(hess, dtype=np.float64),
+        np.ascontiguousarray(sums, dtype=np.float64),
         np.ascontiguousarray(totals, dtype=np.float64),
         n_bins,
         float(p.reg_lambda),
         float(p.reg_alpha),
         float(p.min_child_weight),
         best,
-        sums,
+        found,
     )
     out: list[SplitInfo | None] = []
     for i in range(m):
-        loss_chg = float(sums[i, 0])
+        loss_chg = float(found[i, 0])
         if not (loss_chg > RT_EPS and loss_chg >= p.gamma):
             out.append(None)
             continue
@@ -179,10 +177,10 @@ def _find_splits_jit(
                 threshold=np.float32(cuts[f][k]),
                 default_left=bool(d),
                 gain=loss_chg,
-                left_grad=float(sums[i, 1]),
-                left_hess=float(sums[i, 2]),
-                right_grad=float(sums[i, 3]),
-                right_hess=float(sums[i, 4]),
+                left_grad=float(found[i, 1]),
+                left_hess=float(found[i, 2]),
+                right_grad=float(found[i, 3]),
+                right_hess=float(found[i, 4]),
             )
         )
     return out

@@ -233,8 +233,8 @@ def noise_histograms(
 ) -> NodeHistograms:
     """Return summed histograms plus N(0, (noise_multiplier * sensitivity)**2)."""
     std = noise_multiplier * sensitivity
-    return replace(
-        histograms,
+    return type(histograms).from_parts(
+        nodes=histograms.nodes,
         grad=histograms.grad + rng.normal(0.0, std, histograms.grad.shape),
         hess=histograms.hess + rng.normal(0.0, std, histograms.hess.shape),
         totals=histograms.totals + rng.normal(0.0, std, histograms.totals.shape),
