@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from distributed import Actor, Client, Future
-from distributed.protocol import to_serialize
 
 from fedsilo.errors import FedsiloError, SiloFailedError
 from fedsilo.tasks import gbdt_silo, worker_rpc
@@ -293,7 +293,9 @@ class SiloCalls:
                     keys=[self.states[s].key for s in silos],
                     silos=silos,
                     method=method,
-                    args=to_serialize(args),
+                    # One pickle for all arguments: Dask would serialize the
+                    # items of a collection one by one (~0.5 ms per exchange).
+                    args=pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL),
                 )
             )
             for address, silos in groups.items()

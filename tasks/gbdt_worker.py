@@ -58,9 +58,12 @@ def install_handler() -> None:
             keys: Sequence[str] = (),
             silos: Sequence[str] = (),
             method: str = "",
-            args: Sequence[Any] = (),
+            args: bytes = b"",
         ) -> dict[str, Any]:
-            return _exchange(worker, keys, silos, method, args)
+            # The coordinator pickles the arguments (a trusted peer, as for
+            # any Dask task it sends).
+            given = pickle.loads(args) if args else ()
+            return _exchange(worker, keys, silos, method, given)
 
         return fedsilo_gbdt_exchange
 
