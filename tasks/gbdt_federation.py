@@ -381,10 +381,14 @@ class SecureExchanges:
 
 
 def combine(replies: Sequence[Any]) -> NodeHistograms:
-    """Return the sum of the silos' histograms, unmasking masked ones."""
+    """Return the sum of the silos' histograms, unmasking masked ones.
+
+    The replies were received for this sum alone, so the first one's arrays
+    take the sum (unless observers were shown the replies).
+    """
     if replies and isinstance(replies[0], MaskedHistograms):
         return unmask_histograms(list(replies))
-    return sum_histograms(list(replies))
+    return sum_histograms(list(replies), reuse_first=not observers)
 
 
 @dataclass(slots=True)

@@ -188,6 +188,40 @@ def test_binning_matches_float32_threshold_rule() -> None:
         np.testing.assert_array_equal(bins <= k, x32 < cuts[0][k])
 
 
+def test_binning_equals_searchsorted_on_awkward_columns() -> None:
+    rng = np.random.default_rng(8)
+    n = 5000
+    X = np.column_stack(
+        [
+            rng.normal(size=n),
+            np.exp(np.abs(rng.normal(size=n)) * 8),  # heavy tail: crowded buckets
+            rng.integers(0, 3, n).astype(float),  # three values
+            np.full(n, 2.5),  # constant: one cut
+            rng.normal(size=n) * 1e-30,  # tiny range
+        ]
+    )
+    X[rng.random(X.shape) < 0.05] = np.nan
+    cuts = cut_points(merge_sketches([summarize(X, 512)], 512), 64)
+    # values at, just below and just above every cut, and beyond both ends
+    edges = np.concatenate(
+        [
+            np.concatenate([c, np.nextafter(c, -np.inf), np.nextafter(c, np.inf)])
+            for c in cuts
+        ]
+    )
+    probe = np.resize(np.concatenate([edges, [-np.inf, np.inf, 1e38]]), n)
+    for X_try in (X, np.column_stack([probe] * X.shape[1])):
+        binned = bin_matrix(X_try, cuts)
+        for j, c in enumerate(cuts):
+            want = np.minimum(
+                np.searchsorted(c, X_try[:, j].astype(np.float32), side="right"),
+                c.size - 1,
+            )
+            nan = np.isnan(X_try[:, j])
+            np.testing.assert_array_equal(binned.bins[~nan, j], want[~nan])
+            assert np.all(binned.bins[nan, j] == 0)
+
+
 def test_max_bin_below_two_is_refused() -> None:
     with pytest.raises(ValueError, match="max_bin"):
         cut_points(merge_sketches([summarize(np.ones((3, 1)), 8)], 8), 1)

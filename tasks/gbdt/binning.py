@@ -16,6 +16,8 @@ import numpy as np
 from fedsilo.tasks.gbdt.jit import kernels
 
 MAX_BINS = 65_536
+#: Equal-width buckets per feature that start the numba kernel's search.
+BUCKETS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,8 @@ def bin_matrix(X: np.ndarray, cuts: Sequence[np.ndarray]) -> BinnedMatrix:
         flat = np.concatenate(cuts).astype(np.float32)
         bins = np.empty(X.shape, dtype=dtype)
         missing = np.zeros(X.shape, dtype=bool)
-        any_missing = jit.bin_rows(X32, flat, offsets, bins, missing)
+        tables = jit.bin_tables(flat, offsets, BUCKETS)
+        any_missing = jit.bin_rows(X32, flat, offsets, *tables, bins, missing)
         return BinnedMatrix(
             bins=bins, missing=missing if any_missing else None, n_bins=n_bins
         )

@@ -193,12 +193,21 @@ def build_histograms(
     return sums, totals
 
 
-def sum_histograms(parts: Sequence[NodeHistograms]) -> NodeHistograms:
-    """Sum the silos' histograms of the same nodes, in the order given."""
+def sum_histograms(
+    parts: Sequence[NodeHistograms], *, reuse_first: bool = False
+) -> NodeHistograms:
+    """Sum the silos' histograms of the same nodes, in the order given.
+
+    With ``reuse_first`` the others are added into the first one's arrays (no
+    copy; the caller owns them and nobody else reads them).
+    """
     if not parts:
         raise EmptyAggregationError("no histograms to sum")
     first = parts[0]
-    sums, totals = first.sums.copy(), first.totals.copy()
+    if reuse_first and first.sums.flags.writeable and first.totals.flags.writeable:
+        sums, totals = first.sums, first.totals
+    else:
+        sums, totals = first.sums.copy(), first.totals.copy()
     for p in parts[1:]:
         if not np.array_equal(p.nodes, first.nodes):
             raise InconsistentUpdatesError("histograms describe different nodes")

