@@ -50,7 +50,12 @@ from fedsilo.tasks.gbdt.privacy import (
     noisy_label_stats,
 )
 from fedsilo.tasks.gbdt.sketch import cut_points, merge_sketches, sketch_size
-from fedsilo.tasks.gbdt.xgb_export import dumps, model_from_json, trees_dataframe
+from fedsilo.tasks.gbdt.xgb_export import (
+    ExportCache,
+    dumps,
+    model_from_json,
+    trees_dataframe,
+)
 from fedsilo.tasks.gbdt_federation import (
     DaskFederation,
     SecureExchanges,
@@ -92,6 +97,8 @@ class BoostingRun:
         default_factory=lambda: BoostingPrivacy()
     )
     dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Trees already written out: each checkpoint only exports the new ones.
+    export: ExportCache = dataclasses.field(default_factory=ExportCache)
 
     @property
     def learner_federation(self) -> Federation:
@@ -486,9 +493,10 @@ def checkpoint_model(
                 "global", "train", "dp_releases", float(state.privacy.releases), 0
             ),
         ]
-    table = pa.Table.from_pandas(trees_dataframe(model), preserve_index=False)
+    frame = trees_dataframe(model, state.export)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
     return state.store.write_round(
-        round_number, rows, model_json=dumps(model), model_table=table
+        round_number, rows, model_json=dumps(model, state.export), model_table=table
     )
 
 

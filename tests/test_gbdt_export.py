@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import xgboost as xgb
 
@@ -185,6 +187,35 @@ def test_json_round_trip_is_exact(trained) -> None:
     assert dumps(back) == Path(path).read_text()
     for a, b in zip(back.trees, model.trees, strict=True):
         np.testing.assert_array_equal(a.split_bin, b.split_bin)
+
+
+def test_cached_export_equals_a_fresh_one_as_the_model_grows(trained) -> None:
+    from fedsilo.tasks.gbdt.xgb_export import ExportCache, model_to_json
+
+    _, _, _, model, _ = trained
+    named = dataclasses.replace(
+        model,
+        # names that look like the document's own keys must stay names
+        feature_names=(
+            '"trees":[]',
+            "fedsilo-trees-placeholder",
+            *(f"f{j}" for j in range(2, model.num_feature)),
+        ),
+    )
+    cache = ExportCache()
+    for n in (1, 3, len(named.trees)):
+        part = dataclasses.replace(
+            named, trees=named.trees[:n], tree_info=named.tree_info[:n]
+        )
+        text = dumps(part, cache)
+        assert text == json.dumps(model_to_json(part), separators=(",", ":"))
+        assert text == dumps(part)  # without the cache
+        pd.testing.assert_frame_equal(
+            trees_dataframe(part, cache), trees_dataframe(part)
+        )
+    assert json.loads(text)["learner"]["feature_names"][:2] == list(
+        named.feature_names[:2]
+    )
 
 
 def test_dataframe_feature_names_are_exported(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ checkpointed model resumes exactly.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ import pandas as pd
 from fedsilo.tasks.gbdt.model import GBDTModel, Tree, predict, predict_margin
 
 __all__ = [
+    "ExportCache",
     "dumps",
     "model_from_json",
     "model_to_json",
@@ -86,8 +88,51 @@ def _objective_json(model: GBDTModel) -> dict[str, Any]:
     return {"name": model.objective, "reg_loss_param": {"scale_pos_weight": "1"}}
 
 
+class ExportCache:
+    """Each tree's JSON text and table rows, kept between a run's checkpoints.
+
+    A run checkpoints a growing model every round; its trees never change, so
+    each is written out once. Entries hold their tree (its id is not reused
+    while cached) and are keyed by what the output depends on.
+    """
+
+    def __init__(self) -> None:
+        self._text: dict[tuple[int, int, int], tuple[Tree, str]] = {}
+        self._rows: dict[tuple[int, int, tuple[str, ...]], tuple[Tree, _Rows]] = {}
+
+    def tree_text(self, tree: Tree, tree_id: int, num_feature: int) -> str:
+        """Return the tree's XGBoost JSON text (compact separators)."""
+        key = (id(tree), tree_id, num_feature)
+        hit = self._text.get(key)
+        if hit is None or hit[0] is not tree:
+            text = json.dumps(_tree_json(tree, tree_id, num_feature), separators=SEP)
+            hit = self._text[key] = (tree, text)
+        return hit[1]
+
+    def tree_rows(self, tree: Tree, tree_id: int, names: tuple[str, ...]) -> _Rows:
+        """Return the tree's rows of ``trees_dataframe``, by column."""
+        key = (id(tree), tree_id, names)
+        hit = self._rows.get(key)
+        if hit is None or hit[0] is not tree:
+            hit = self._rows[key] = (tree, _tree_rows(tree, tree_id, names))
+        return hit[1]
+
+
+_Rows = dict[str, list[Any]]
+SEP = (",", ":")
+#: Stands for the trees in the JSON text until the cached tree texts go there.
+_TREES = "fedsilo-trees-placeholder"
+
+
 def model_to_json(model: GBDTModel) -> dict[str, Any]:
     """Return the model as an XGBoost JSON document (a dict)."""
+    return _document(
+        model, [_tree_json(t, i, model.num_feature) for i, t in enumerate(model.trees)]
+    )
+
+
+def _document(model: GBDTModel, trees: Any) -> dict[str, Any]:
+    """Return the XGBoost JSON document with ``trees`` as its list of trees."""
     k = model.n_outputs
     cuts = [_floats(c) for c in model.cuts]
     names = list(model.feature_names) if model.feature_names is not None else []
@@ -104,10 +149,7 @@ def model_to_json(model: GBDTModel) -> dict[str, Any]:
                     },
                     "iteration_indptr": list(range(0, len(model.trees) + 1, k)),
                     "tree_info": [int(v) for v in model.tree_info],
-                    "trees": [
-                        _tree_json(t, i, model.num_feature)
-                        for i, t in enumerate(model.trees)
-                    ],
+                    "trees": trees,
                 },
                 "name": "gbtree",
             },
@@ -124,9 +166,19 @@ def model_to_json(model: GBDTModel) -> dict[str, Any]:
     }
 
 
-def dumps(model: GBDTModel) -> str:
-    """Return the model as XGBoost JSON text."""
-    return json.dumps(model_to_json(model), separators=(",", ":"))
+def dumps(model: GBDTModel, cache: ExportCache | None = None) -> str:
+    """Return the model as XGBoost JSON text (trees from ``cache`` when given)."""
+    cache = cache if cache is not None else ExportCache()
+    text = json.dumps(_document(model, _TREES), separators=SEP)
+    trees = ",".join(
+        cache.tree_text(t, i, model.num_feature) for i, t in enumerate(model.trees)
+    )
+    # Unescaped quotes around the key: this cannot occur inside a JSON string.
+    marker = f'"trees":{json.dumps(_TREES)}'
+    head, found, tail = text.partition(marker)
+    if not found:  # pragma: no cover - _document always writes it
+        raise RuntimeError("the trees placeholder is missing from the document")
+    return f'{head}"trees":[{trees}]{tail}'
 
 
 def save_model(model: GBDTModel, path: str | Path) -> None:
@@ -186,45 +238,54 @@ def model_from_json(doc: dict[str, Any] | str) -> GBDTModel:
     )
 
 
-def trees_dataframe(model: GBDTModel) -> pd.DataFrame:
+_COLUMNS = (
+    "Tree",
+    "Node",
+    "ID",
+    "Feature",
+    "Split",
+    "Yes",
+    "No",
+    "Missing",
+    "Gain",
+    "Cover",
+    "Category",
+)
+
+
+def _tree_rows(tree: Tree, i: int, names: tuple[str, ...]) -> _Rows:
+    """Return one tree's rows of ``trees_dataframe``, by column."""
+    rows: _Rows = {c: [] for c in _COLUMNS}
+    for n in range(tree.n_nodes):
+        leaf = bool(tree.left[n] < 0)
+        rows["Tree"].append(i)
+        rows["Node"].append(n)
+        rows["ID"].append(f"{i}-{n}")
+        rows["Feature"].append("Leaf" if leaf else names[tree.feature[n]])
+        rows["Split"].append(np.nan if leaf else float(tree.threshold[n]))
+        yes, no = f"{i}-{tree.left[n]}", f"{i}-{tree.right[n]}"
+        rows["Yes"].append(np.nan if leaf else yes)
+        rows["No"].append(np.nan if leaf else no)
+        rows["Missing"].append(
+            np.nan if leaf else (yes if tree.default_left[n] else no)
+        )
+        rows["Gain"].append(float(tree.value[n] if leaf else tree.gain[n]))
+        rows["Cover"].append(float(tree.cover[n]))
+        rows["Category"].append(np.nan)
+    return rows
+
+
+def trees_dataframe(model: GBDTModel, cache: ExportCache | None = None) -> pd.DataFrame:
     """Return the table ``xgboost.Booster.trees_to_dataframe()`` gives.
 
     Columns: Tree, Node, ID, Feature, Split, Yes, No, Missing, Gain, Cover,
     Category; for a leaf, Feature is "Leaf" and Gain holds the leaf value.
+    Rows of trees come from ``cache`` when given.
     """
+    cache = cache if cache is not None else ExportCache()
     names = model.feature_names or tuple(f"f{j}" for j in range(model.num_feature))
-    rows: dict[str, list[Any]] = {
-        c: []
-        for c in (
-            "Tree",
-            "Node",
-            "ID",
-            "Feature",
-            "Split",
-            "Yes",
-            "No",
-            "Missing",
-            "Gain",
-            "Cover",
-            "Category",
-        )
-    }
-    for i, tree in enumerate(model.trees):
-        for n in range(tree.n_nodes):
-            leaf = bool(tree.left[n] < 0)
-            rows["Tree"].append(i)
-            rows["Node"].append(n)
-            rows["ID"].append(f"{i}-{n}")
-            rows["Feature"].append("Leaf" if leaf else names[tree.feature[n]])
-            rows["Split"].append(np.nan if leaf else float(tree.threshold[n]))
-            yes, no = f"{i}-{tree.left[n]}", f"{i}-{tree.right[n]}"
-            rows["Yes"].append(np.nan if leaf else yes)
-            rows["No"].append(np.nan if leaf else no)
-            rows["Missing"].append(
-                np.nan if leaf else (yes if tree.default_left[n] else no)
-            )
-            rows["Gain"].append(float(tree.value[n] if leaf else tree.gain[n]))
-            rows["Cover"].append(float(tree.cover[n]))
-            rows["Category"].append(np.nan)
-    frame = pd.DataFrame(rows)
+    parts = [cache.tree_rows(t, i, tuple(names)) for i, t in enumerate(model.trees)]
+    frame = pd.DataFrame(
+        {c: list(itertools.chain.from_iterable(p[c] for p in parts)) for c in _COLUMNS}
+    )
     return frame.astype({"Tree": "int64", "Node": "int64", "Category": "float64"})
