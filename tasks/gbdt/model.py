@@ -47,9 +47,11 @@ class Tree:
 
     def depth(self) -> int:
         """Return the largest depth of a leaf (a lone root has depth 0)."""
+        # Breadth-first numbering: a node's children come after it.
         d = np.zeros(self.n_nodes, np.int64)
-        for i in range(1, self.n_nodes):
-            d[i] = d[self.parent[i]] + 1
+        inner = np.flatnonzero(self.left >= 0)
+        for i in inner:
+            d[self.left[i]] = d[self.right[i]] = d[i] + 1
         return int(d.max(initial=0))
 
     def leaves(self, X32: np.ndarray, backend: str = "auto") -> np.ndarray:
@@ -64,6 +66,7 @@ class Tree:
                 self.feature,
                 self.threshold,
                 self.default_left,
+                self.depth(),
                 out,
             )
             return out
