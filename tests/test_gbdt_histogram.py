@@ -196,3 +196,35 @@ def test_freed_silo_state_refuses_work() -> None:
     state.free()
     with pytest.raises(RuntimeError, match="freed"):
         state.start_round(40)
+
+
+def test_silo_histograms_of_interleaved_trees_and_into_another_silos() -> None:
+    from fedsilo.tasks.gbdt.objective import make_objective
+
+    obj = make_objective("multi:softprob", 3)
+    cuts = [np.float32([-1.0, 0.0, 1.0, 9.0])] * 3
+
+    def state(seed: int) -> SiloTreeState:
+        rng = np.random.default_rng(seed)
+        X = rng.normal(size=(300, 3)).astype(np.float32)
+        y = rng.integers(0, 3, 300).astype(float)
+        s = SiloTreeState.create("s", SiloData(X, y, ("a", "b", "c")), cuts, obj)
+        s.set_intercept(obj.intercept(s.label_stats(), None))
+        s.start_round(40)
+        return s
+
+    splits = [NodeSplit(t, 0, t, 1, False, 1) for t in range(2)]
+    sorted_nodes = [(0, 1), (0, 2), (1, 1), (1, 2)]
+    mixed = [(0, 1), (1, 1), (0, 2), (1, 2)]  # a tree's nodes not side by side
+    a = state(1).level(splits, sorted_nodes)
+    b = state(1).level(splits, mixed)
+    order = [sorted_nodes.index(n) for n in mixed]
+    np.testing.assert_array_equal(b.sums, a.sums[order])
+    np.testing.assert_array_equal(b.totals, a.totals[order])
+    # A second silo adds its rows into the first one's histograms (pool workers).
+    other = state(2).level(splits, mixed)
+    both = state(2).level(splits, mixed, into=state(1).level(splits, mixed))
+    np.testing.assert_array_equal(both.sums, b.sums + other.sums)
+    np.testing.assert_array_equal(both.totals, b.totals + other.totals)
+    with pytest.raises(ValueError, match="other nodes"):
+        state(2).level(splits, sorted_nodes, into=b)
