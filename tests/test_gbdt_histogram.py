@@ -226,5 +226,8 @@ def test_silo_histograms_of_interleaved_trees_and_into_another_silos() -> None:
     both = state(2).level(splits, mixed, into=state(1).level(splits, mixed))
     np.testing.assert_array_equal(both.sums, b.sums + other.sums)
     np.testing.assert_array_equal(both.totals, b.totals + other.totals)
+    refused = state(2)
+    before = refused._positions.copy()  # the rows must not move
     with pytest.raises(ValueError, match="other nodes"):
-        state(2).level(splits, sorted_nodes, into=b)
+        refused.level(splits, sorted_nodes, into=b)
+    np.testing.assert_array_equal(refused._positions, before)

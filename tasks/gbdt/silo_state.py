@@ -309,11 +309,9 @@ class SiloTreeState:
         """
         binned, _, _ = self._data()
         grad, hess, positions = self._round()
-        pairs = np.asarray(nodes, dtype=np.int64).reshape(-1, 2)
+        pairs = self._pairs(nodes, into)
         if into is None:
             into = zero_histograms(pairs, binned.n_features, binned.stride)
-        elif not np.array_equal(into.nodes, pairs):
-            raise ValueError(f"silo {self.name!r}: histograms of other nodes given")
         for t in np.unique(pairs[:, 0]):
             sel = np.flatnonzero(pairs[:, 0] == t)
             a, b = int(sel[0]), int(sel[-1]) + 1
@@ -342,8 +340,18 @@ class SiloTreeState:
         into: NodeHistograms | None = None,
     ) -> NodeHistograms:
         """Apply the splits just chosen, then return histograms of ``nodes``."""
+        self._pairs(nodes, into)  # refuse a mismatched ``into`` before moving rows
         self.apply_splits(splits)
         return self.histograms(nodes, into)
+
+    def _pairs(
+        self, nodes: Sequence[tuple[int, int]], into: NodeHistograms | None
+    ) -> np.ndarray:
+        """Return ``nodes`` as (m, 2) pairs; raise if ``into`` holds other nodes."""
+        pairs = np.asarray(nodes, dtype=np.int64).reshape(-1, 2)
+        if into is not None and not np.array_equal(into.nodes, pairs):
+            raise ValueError(f"silo {self.name!r}: histograms of other nodes given")
+        return pairs
 
     def finish_round(self, trees: Sequence[Tree], loss: bool = True) -> LossSum | None:
         """Route rows to the round's leaves, add leaf values to margins, clear offsets.
