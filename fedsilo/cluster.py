@@ -57,22 +57,16 @@ class SiloCluster:
         """Return the name of the worker holding ``silo`` (the silo's own name)."""
         return self.hosts.get(silo, silo)
 
-    def submit_to(
-        self, address: str, fn: Callable[..., Any], *args: Any, key: str
-    ) -> Future:
-        """Run ``fn`` on the worker at ``address`` and nowhere else."""
+    def submit(self, silo: str, fn: Callable[..., Any], *args: Any, key: str) -> Future:
+        """Run ``fn`` on the worker holding ``silo`` and nowhere else."""
         return self.client.submit(
             fn,
             *args,
             key=key,
-            workers=[address],
+            workers=[self.workers[silo]],
             allow_other_workers=False,
             pure=False,
         )
-
-    def submit(self, silo: str, fn: Callable[..., Any], *args: Any, key: str) -> Future:
-        """Run ``fn`` on the worker holding ``silo`` and nowhere else."""
-        return self.submit_to(self.workers[silo], fn, *args, key=key)
 
     def by_worker(self, silos: Sequence[str]) -> dict[str, list[str]]:
         """Group ``silos`` by the name of their worker, keeping their order."""

@@ -27,9 +27,9 @@ them.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import os
-import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -71,6 +71,19 @@ def default_transport() -> Transport:
 #: Observers of every exchange: ``(silo, call name, (sent, reply))``. Tests use
 #: them to assert on payloads; nothing else should.
 observers: list[Callable[[str, str, Any], None]] = []
+
+
+def _observe(
+    silo: str, name: str, sent: Any, reply: Any, memo: dict[int, Any]
+) -> None:
+    """Show observers a copy of an exchange (its replies are then summed in place).
+
+    One ``memo`` per exchange: a reply shared by silos stays one object.
+    """
+    if observers:
+        payload = copy.deepcopy((sent, reply), memo)
+        for observer in list(observers):
+            observer(silo, name, payload)
 
 
 @dataclass(slots=True)
@@ -179,6 +192,7 @@ class SiloCalls:
     ) -> None:
         """Add an exchange's bytes to the traffic (arguments sized once if shared)."""
         sizes: dict[int, int] = {}
+        memo: dict[int, Any] = {}
         for silo, args in per_silo.items():
             sent = tuple(a for a in args if not isinstance(a, Future))
             if id(args) not in sizes:
@@ -187,8 +201,7 @@ class SiloCalls:
             t.down += sizes[id(args)]
             t.up += payload_bytes(replies[silo])
             t.calls += 1
-            for observer in list(observers):
-                observer(silo, name, (sent, replies[silo]))
+            _observe(silo, name, sent, replies[silo], memo)
 
     # -- silo-resident state -----------------------------------------------------
     def open(self, fn: Callable[..., Any], per_silo: dict[str, Sequence[Any]]) -> None:
@@ -257,6 +270,7 @@ class SiloCalls:
         answers = self.client.sync(self._send_to_workers, groups, method, args)
         sent = payload_bytes(args)
         replies: list[Any] = []
+        memo: dict[int, Any] = {}
         for address, silos in groups.items():
             answer = answers[address]
             if isinstance(answer, BaseException):
@@ -271,8 +285,7 @@ class SiloCalls:
                 t.up += size
                 t.calls += 1
                 own = merged[i] if len(merged) == len(silos) else merged[0]
-                for observer in list(observers):
-                    observer(silo, f"gbdt-{method}", (args, own))
+                _observe(silo, f"gbdt-{method}", args, own, memo)
             replies.extend(merged)
         return replies
 
@@ -293,9 +306,7 @@ class SiloCalls:
                     keys=[self.states[s].key for s in silos],
                     silos=silos,
                     method=method,
-                    # One pickle for all arguments: Dask would serialize the
-                    # items of a collection one by one (~0.5 ms per exchange).
-                    args=pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL),
+                    args=args,
                 )
             )
             for address, silos in groups.items()
@@ -384,11 +395,11 @@ def combine(replies: Sequence[Any]) -> NodeHistograms:
     """Return the sum of the silos' histograms, unmasking masked ones.
 
     The replies were received for this sum alone, so the first one's arrays
-    take the sum (unless observers were shown the replies).
+    take the sum.
     """
     if replies and isinstance(replies[0], MaskedHistograms):
         return unmask_histograms(list(replies))
-    return sum_histograms(list(replies), reuse_first=not observers)
+    return sum_histograms(list(replies), reuse_first=True)
 
 
 @dataclass(slots=True)

@@ -58,12 +58,9 @@ def install_handler() -> None:
             keys: Sequence[str] = (),
             silos: Sequence[str] = (),
             method: str = "",
-            args: bytes = b"",
+            args: Sequence[Any] = (),
         ) -> dict[str, Any]:
-            # The coordinator pickles the arguments (a trusted peer, as for
-            # any Dask task it sends).
-            given = pickle.loads(args) if args else ()
-            return _exchange(worker, keys, silos, method, given)
+            return _exchange(worker, keys, silos, method, args)
 
         return fedsilo_gbdt_exchange
 

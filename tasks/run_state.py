@@ -84,13 +84,7 @@ class RunState:
 
     def submit(self, silo: str, fn: Callable[..., Any], *args: Any, key: str) -> Future:
         """Run ``fn`` on the silo's own worker and nowhere else."""
-        return self.submit_to(self.cluster.workers[silo], fn, *args, key=key)
-
-    def submit_to(
-        self, address: str, fn: Callable[..., Any], *args: Any, key: str
-    ) -> Future:
-        """Run ``fn`` on the worker at ``address`` and nowhere else."""
-        return self.cluster.submit_to(address, fn, *args, key=f"{key}-{self.run_id}")
+        return self.cluster.submit(silo, fn, *args, key=f"{key}-{self.run_id}")
 
 
 _RUNS: dict[str, RunState] = {}

@@ -91,6 +91,6 @@ def installed() -> bool:
 async def call(client: Any, address: str, phase: str, args: Sequence[Any]) -> Any:
     """Send one batch to the worker at ``address``; return its per-silo replies."""
     answer = await worker_rpc.request(
-        client, address, HANDLER, phase=phase, args=to_serialize(by_key(args))
+        client, address, HANDLER, phase=phase, args=by_key(args)
     )
     return answer["replies"]
