@@ -304,6 +304,10 @@ def bin_silos(
             for s, f in rows.items()
         },
     )
+    if calls.channel_error is not None:
+        get_run_logger().warning(
+            "boosting exchanges go through Dask's comm: %s", calls.channel_error
+        )
     workers = calls.call_all("worker")
     return {
         "cuts": cuts,

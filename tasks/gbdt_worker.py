@@ -1,15 +1,18 @@
 """A worker's side of the boosting exchanges: one request per worker and level.
 
-With the ``worker`` transport (the default) the coordinator sends every tree
-level to each worker once, naming the silos that worker hosts. The handler
-installed here runs each silo's method on its resident
-:class:`~fedsilo.tasks.gbdt_silo.BoostingSilo` (the Dask actor made when the
-silo opened) on the worker's event loop, with no thread hop, and answers with
-one message. When the worker hosts several silos (pool workers in a
-simulation), their plain histograms are summed here before they leave: each
-silo after the first adds its rows to the first one's histograms (``into``),
-which is exact (every cell is a multiple of the silos' common gradient grid,
-see docs/gbdt.md), so the coordinator receives less and learns less. Masked
+With the ``channel`` transport (the default) and the ``worker`` transport the
+coordinator sends every tree level to each worker once, naming the silos that
+worker hosts, and gets one answer. The call installed here runs each silo's
+method on its resident :class:`~fedsilo.tasks.gbdt_silo.BoostingSilo` (the Dask
+actor made when the silo opened): on the worker's event loop when the request
+comes through Dask (``worker``), in the channel's thread when it comes over the
+worker's own socket to the coordinator (``channel``, see
+:mod:`fedsilo.tasks.exchange_channel`). When the worker hosts several silos
+(pool workers in a simulation), their plain histograms are summed here before
+they leave: each silo after the first adds its rows to the first one's
+histograms (``into``), which is exact (every cell is a multiple of the silos'
+common gradient grid, see docs/gbdt.md), so the coordinator receives less and
+learns less. Masked
 histograms (secure aggregation) are not added here: each keeps its own silo
 index and roster, and the coordinator unmasks them together as before.
 
@@ -24,15 +27,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from distributed.comm.addressing import get_address_host
 from distributed.protocol import to_serialize
 
-from fedsilo.tasks import worker_rpc
+from fedsilo.tasks import exchange_channel, worker_rpc
 from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from fedsilo.tasks.gbdt.privacy import MaskedHistograms
 from fedsilo.tasks.gbdt.silo_state import LossSum, sum_losses
 
 #: The worker RPC operation that serves boosting exchanges.
 HANDLER = "fedsilo_gbdt_exchange"
+#: The worker RPC operation that opens a channel for them (``exchange_channel``).
+CHANNEL_HANDLER = "fedsilo_gbdt_channel"
 
 #: Methods the handler serves: short per-level calls, safe on the event loop.
 EXCHANGE_CALLS = frozenset(
@@ -51,7 +57,7 @@ class SiloCallFailed:
 
 
 def install_handler() -> None:
-    """Serve :data:`HANDLER` on the current worker (idempotent)."""
+    """Serve :data:`HANDLER` and :data:`CHANNEL_HANDLER` on this worker (idempotent)."""
 
     def make(worker: Any) -> Callable[..., dict[str, Any]]:
         def fedsilo_gbdt_exchange(
@@ -60,11 +66,27 @@ def install_handler() -> None:
             method: str = "",
             args: Sequence[Any] = (),
         ) -> dict[str, Any]:
-            return _exchange(worker, keys, silos, method, args)
+            answer = _exchange(worker, keys, silos, method, args)
+            return {
+                k: v if k == "sizes" else to_serialize(v) for k, v in answer.items()
+            }
 
         return fedsilo_gbdt_exchange
 
+    def make_channel(worker: Any) -> Callable[..., tuple[str, int]]:
+        def fedsilo_gbdt_channel(token: bytes = b"") -> tuple[str, int]:
+            tls = worker.security.get_listen_args("worker").get("ssl_context")
+            return exchange_channel.listen(
+                get_address_host(worker.address),
+                token,
+                lambda **request: _exchange(worker, **request),
+                tls,
+            )
+
+        return fedsilo_gbdt_channel
+
     worker_rpc.serve(HANDLER, make)
+    worker_rpc.serve(CHANNEL_HANDLER, make_channel)
 
 
 def _histograms(reply: Any) -> NodeHistograms | None:
@@ -127,7 +149,11 @@ def _exchange(
     method: str = "",
     args: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """Run ``method(*args)`` at every listed silo of this worker; one reply."""
+    """Run ``method(*args)`` at every listed silo of this worker; one answer.
+
+    The answer holds each silo's reply size and the replies (co-hosted ones
+    summed), or the first failure.
+    """
     if method not in EXCHANGE_CALLS:
         raise ValueError(f"not an exchange call: {method!r}")
     replies: list[Any] = []
@@ -145,6 +171,6 @@ def _exchange(
             into = _histograms(reply) if method in ACCUMULATING else None
             replies.append(reply)
         except Exception as error:  # reported as a value, naming the silo
-            return {"failed": to_serialize(SiloCallFailed(silo, error))}
+            return {"failed": SiloCallFailed(silo, error)}
     sizes = [payload_bytes(r) for r in replies]
-    return {"sizes": sizes, "replies": to_serialize(merge_co_hosted(replies))}
+    return {"sizes": sizes, "replies": merge_co_hosted(replies)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import pickle
 import time
 from collections.abc import Iterator
@@ -423,8 +424,40 @@ def test_every_transport_grows_the_same_model(
         assert summary["transport"] == transport
         texts[transport] = store_of(spec, summary).read_model_json(1)
         traffic[transport] = summary["traffic"]
-    assert texts["worker"] == texts["actor"] == texts["submit"]
-    assert traffic["worker"] == traffic["actor"]
+    assert texts["channel"] == texts["worker"] == texts["actor"] == texts["submit"]
+    assert traffic["channel"] == traffic["worker"] == traffic["actor"]
+
+
+def test_a_worker_out_of_reach_of_a_channel_falls_back_to_dask(
+    tmp_path: Path,
+    shared_cluster: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from fedsilo.tasks import gbdt_federation
+    from fedsilo.tasks.exchange_channel import ChannelError
+
+    frame = make_data("binary:logistic", n=600)
+    silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
+    spec = make_spec(silos, tmp_path / "store", shared_cluster, rounds=1)
+    direct = run(spec)
+
+    def firewalled(address: str, *_: Any, **__: Any) -> Any:
+        raise ChannelError(f"cannot open a channel to {address}: timed out")
+
+    monkeypatch.setattr(gbdt_federation.Channel, "connect", firewalled)
+    runs_logger = logging.getLogger("prefect")  # does not propagate to the root
+    runs_logger.addHandler(caplog.handler)
+    try:
+        fallback = run(spec)
+    finally:
+        runs_logger.removeHandler(caplog.handler)
+
+    assert direct["transport"] == "channel" and fallback["transport"] == "worker"
+    assert "go through Dask's comm" in caplog.text and "timed out" in caplog.text
+    assert store_of(spec, fallback).read_model_json(1) == store_of(
+        spec, direct
+    ).read_model_json(1)
 
 
 def test_pool_workers_sum_their_silos_histograms_and_grow_the_same_trees(
@@ -456,7 +489,7 @@ def test_pool_workers_sum_their_silos_histograms_and_grow_the_same_trees(
     assert by_pool["traffic"] == by_silo["traffic"]
 
 
-@pytest.mark.parametrize("transport", ["worker", "actor", "submit"])
+@pytest.mark.parametrize("transport", ["channel", "worker", "actor", "submit"])
 def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
     from distributed import Client
 
@@ -503,7 +536,7 @@ def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
             with pytest.raises(SiloFailedError, match=r"silo 'silo-1'.*freed"):
                 calls.exchange("start_round", 40)
 
-            if transport == "worker":
+            if transport in ("channel", "worker"):
                 # The worker no longer holds the state at all (released).
                 calls.drop("silo-1")
                 key = calls.states["silo-0"].key
