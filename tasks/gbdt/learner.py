@@ -22,7 +22,6 @@ from fedsilo.tasks.gbdt.histogram import (
     Backend,
     NodeHistograms,
     gradient_exponent,
-    subtract,
     sum_histograms,
 )
 from fedsilo.tasks.gbdt.model import ROOT_PARENT, GBDTModel, Tree
@@ -38,7 +37,8 @@ from fedsilo.tasks.gbdt.silo_state import (
 from fedsilo.tasks.gbdt.sketch import cut_points, merge_sketches, sketch_size, summarize
 from fedsilo.tasks.gbdt.split import SplitInfo, TreeParams, find_splits, leaf_weight
 
-_Hist = tuple[np.ndarray, np.ndarray]  # one node's sums (F, W, 2) and totals (3,)
+#: Histograms of some frontier nodes: sums (m, F, W, 2) and their (tree, node) keys.
+_Block = tuple[np.ndarray, list[tuple[int, int]]]
 
 
 class Federation(Protocol):
@@ -138,6 +138,17 @@ class _TreeBuilder:
         )
 
 
+def _node_totals(
+    builders: Sequence[_TreeBuilder],
+    rows: Mapping[tuple[int, int], float],
+    keys: Sequence[tuple[int, int]],
+) -> np.ndarray:
+    """Return (G, H, rows) of each (tree, node) in ``keys``."""
+    return np.array(
+        [(builders[t].grad[n], builders[t].hess[n], rows[t, n]) for t, n in keys]
+    )
+
+
 def grow_round(
     federation: Federation,
     cuts: Sequence[np.ndarray],
@@ -156,26 +167,25 @@ def grow_round(
     """
     roots = federation.start_round(exponent)
     n_trees = roots.n_nodes
-    at = roots.index()
-    frontier = [(t, 0) for t in range(n_trees)]
-    builders = [_TreeBuilder(*roots.totals[at[k], :2]) for k in frontier]
-    cache: dict[tuple[int, int], _Hist] = {
-        k: (roots.sums[at[k]], roots.totals[at[k]]) for k in frontier
-    }
+    frontier = [(int(t), int(n)) for t, n in roots.nodes]
+    builders = [_TreeBuilder(*roots.totals[i, :2]) for i in range(n_trees)]
+    # The frontier's histograms stay where they arrived (the summed replies) or
+    # were derived (one array of siblings per level): no copy into one array.
+    blocks: list[_Block] = [(roots.sums, frontier)]
+    rows = {k: float(roots.totals[i, 2]) for i, k in enumerate(frontier)}
     depth = 0
     while frontier and depth < p.max_depth:
-        totals = np.array(
-            [
-                [builders[t].grad[n], builders[t].hess[n], cache[t, n][1][2]]
-                for t, n in frontier
-            ]
-        )
-        sums = np.stack([cache[k][0] for k in frontier])
-        found = find_splits(sums, totals, cuts, p)
+        found: dict[tuple[int, int], SplitInfo | None] = {}
+        where: dict[tuple[int, int], np.ndarray] = {}
+        for sums, keys in blocks:
+            totals = _node_totals(builders, rows, keys)
+            found.update(zip(keys, find_splits(sums, totals, cuts, p), strict=True))
+            where.update(zip(keys, sums, strict=True))
         splits: list[NodeSplit] = []
         build: list[tuple[int, int]] = []
         pairs: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = []
-        for (t, node), s in zip(frontier, found, strict=True):
+        for t, node in sorted(found):  # breadth-first: node ids in order
+            s = found[t, node]
             if s is None:
                 continue
             left = builders[t].split(node, s)
@@ -189,14 +199,17 @@ def grow_round(
             break  # children are leaves; silos route rows to them in finish_round
         built = federation.level(splits, build)
         index = built.index()
-        new_cache: dict[tuple[int, int], _Hist] = {}
-        for parent, small, other in pairs:
+        siblings = np.empty((len(pairs), *built.sums.shape[1:]))
+        for j, (parent, small, other) in enumerate(pairs):
             i = index[small]
-            child = (built.sums[i], built.totals[i])
-            new_cache[small] = child
-            new_cache[other] = subtract(cache[parent], child)
-        cache = new_cache
-        frontier = sorted(new_cache)
+            np.subtract(where[parent], built.sums[i], out=siblings[j])
+            rows[small] = float(built.totals[i, 2])
+            rows[other] = rows[parent] - rows[small]
+        blocks = [
+            (built.sums, [(int(t), int(n)) for t, n in built.nodes]),
+            (siblings, [other for _, _, other in pairs]),
+        ]
+        frontier = build
     trees = [b.finish(p, float(offsets[t])) for t, b in enumerate(builders)]
     return trees, federation.finish_round(trees, loss)
 
