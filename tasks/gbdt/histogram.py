@@ -33,6 +33,7 @@ import numpy as np
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
 from fedsilo.tasks.gbdt.binning import BinnedMatrix
 from fedsilo.tasks.gbdt.jit import kernels
+from fedsilo.tasks.gbdt.model import Tree
 
 Backend = Literal["auto", "numpy", "numba"]
 
@@ -191,6 +192,144 @@ def build_histograms(
         totals,
     )
     return sums, totals
+
+
+class NodeRows:
+    """One tree's rows grouped by node, for the numba kernels.
+
+    ``order`` lists the rows node by node, ascending within a node; node n's
+    rows are ``order[a:b]`` with ``(a, b) = bounds[n]`` (empty for a node never
+    reached). Splitting a node reorders only its own segment, and a node's
+    histogram visits only its rows, in the same order as a scan of every row's
+    position would: below the root, where a level builds a fifth to a half of
+    the rows, scanning every position cost more than the histograms built.
+    """
+
+    def __init__(self, n_rows: int) -> None:
+        self.order = np.arange(n_rows, dtype=np.int32)
+        self.bounds = np.zeros((64, 2), np.int64)
+        self.bounds[0, 1] = n_rows
+        #: The nodes whose segments hold the rows (reached and not split).
+        self.current = np.zeros(64, bool)
+        self.current[0] = True
+
+    def segments(self, nodes: np.ndarray) -> np.ndarray:
+        """Return the (a, b) segments of ``nodes``, (0, 0) for unknown nodes."""
+        out = np.zeros((nodes.shape[0], 2), np.int64)
+        known = nodes < self.bounds.shape[0]
+        out[known] = self.bounds[nodes[known]]
+        return out
+
+    def split(
+        self,
+        binned: BinnedMatrix,
+        node: np.ndarray,
+        feature: np.ndarray,
+        split_bin: np.ndarray,
+        default_left: np.ndarray,
+        left: np.ndarray,
+        scratch: np.ndarray,
+    ) -> None:
+        """Move the rows of ``node[j]`` to ``left[j]`` or ``left[j] + 1``.
+
+        Rows with bin <= ``split_bin[j]`` of ``feature[j]`` (or missing, when
+        ``default_left[j]``) go left. ``scratch`` is an int32 buffer of at least
+        the tree's row count.
+        """
+        jit = kernels()
+        assert jit is not None
+        size = int(max(left.max(initial=-1) + 2, node.max(initial=-1) + 1))
+        if size > self.bounds.shape[0]:
+            capacity = max(size, 2 * self.bounds.shape[0])
+            bounds = np.zeros((capacity, 2), np.int64)
+            bounds[: self.bounds.shape[0]] = self.bounds
+            current = np.zeros(capacity, bool)
+            current[: self.current.shape[0]] = self.current
+            self.bounds, self.current = bounds, current
+        missing = binned.missing
+        jit.partition(
+            binned.bins,
+            missing if missing is not None else np.zeros((1, 1), bool),
+            missing is not None,
+            self.order,
+            scratch,
+            self.bounds,
+            node,
+            feature,
+            split_bin,
+            default_left,
+            left,
+        )
+        self.current[node] = False
+        self.current[left] = self.current[left + 1] = True
+
+    def positions(self) -> np.ndarray:
+        """Return every row's node (int32), as the numpy backend keeps them."""
+        out = np.empty(self.order.shape[0], np.int32)
+        for n in np.flatnonzero(self.current):
+            a, b = self.bounds[n]
+            out[self.order[a:b]] = n
+        return out
+
+    def add_leaf_values(
+        self, binned: BinnedMatrix, tree: Tree, margin: np.ndarray, column: int
+    ) -> None:
+        """Add to ``margin[:, column]`` each row's leaf value in ``tree``.
+
+        The tree grows from the nodes split so far (its last level is not).
+        """
+        jit = kernels()
+        assert jit is not None
+        nodes = np.flatnonzero(self.current)
+        missing = binned.missing
+        jit.add_leaf_values(
+            binned.bins,
+            missing if missing is not None else np.zeros((1, 1), bool),
+            missing is not None,
+            self.order,
+            self.bounds[nodes],
+            nodes,
+            tree.left,
+            tree.right,
+            tree.feature,
+            tree.split_bin,
+            tree.default_left,
+            tree.value,
+            margin,
+            column,
+        )
+
+    def add_histograms(
+        self,
+        binned: BinnedMatrix,
+        gh: np.ndarray,
+        nodes: np.ndarray,
+        sums: np.ndarray,
+        totals: np.ndarray,
+    ) -> None:
+        """Add the rows of ``nodes`` to (sums, totals), as ``build_histograms`` into.
+
+        ``gh`` is (n_rows, 2) float64: each row's gradient and hessian.
+        """
+        jit = kernels()
+        assert jit is not None
+        m = nodes.shape[0]
+        if sums.shape != (m, binned.n_features, binned.stride + 1, 2):
+            raise ValueError(f"histograms of shape {sums.shape} do not fit {m} nodes")
+        if totals.shape != (m, 3) or not sums.flags.c_contiguous:
+            raise ValueError("totals must be (m, 3) and sums C-contiguous")
+        missing = binned.missing
+        jit.histogram_rows(
+            binned.bins,
+            missing if missing is not None else np.zeros((1, 1), bool),
+            missing is not None,
+            self.order,
+            self.segments(nodes),
+            gh,
+            binned.stride,
+            sums,
+            totals,
+        )
 
 
 def sum_histograms(

@@ -16,6 +16,9 @@ import numpy as np
 
 try:
     import numba
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic as _intrinsic
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None  # type: ignore[assignment]
 
@@ -29,32 +32,118 @@ def kernels() -> SimpleNamespace | None:
 
 if numba is not None:
     jit = numba.njit(cache=True, nogil=True)
+    intrinsic: Any = _intrinsic  # its stubs do not know the call drops typingctx
+
+    #: Rows ahead of the current one whose data the row kernels prefetch.
+    _AHEAD = 16
+
+    @intrinsic
+    def _add_pair(typingctx: Any, arr: Any, index: Any, a: Any, b: Any) -> Any:
+        """Add (a, b) to ``arr.flat[index : index + 2]`` with one 2-wide vector add.
+
+        ``arr`` is a C-contiguous float64 array; nothing is bounds-checked. LLVM
+        does not pair the two scalar adds by itself: one vector load, add and
+        store instead of two of each takes the root histogram (100k rows x 30
+        features) from about 1.28 to 0.93 ns per row and feature.
+        """
+        if not (isinstance(arr, types.Array) and arr.layout == "C"):
+            return None
+        sig = types.void(arr, index, a, b)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            pair = ir.VectorType(ir.DoubleType(), 2)
+            ptr = builder.bitcast(builder.gep(data, [args[1]]), pair.as_pointer())
+            value = ir.Constant(pair, ir.Undefined)
+            value = builder.insert_element(
+                value, args[2], ir.Constant(ir.IntType(32), 0)
+            )
+            value = builder.insert_element(
+                value, args[3], ir.Constant(ir.IntType(32), 1)
+            )
+            builder.store(builder.fadd(builder.load(ptr, align=8), value), ptr, align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def _prefetch(typingctx: Any, arr: Any, index: Any) -> Any:
+        """Hint the CPU to fetch the cache line of ``arr.flat[index]`` (a C array)."""
+        if not (isinstance(arr, types.Array) and arr.layout == "C"):
+            return None
+        sig = types.void(arr, index)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            byte = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = builder.module.declare_intrinsic(
+                "llvm.prefetch",
+                [byte],
+                ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]),
+            )
+            ptr = builder.bitcast(builder.gep(data, [args[1]]), byte)
+            # read, high temporal locality, data cache
+            builder.call(
+                fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+            )
+            return context.get_dummy_value()
+
+        return sig, codegen
 
     @jit
-    def route(
+    def partition(
         bins: Any,
         missing: Any,
         use_missing: bool,
-        pos: Any,
+        order: Any,
+        scratch: Any,
+        bounds: Any,
+        node: Any,
         feature: Any,
         split_bin: Any,
         default_left: Any,
         left: Any,
     ) -> None:  # pragma: no cover - compiled
-        """Move rows of split nodes to a child; ``feature[node] < 0``: not split."""
-        size = feature.shape[0]
-        for i in range(pos.shape[0]):
-            node = pos[i]
-            if node >= size:
-                continue
-            f = feature[node]
-            if f < 0:
-                continue
-            if use_missing and missing[i, f]:
-                go_left = default_left[node]
-            else:
-                go_left = bins[i, f] <= split_bin[node]
-            pos[i] = left[node] if go_left else left[node] + 1
+        """Split the segment of ``order`` of each ``node[j]`` into its two children.
+
+        ``order`` holds the rows grouped by node, ascending within a node;
+        ``bounds[n] = (a, b)`` is node n's segment ``order[a:b]``. Rows of node
+        ``node[j]`` go to ``left[j]`` (bin <= ``split_bin[j]``, or missing and
+        ``default_left[j]``) or ``left[j] + 1``; the split is stable, so children
+        stay ascending. Only rows of split nodes are read; each row is written to
+        both sides and only one count moves: no branch to mispredict. ``scratch``
+        holds at least the largest segment. (About 0.3 ms per level of 100k rows,
+        where scanning every row's position cost 0.18 ms: the histograms pay it
+        back by visiting only their nodes' rows.)
+        """
+        n_features = bins.shape[1]
+        for j in range(node.shape[0]):
+            a = bounds[node[j], 0]
+            e = bounds[node[j], 1]
+            f = feature[j]
+            to_left = left[j]
+            n_left = 0
+            n_right = 0
+            for k in range(a, e):
+                if k + _AHEAD < e:
+                    _prefetch(bins, order[k + _AHEAD] * n_features + f)
+                i = order[k]
+                if use_missing and missing[i, f]:
+                    go_left = default_left[j]
+                else:
+                    go_left = bins[i, f] <= split_bin[j]
+                order[a + n_left] = i
+                scratch[n_right] = i
+                n_left += go_left
+                n_right += not go_left
+            mid = a + n_left
+            for k in range(n_right):
+                order[mid + k] = scratch[k]
+            bounds[to_left, 0] = a
+            bounds[to_left, 1] = mid
+            bounds[to_left + 1, 0] = mid
+            bounds[to_left + 1, 1] = e
 
     @jit
     def histogram(
@@ -69,8 +158,12 @@ if numba is not None:
         out: Any,
         totals: Any,
     ) -> None:  # pragma: no cover - compiled
-        """Add rows of ``lut``'s nodes to out[slot, feature, bin, 0|1] and totals."""
+        """Add rows of ``lut``'s nodes to out[slot, feature, bin, 0|1] and totals.
+
+        Scans every row's position; ``histogram_rows`` visits only a node's rows.
+        """
         n_features = bins.shape[1]
+        width2 = out.shape[2] * 2
         size = lut.shape[0]
         for i in range(pos.shape[0]):
             p = pos[i]
@@ -84,16 +177,131 @@ if numba is not None:
             totals[s, 0] += gi
             totals[s, 1] += hi
             totals[s, 2] += 1.0
+            base = s * n_features * width2
             if use_missing:
                 for f in range(n_features):
-                    b = missing_slot if missing[i, f] else bins[i, f]
-                    out[s, f, b, 0] += gi
-                    out[s, f, b, 1] += hi
+                    b = missing_slot if missing[i, f] else np.intp(bins[i, f])
+                    _add_pair(out, base + f * width2 + 2 * b, gi, hi)
             else:
                 for f in range(n_features):
-                    b = bins[i, f]
-                    out[s, f, b, 0] += gi
-                    out[s, f, b, 1] += hi
+                    b = np.intp(bins[i, f])
+                    _add_pair(out, base + f * width2 + 2 * b, gi, hi)
+
+    @jit
+    def histogram_rows(
+        bins: Any,
+        missing: Any,
+        use_missing: bool,
+        order: Any,
+        bounds: Any,
+        gh: Any,
+        missing_slot: int,
+        out: Any,
+        totals: Any,
+    ) -> None:  # pragma: no cover - compiled
+        """Add rows ``order[a:b]``, ``(a, b) = bounds[s]``, to out[s, feature, bin].
+
+        ``gh[row] = (gradient, hessian)``; totals[s] gets their sums and the row
+        count. Rows of one node are visited in ``order`` (ascending: each cell
+        sums in the order of ``histogram``). The rows' bins, missing flags and
+        gradients are prefetched ``_AHEAD`` rows ahead: below the root a node's
+        rows are scattered and each row is a cache miss otherwise (deep level,
+        20k of 100k rows in 16 nodes: 1.36 ms scanning all positions, 0.86 ms
+        over node-grouped rows with prefetch).
+        """
+        n_features = bins.shape[1]
+        width2 = out.shape[2] * 2
+        for s in range(bounds.shape[0]):
+            a = bounds[s, 0]
+            e = bounds[s, 1]
+            base = s * n_features * width2
+            g_sum = 0.0
+            h_sum = 0.0
+            for k in range(a, e):
+                if k + _AHEAD < e:
+                    ahead = np.intp(order[k + _AHEAD])
+                    _prefetch(bins, ahead * n_features)
+                    _prefetch(bins, ahead * n_features + n_features - 1)
+                    _prefetch(gh, 2 * ahead)
+                    if use_missing:
+                        _prefetch(missing, ahead * n_features)
+                        _prefetch(missing, ahead * n_features + n_features - 1)
+                i = order[k]
+                gi = gh[i, 0]
+                hi = gh[i, 1]
+                g_sum += gi
+                h_sum += hi
+                if use_missing:
+                    for f in range(n_features):
+                        b = missing_slot if missing[i, f] else np.intp(bins[i, f])
+                        _add_pair(out, base + f * width2 + 2 * b, gi, hi)
+                else:
+                    for f in range(n_features):
+                        b = np.intp(bins[i, f])
+                        _add_pair(out, base + f * width2 + 2 * b, gi, hi)
+            totals[s, 0] += g_sum
+            totals[s, 1] += h_sum
+            totals[s, 2] += e - a
+
+    @jit
+    def add_leaf_values(
+        bins: Any,
+        missing: Any,
+        use_missing: bool,
+        order: Any,
+        bounds: Any,
+        start: Any,
+        left: Any,
+        right: Any,
+        feature: Any,
+        split_bin: Any,
+        default_left: Any,
+        value: Any,
+        margin: Any,
+        column: int,
+    ) -> None:  # pragma: no cover - compiled
+        """Add to ``margin[row, column]`` the value of the leaf each row reaches.
+
+        Rows ``order[a:b]``, ``(a, b) = bounds[j]``, start at node ``start[j]``
+        and go down as ``descend`` (a float32 value added as float64, as numpy
+        adds ``value[leaf].astype(float64)``). All rows of a segment start at
+        the same node, so they mostly take the same number of steps (none from
+        a leaf, one below the last level built): the walk's branches are
+        predicted, where ``descend`` over rows in row order mispredicts them.
+        """
+        n_features = bins.shape[1]
+        width = margin.shape[1]
+        for j in range(start.shape[0]):
+            a = bounds[j, 0]
+            e = bounds[j, 1]
+            first = start[j]
+            if left[first] < 0:
+                leaf_value = np.float64(value[first])
+                for k in range(a, e):
+                    if k + _AHEAD < e:
+                        _prefetch(margin, np.intp(order[k + _AHEAD]) * width + column)
+                    margin[order[k], column] += leaf_value
+                continue
+            for k in range(a, e):
+                if k + _AHEAD < e:
+                    ahead = np.intp(order[k + _AHEAD])
+                    _prefetch(bins, ahead * n_features)
+                    _prefetch(bins, ahead * n_features + n_features - 1)
+                    _prefetch(margin, ahead * width + column)
+                    if use_missing:
+                        _prefetch(missing, ahead * n_features)
+                i = order[k]
+                node = first
+                child = left[node]
+                while child >= 0:
+                    f = feature[node]
+                    if use_missing and missing[i, f]:
+                        go_left = default_left[node]
+                    else:
+                        go_left = bins[i, f] <= split_bin[node]
+                    node = child if go_left else right[node]
+                    child = left[node]
+                margin[i, column] += np.float64(value[node])
 
     @jit
     def descend(
@@ -341,11 +549,13 @@ if numba is not None:
                 found[i, 4] = h_total - hl
 
     _kernels = SimpleNamespace(
-        route=route,
+        partition=partition,
         bin_tables=bin_tables,
         bin_rows=bin_rows,
         histogram=histogram,
+        histogram_rows=histogram_rows,
         descend=descend,
+        add_leaf_values=add_leaf_values,
         leaves=leaves,
         best_splits=best_splits,
     )

@@ -32,6 +32,7 @@ from fedsilo.tasks.gbdt.binning import BinnedMatrix, bin_matrix
 from fedsilo.tasks.gbdt.histogram import (
     Backend,
     NodeHistograms,
+    NodeRows,
     build_histograms,
     quantize,
     zero_histograms,
@@ -178,9 +179,12 @@ class SiloTreeState:
         k = objective.n_outputs
         self._margin: np.ndarray | None = np.zeros((binned.n_rows, k))
         self._offsets = np.zeros(k)
-        self._grad: np.ndarray | None = None
-        self._hess: np.ndarray | None = None
+        #: (n_outputs, n_rows, 2): each row's quantized gradient and hessian.
+        self._gh: np.ndarray | None = None
+        #: Each tree's rows by node: grouped (numba) or every row's node (numpy).
+        self._rows: list[NodeRows] | None = None
         self._positions: np.ndarray | None = None
+        self._scratch: np.ndarray | None = None
         #: DP: every row's gradient is clipped to +-G and hessian to [0, H].
         self.gradient_clip: tuple[float, float] | None = None
         self._saved: tuple[np.ndarray, np.ndarray] | None = None
@@ -203,10 +207,13 @@ class SiloTreeState:
             raise RuntimeError(f"silo {self.name!r}: state was freed")
         return self._binned, self._y, self._margin
 
-    def _round(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._grad is None or self._hess is None or self._positions is None:
+    def _round(self) -> np.ndarray:
+        if self._gh is None:
             raise RuntimeError(f"silo {self.name!r}: no round in progress")
-        return self._grad, self._hess, self._positions
+        return self._gh
+
+    def _end_round(self) -> None:
+        self._gh = self._positions = self._rows = None
 
     @property
     def n_rows(self) -> int:
@@ -240,45 +247,44 @@ class SiloTreeState:
         g, h = self.objective.gradients(y, margin + self._offsets)
         if self.gradient_clip is not None:
             g, h = clip_gradients(g, h, *self.gradient_clip)
-        self._grad = np.ascontiguousarray(quantize(g, exponent).T)
-        self._hess = np.ascontiguousarray(quantize(h, exponent).T)
-        self._positions = np.zeros((g.shape[1], margin.shape[0]), dtype=np.int32)
+        n_trees, n_rows = g.shape[1], margin.shape[0]
+        jit = None if self.backend == "numpy" else kernels()
+        if jit is None and self.backend == "numba":
+            raise RuntimeError("numba is not installed")
+        self._gh = np.empty((n_trees, n_rows, 2))
+        self._gh[..., 0] = quantize(g, exponent).T
+        self._gh[..., 1] = quantize(h, exponent).T
+        if jit is not None:
+            self._rows = [NodeRows(n_rows) for _ in range(n_trees)]
+            if self._scratch is None:
+                self._scratch = np.empty(n_rows, np.int32)
+        else:
+            self._positions = np.zeros((n_trees, n_rows), dtype=np.int32)
         return self.histograms([(t, 0) for t in range(g.shape[1])], into)
 
     def apply_splits(self, splits: Sequence[NodeSplit]) -> None:
         """Move the rows of every split node to its left or right child."""
         binned, _, _ = self._data()
-        _, _, positions = self._round()
+        self._round()
         by_tree: dict[int, list[NodeSplit]] = {}
         for s in splits:
             by_tree.setdefault(s.tree, []).append(s)
-        jit = None if self.backend == "numpy" else kernels()
         for t, tree_splits in by_tree.items():
-            pos = positions[t]
-            size = max(s.node for s in tree_splits) + 1
-            if jit is not None:
-                feature = np.full(size, -1, np.int64)
-                bin_ = np.zeros(size, np.int64)
-                default_left = np.zeros(size, bool)
-                left = np.zeros(size, np.int32)
-                for s in tree_splits:
-                    feature[s.node] = s.feature
-                    bin_[s.node] = s.bin
-                    default_left[s.node] = s.default_left
-                    left[s.node] = s.left
-                missing = binned.missing
-                jit.route(
-                    binned.bins,
-                    missing if missing is not None else np.zeros((1, 1), bool),
-                    missing is not None,
-                    pos,
-                    feature,
-                    bin_,
-                    default_left,
-                    left,
+            if self._rows is not None:
+                assert self._scratch is not None
+                self._rows[t].split(
+                    binned,
+                    np.array([s.node for s in tree_splits], np.int64),
+                    np.array([s.feature for s in tree_splits], np.int64),
+                    np.array([s.bin for s in tree_splits], np.int64),
+                    np.array([s.default_left for s in tree_splits], bool),
+                    np.array([s.left for s in tree_splits], np.int64),
+                    self._scratch,
                 )
                 continue
-            size = max(size, int(pos.max(initial=0)) + 1)
+            assert self._positions is not None
+            pos = self._positions[t]
+            size = max(max(s.node for s in tree_splits), int(pos.max(initial=0))) + 1
             split_at = np.zeros(size, bool)
             feature = np.zeros(size, np.int64)
             bin_ = np.zeros(size, np.int64)
@@ -308,7 +314,7 @@ class SiloTreeState:
         it is returned: how silos sharing a worker sum their histograms.
         """
         binned, _, _ = self._data()
-        grad, hess, positions = self._round()
+        gh = self._round()
         pairs = self._pairs(nodes, into)
         if into is None:
             into = zero_histograms(pairs, binned.n_features, binned.stride)
@@ -316,21 +322,26 @@ class SiloTreeState:
             sel = np.flatnonzero(pairs[:, 0] == t)
             a, b = int(sel[0]), int(sel[-1]) + 1
             if b - a == sel.size:  # the tree's nodes side by side: add in place
+                sums, totals = into.sums[a:b], into.totals[a:b]
+            else:
+                sums = np.zeros((sel.size, *into.sums.shape[1:]))
+                totals = np.zeros((sel.size, 3))
+            if self._rows is not None:
+                self._rows[t].add_histograms(binned, gh[t], pairs[sel, 1], sums, totals)
+            else:
+                assert self._positions is not None
                 build_histograms(
                     binned,
-                    grad[t],
-                    hess[t],
-                    positions[t],
-                    pairs[a:b, 1],
-                    self.backend,
-                    (into.sums[a:b], into.totals[a:b]),
+                    gh[t, :, 0],
+                    gh[t, :, 1],
+                    self._positions[t],
+                    pairs[sel, 1],
+                    "numpy",
+                    (sums, totals),
                 )
-                continue
-            sums, totals = build_histograms(
-                binned, grad[t], hess[t], positions[t], pairs[sel, 1], self.backend
-            )
-            into.sums[sel] += sums
-            into.totals[sel] += totals
+            if b - a != sel.size:
+                into.sums[sel] += sums
+                into.totals[sel] += totals
         return into
 
     def level(
@@ -361,14 +372,18 @@ class SiloTreeState:
         training loss at the new margins, or None without ``loss``.
         """
         binned, _, margin = self._data()
-        _, _, positions = self._round()
+        self._round()
         if len(trees) != margin.shape[1]:
             raise ValueError(f"expected {margin.shape[1]} trees, got {len(trees)}")
         for t, tree in enumerate(trees):
-            leaf = tree.descend_binned(binned, positions[t], self.backend)
+            if self._rows is not None:
+                self._rows[t].add_leaf_values(binned, tree, margin, t)
+                continue
+            assert self._positions is not None
+            leaf = tree.descend_binned(binned, self._positions[t], self.backend)
             margin[:, t] += tree.value[leaf].astype(np.float64)
         self._offsets = np.zeros_like(self._offsets)
-        self._grad = self._hess = self._positions = None
+        self._end_round()
         return self.loss() if loss else None
 
     def save_margins(self) -> None:
@@ -383,7 +398,7 @@ class SiloTreeState:
             raise RuntimeError(f"silo {self.name!r}: no margins were saved")
         margin[:] = self._saved[0]
         self._offsets = self._saved[1].copy()
-        self._grad = self._hess = self._positions = None
+        self._end_round()
 
     def replay(self, trees: Sequence[Tree], tree_info: Sequence[int]) -> None:
         """Add a saved model's trees to the margins (resume after ``set_intercept``).
@@ -417,5 +432,5 @@ class SiloTreeState:
     def free(self) -> None:
         """Drop the rows and every per-row array; later calls raise RuntimeError."""
         self._binned = self._y = self._margin = None
-        self._grad = self._hess = self._positions = None
-        self._saved = None
+        self._end_round()
+        self._scratch = self._saved = None
