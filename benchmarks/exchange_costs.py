@@ -10,7 +10,9 @@ round trips after a warm-up, rounds of all variants alternating:
   ``to_serialize`` of the tuple (Dask serializes its items one by one); the
   same tuple as one pickle (what fedsilo sends);
 - replies: histograms of 1 and of 8 nodes (30 features, 257 bins: 0.12 and
-  0.99 MB a worker) as fedsilo sends them.
+  0.99 MB a worker) as fedsilo sends them;
+- the same over each worker's channel (``tasks/exchange_channel.py``, the
+  ``channel`` transport): a socket of its own, served in a thread.
 
 Run from the repository root::
 
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import pickle
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,6 +35,7 @@ from distributed import Client, LocalCluster
 from distributed.protocol import to_serialize
 
 from fedsilo.prefect_env import quiet_dask_logs
+from fedsilo.tasks.exchange_channel import Channel, listen, new_token
 from fedsilo.tasks.gbdt.histogram import NodeHistograms
 from fedsilo.tasks.gbdt.silo_state import NodeSplit
 
@@ -54,6 +59,30 @@ def _install(dask_worker: Any) -> None:
         return {"sizes": [1], "replies": to_serialize([made[nodes]])}
 
     dask_worker.handlers[HANDLER] = handler
+
+
+_MADE: dict[int, NodeHistograms] = {}
+
+
+def _reply(nodes: int = 0, args: Any = None) -> dict[str, Any]:
+    if not nodes:
+        return {"sizes": []}
+    if nodes not in _MADE:
+        sums = np.zeros((nodes, 30, 257, 2))
+        ids = np.zeros((nodes, 2), np.int64)
+        _MADE[nodes] = NodeHistograms(ids, sums, np.zeros((nodes, 3)))
+    return {"sizes": [1], "replies": [_MADE[nodes]]}
+
+
+def _open_channel(token: bytes) -> tuple[str, int]:
+    return listen("127.0.0.1", token, _reply)
+
+
+def _over_channels(channels: list[Channel], message: dict) -> list[Any]:
+    for channel in channels:
+        channel.send(10.0, **message)
+    deadline = time.monotonic() + 10
+    return [c.receive(deadline, lambda: None) for c in channels]
 
 
 async def _both(client: Client, addresses: list[str], message: dict) -> list[Any]:
@@ -84,16 +113,39 @@ def main() -> None:
     ):
         client.run(_install)
         addresses = list(client.scheduler_info()["workers"])
-        seen: dict[str, list[float]] = {name: [] for name in variants}
+        channels = []
+        for address in addresses:
+            token = new_token()
+            endpoint = client.run(_open_channel, token, workers=[address])[address]
+            channels.append(Channel.connect(address, tuple(endpoint), token))
+        over_channel: dict[str, dict[str, Any]] = {
+            "channel: empty request and reply": {},
+            "channel: 16 splits": {"args": (splits, nodes)},
+            "channel: reply 1 node": {"nodes": 1},
+            "channel: reply 8 nodes": {"nodes": 8},
+        }
+        calls: dict[str, Callable[[], Any]] = {
+            **{
+                name: functools.partial(client.sync, _both, client, addresses, message)
+                for name, message in variants.items()
+            },
+            **{
+                name: functools.partial(_over_channels, channels, message)
+                for name, message in over_channel.items()
+            },
+        }
+        seen: dict[str, list[float]] = {name: [] for name in calls}
         for _ in range(args.rounds):
-            for name, message in variants.items():
-                client.sync(_both, client, addresses, message)
+            for name, call in calls.items():
+                call()
                 times = []
                 for _ in range(args.repeat):
                     started = time.perf_counter()
-                    client.sync(_both, client, addresses, message)
+                    call()
                     times.append(time.perf_counter() - started)
                 seen[name].append(statistics.median(times) * 1e3)
+        for channel in channels:
+            channel.close()
     print(f"round trip to 2 workers at once, ms (median of {args.repeat}; rounds)")
     for name, values in seen.items():
         rounds = ", ".join(f"{v:.2f}" for v in values)

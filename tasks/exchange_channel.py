@@ -48,6 +48,8 @@ ACCEPT_SECONDS = 30.0
 #: While a reply is awaited, how often the caller's liveness check runs.
 WATCH_SECONDS = 0.5
 TOKEN_BYTES = 32
+#: Smaller buffers travel inside the pickle, larger ones as frames of their own.
+INBAND_BYTES = 64 * 1024
 _COUNT = struct.Struct("<I")
 
 
@@ -61,15 +63,36 @@ def new_token() -> bytes:
 
 
 def _send(sock: socket.socket, value: Any) -> None:
-    """Write one frame: header, pickle, then its out-of-band buffers."""
+    """Write one frame: header, pickle, then its out-of-band buffers.
+
+    Buffers under :data:`INBAND_BYTES` (a tree's arrays) stay in the pickle;
+    a plain socket takes the whole frame in one ``sendmsg``.
+    """
     buffers: list[pickle.PickleBuffer] = []
-    head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        if buffer.raw().nbytes < INBAND_BYTES:
+            return True  # in the pickle
+        buffers.append(buffer)
+        return False
+
+    head = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
     raws = [b.raw() for b in buffers]
     sizes = [len(head), *(r.nbytes for r in raws)]
-    sock.sendall(_COUNT.pack(len(sizes)) + struct.pack(f"<{len(sizes)}Q", *sizes))
-    sock.sendall(head)
-    for raw in raws:
-        sock.sendall(raw)
+    header = _COUNT.pack(len(sizes)) + struct.pack(f"<{len(sizes)}Q", *sizes)
+    parts: list[bytes | memoryview] = [header, head, *raws]
+    if isinstance(sock, ssl.SSLSocket):  # no sendmsg over TLS
+        for part in parts:
+            sock.sendall(part)
+        return
+    views = [memoryview(part).cast("B") for part in parts]
+    sent = sock.sendmsg(views)
+    for view in views:  # after a partial send, the rest part by part
+        if sent >= len(view):
+            sent -= len(view)
+            continue
+        sock.sendall(view[sent:])
+        sent = 0
 
 
 def _receive_exact(

@@ -68,7 +68,11 @@ def never(_: float = 0.0) -> None:
 
 def test_requests_and_replies_carry_arrays_unchanged(no_threads_left: None) -> None:
     channel, _ = open_pair()
-    arrays = [np.arange(12.0).reshape(3, 4), np.zeros((2, 30, 257, 2))]
+    rng = np.random.default_rng(0)
+    # In the pickle (small), frames of their own, and larger than a socket's
+    # buffers (sent in parts).
+    arrays = [np.arange(12.0).reshape(3, 4), rng.random((2, 30, 257, 2))]
+    arrays.append(rng.random(3_000_000))
     try:
         for n in range(3):
             channel.send(5.0, arrays=arrays, n=n)
