@@ -360,7 +360,11 @@ def sum_histograms(
 
 
 def subtract(
-    parent: tuple[np.ndarray, np.ndarray], child: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the sibling's (sums, totals): parent minus the built child."""
-    return parent[0] - child[0], parent[1] - child[1]
+    parent: np.ndarray, child: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Return the sibling's sums (or totals): parent minus the built child.
+
+    ``out`` takes the result when given (the coordinator writes a level's
+    siblings side by side into one array).
+    """
+    return np.subtract(parent, child, out=out)

@@ -22,6 +22,7 @@ from fedsilo.tasks.gbdt.histogram import (
     Backend,
     NodeHistograms,
     gradient_exponent,
+    subtract,
     sum_histograms,
 )
 from fedsilo.tasks.gbdt.model import ROOT_PARENT, GBDTModel, Tree
@@ -202,7 +203,7 @@ def grow_round(
         siblings = np.empty((len(pairs), *built.sums.shape[1:]))
         for j, (parent, small, other) in enumerate(pairs):
             i = index[small]
-            np.subtract(where[parent], built.sums[i], out=siblings[j])
+            subtract(where[parent], built.sums[i], out=siblings[j])
             rows[small] = float(built.totals[i, 2])
             rows[other] = rows[parent] - rows[small]
         blocks = [
