@@ -33,12 +33,13 @@ import hmac
 import logging
 import pickle
 import secrets
+import select
 import socket
 import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,19 @@ def _serve(
 
 
 # -- coordinator side -------------------------------------------------------------
+def first_ready(channels: Sequence[Channel], timeout: float) -> list[Channel]:
+    """Return the channels whose reply has begun to arrive, waiting up to ``timeout``.
+
+    Reading replies as they come lets the coordinator copy one worker's reply
+    while a slower worker still computes.
+    """
+    ready = [c for c in channels if c.buffered()]
+    if ready:
+        return ready
+    readable, _, _ = select.select(list(channels), [], [], timeout)
+    return list(readable)
+
+
 class Channel:
     """The coordinator's end: send a request, then receive its reply."""
 
@@ -259,6 +273,14 @@ class Channel:
         if status == "error":
             raise value
         return value
+
+    def buffered(self) -> bool:
+        """Return whether decrypted bytes wait in TLS (``select`` cannot see them)."""
+        return isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
+
+    def fileno(self) -> int:
+        """Return the socket's descriptor (for ``select``)."""
+        return self._sock.fileno()
 
     def close(self) -> None:
         """Close the socket (the worker's serving thread then ends); never raises."""

@@ -47,7 +47,13 @@ from distributed import Actor, Client, Future
 
 from fedsilo.errors import FedsiloError, SiloFailedError
 from fedsilo.tasks import gbdt_silo, worker_rpc
-from fedsilo.tasks.exchange_channel import Channel, ChannelError, new_token
+from fedsilo.tasks.exchange_channel import (
+    WATCH_SECONDS,
+    Channel,
+    ChannelError,
+    first_ready,
+    new_token,
+)
 from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from fedsilo.tasks.gbdt.model import Tree
 from fedsilo.tasks.gbdt.privacy import MaskedHistograms, unmask_histograms
@@ -352,15 +358,27 @@ class SiloCalls:
                 )
             except ChannelError as error:
                 answers[address] = error
-        for address in groups:
-            if address in answers:
+        waiting = {self.channels[a]: a for a in groups if a not in answers}
+        while waiting:  # replies in the order they come
+            ready = first_ready(list(waiting), WATCH_SECONDS)
+            if not ready:
+                for channel, address in list(waiting.items()):
+                    try:
+                        if time.monotonic() >= deadline:
+                            raise TimeoutError(f"no reply within {self.timeout:g}s")
+                        self._check_worker(address)
+                    except Exception as error:
+                        answers[address] = error
+                        del waiting[channel]
                 continue
-            try:
-                answers[address] = self.channels[address].receive(
-                    deadline, functools.partial(self._check_worker, address)
-                )
-            except Exception as error:
-                answers[address] = error
+            for channel in ready:
+                address = waiting.pop(channel)
+                try:
+                    answers[address] = channel.receive(
+                        deadline, functools.partial(self._check_worker, address)
+                    )
+                except Exception as error:
+                    answers[address] = error
         for address, answer in answers.items():
             if isinstance(answer, BaseException):
                 self._close_channels([address])

@@ -19,6 +19,7 @@ import pytest
 from fedsilo.tasks.exchange_channel import (
     Channel,
     ChannelError,
+    first_ready,
     listen,
     new_token,
 )
@@ -230,3 +231,20 @@ def test_over_tls_both_ends_need_a_certificate_from_the_ca(
     endpoint = listen(HOST, token, echo, ssl_context=server)
     with pytest.raises(ChannelError):  # plain TCP to a TLS listener
         Channel.connect("tls://w", endpoint, token, timeout=2)
+
+
+def test_replies_are_taken_in_the_order_they_come(no_threads_left: None) -> None:
+    slow, _ = open_pair()
+    fast, _ = open_pair()
+    try:
+        slow.send(5.0, sleep=0.8, n=1)
+        fast.send(5.0, n=2)
+
+        first = first_ready([slow, fast], 5.0)
+        assert first == [fast] and fast.receive(time.monotonic() + 5, never)["n"] == 2
+        assert first_ready([slow], 0.05) == []  # still computing
+        assert first_ready([slow], 5.0) == [slow]
+        assert slow.receive(time.monotonic() + 5, never)["n"] == 1
+    finally:
+        slow.close()
+        fast.close()
