@@ -112,14 +112,19 @@ class Personalizer:
         calls = state.calls
         params = dataclasses.replace(state.params, num_boost_round=self.epochs)
         for silo in list(calls.states):
+            worker = calls.workers[silo]
             alone = SiloCalls(
                 calls.client,
-                {silo: calls.workers[silo]},
+                {silo: worker},
                 f"{state.run_id}-personal",
                 calls.timeout,
                 transport=calls.transport,
                 states={silo: calls.states[silo]},
                 actors={silo: calls.actors[silo]} if calls.actors else {},
+                # The run's channel to that worker serves any of its silos.
+                channels={worker: calls.channels[worker]}
+                if worker in calls.channels
+                else {},
             )
             train(
                 DaskFederation(alone, trees_left=self.epochs),
