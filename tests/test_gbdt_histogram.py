@@ -342,3 +342,103 @@ def test_silo_state_numba_equals_numpy_level_by_level() -> None:
     a, b = (s.level(splits, nodes) for s in states)
     np.testing.assert_array_equal(a.sums, b.sums)
     np.testing.assert_array_equal(a.totals, b.totals)
+
+
+def test_column_copy_is_made_once_and_matches_the_rows() -> None:
+    # Prepare: a matrix with missing values and one without.
+    binned, X = make_binned(n=50, f=3, seed=8)
+    dense = bin_matrix(np.nan_to_num(X), federated_cuts([np.nan_to_num(X)], 8))
+    # Execute
+    bins, missing = binned.columns()
+    # Assert: C-order transposes, kept for the next call; no mask without NaN.
+    assert bins.flags.c_contiguous and missing is not None
+    np.testing.assert_array_equal(bins, binned.bins.T)
+    np.testing.assert_array_equal(missing, binned.missing.T)
+    assert binned.columns()[0] is bins
+    assert dense.columns()[1] is None
+    assert binned == BinnedMatrix(binned.bins, binned.missing, binned.n_bins)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+@pytest.mark.parametrize("nan", [True, False])
+def test_leaf_values_of_a_deep_tree_from_the_root(nan: bool) -> None:
+    from fedsilo.tasks.gbdt.histogram import NodeRows
+    from fedsilo.tasks.gbdt.model import Tree
+
+    # Prepare: no split applied, a tree two levels deep (the walk, not one step).
+    binned, X = make_binned(n=700, f=4, seed=9)
+    if not nan:
+        binned = bin_matrix(np.nan_to_num(X), federated_cuts([np.nan_to_num(X)], 16))
+    n, n_nodes = binned.n_rows, 7
+    rng = np.random.default_rng(10)
+    tree = Tree(
+        left=np.array([1, 3, 5, -1, -1, -1, -1], np.int32),
+        right=np.array([2, 4, 6, -1, -1, -1, -1], np.int32),
+        parent=np.zeros(n_nodes, np.int32),
+        feature=np.array([2, 0, 3, 0, 0, 0, 0], np.int32),
+        split_bin=np.array([6, 8, 3, -1, -1, -1, -1], np.int32),
+        threshold=np.zeros(n_nodes, np.float32),
+        default_left=np.array([0, 1, 1, 0, 0, 0, 0], bool),
+        value=rng.normal(size=n_nodes).astype(np.float32),
+        gain=np.zeros(n_nodes, np.float32),
+        cover=np.zeros(n_nodes, np.float32),
+    )
+    margin = rng.normal(size=(n, 1))
+    expected = margin.copy()
+    leaf = tree.descend_binned(binned, np.zeros(n, np.int64), "numpy")
+    expected[:, 0] += tree.value[leaf].astype(np.float64)
+    # Execute
+    NodeRows(n).add_leaf_values(binned, tree, margin, 0)
+    # Assert
+    np.testing.assert_array_equal(margin, expected)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+@pytest.mark.parametrize("name", ["binary:logistic", "reg:squarederror"])
+@pytest.mark.parametrize("exponent", [3, 20, 40])
+def test_fused_gradients_equal_objective_then_quantize(
+    name: str, exponent: int
+) -> None:
+    from fedsilo.tasks.gbdt.objective import make_objective
+
+    # Prepare: labels and margins on a coarse grid (ties for rint at exponent
+    # 3), extreme margins (hessian floor), both backends and a clipped silo.
+    obj = make_objective(name)
+    rng = np.random.default_rng(11)
+    n = 400
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    if name == "binary:logistic":
+        y = rng.integers(0, 2, n).astype(float)
+    else:
+        y = rng.integers(-40, 40, n) / 16.0
+    margin = np.concatenate([rng.integers(-64, 64, n - 4) / 16.0, [-60, 60, 40, 0]])
+    cuts = federated_cuts([X], 8)
+    states = {}
+    for key in ("numpy", "numba", "clipped"):
+        backend = "numpy" if key == "numpy" else "numba"
+        data = SiloData(X, y, ("a", "b", "c"))
+        own = make_objective(name)
+        if key == "numba":  # the fused pass must not call the objective
+            setattr(own, "gradients", None)  # noqa: B010
+        s = SiloTreeState.create("s", data, cuts, own, backend)  # type: ignore[arg-type]
+        s.set_intercept(obj.intercept(s.label_stats(), 0.5))
+        s._margin[:, 0] += margin  # type: ignore[index]
+        if key == "clipped":
+            s.gradient_clip = (0.25, 0.2)
+        states[key] = s
+    # Execute
+    roots = {key: s.start_round(exponent) for key, s in states.items()}
+    # Assert: every row's pair is the numpy objective's, quantized, bit for bit.
+    m = states["numpy"]._margin + states["numpy"]._offsets  # type: ignore[operator]
+    g, h = obj.gradients(y, m)
+    expected = np.stack([quantize(g[:, 0], exponent), quantize(h[:, 0], exponent)], 1)
+    if exponent == 3 and name == "reg:squarederror":
+        assert np.any(np.ldexp(g, exponent) % 1 == 0.5)  # ties to even were met
+    for key in ("numpy", "numba"):
+        gh = states[key]._gh
+        assert gh is not None
+        assert gh.tobytes() == expected[None].tobytes()
+    np.testing.assert_array_equal(roots["numba"].sums, roots["numpy"].sums)
+    clipped = states["clipped"]._gh
+    assert clipped is not None
+    assert np.abs(clipped[0, :, 0]).max() <= 0.25 < np.abs(expected[:, 0]).max()

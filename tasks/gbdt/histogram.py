@@ -203,6 +203,9 @@ class NodeRows:
     histogram visits only its rows, in the same order as a scan of every row's
     position would: below the root, where a level builds a fifth to a half of
     the rows, scanning every position cost more than the histograms built.
+    ``split`` and ``add_leaf_values`` read the column-major copy of the binned
+    rows (``BinnedMatrix.columns``, made on first use: one more byte per cell
+    of ``bins`` and of ``missing``); the histograms read the row-major matrix.
     """
 
     def __init__(self, n_rows: int) -> None:
@@ -246,9 +249,9 @@ class NodeRows:
             current = np.zeros(capacity, bool)
             current[: self.current.shape[0]] = self.current
             self.bounds, self.current = bounds, current
-        missing = binned.missing
+        bins, missing = binned.columns()
         jit.partition(
-            binned.bins,
+            bins,
             missing if missing is not None else np.zeros((1, 1), bool),
             missing is not None,
             self.order,
@@ -281,9 +284,9 @@ class NodeRows:
         jit = kernels()
         assert jit is not None
         nodes = np.flatnonzero(self.current)
-        missing = binned.missing
+        bins, missing = binned.columns()
         jit.add_leaf_values(
-            binned.bins,
+            bins,
             missing if missing is not None else np.zeros((1, 1), bool),
             missing is not None,
             self.order,

@@ -107,36 +107,46 @@ if numba is not None:
     ) -> None:  # pragma: no cover - compiled
         """Split the segment of ``order`` of each ``node[j]`` into its two children.
 
-        ``order`` holds the rows grouped by node, ascending within a node;
-        ``bounds[n] = (a, b)`` is node n's segment ``order[a:b]``. Rows of node
-        ``node[j]`` go to ``left[j]`` (bin <= ``split_bin[j]``, or missing and
-        ``default_left[j]``) or ``left[j] + 1``; the split is stable, so children
-        stay ascending. Only rows of split nodes are read; each row is written to
-        both sides and only one count moves: no branch to mispredict. ``scratch``
-        holds at least the largest segment. (About 0.3 ms per level of 100k rows,
-        where scanning every row's position cost 0.18 ms: the histograms pay it
-        back by visiting only their nodes' rows.)
+        ``bins`` and ``missing`` are column-major (n_features, n_rows), see
+        ``BinnedMatrix.columns``. ``order`` holds the rows grouped by node,
+        ascending within a node; ``bounds[n] = (a, b)`` is node n's segment
+        ``order[a:b]``. Rows of node ``node[j]`` go to ``left[j]`` (bin <=
+        ``split_bin[j]``, or missing and ``default_left[j]``) or ``left[j] + 1``;
+        the split is stable, so children stay ascending. Only rows of split nodes
+        are read; each row is written to both sides and only one count moves: no
+        branch to mispredict. ``scratch`` holds at least the largest segment.
+        The split feature's column is read at ascending row ids, mostly adjacent
+        bytes: 100k rows at the root take 0.18 ms, where reading the row-major
+        matrix with prefetch took 0.28 ms (0.012 vs 0.0074 ms for 3k scattered
+        rows).
         """
-        n_features = bins.shape[1]
         for j in range(node.shape[0]):
             a = bounds[node[j], 0]
             e = bounds[node[j], 1]
             f = feature[j]
             to_left = left[j]
+            below = split_bin[j]
+            go_missing = default_left[j]
+            column = bins[f]
             n_left = 0
             n_right = 0
-            for k in range(a, e):
-                if k + _AHEAD < e:
-                    _prefetch(bins, order[k + _AHEAD] * n_features + f)
-                i = order[k]
-                if use_missing and missing[i, f]:
-                    go_left = default_left[j]
-                else:
-                    go_left = bins[i, f] <= split_bin[j]
-                order[a + n_left] = i
-                scratch[n_right] = i
-                n_left += go_left
-                n_right += not go_left
+            if use_missing:
+                column_missing = missing[f]
+                for k in range(a, e):
+                    i = order[k]
+                    go_left = go_missing if column_missing[i] else column[i] <= below
+                    order[a + n_left] = i
+                    scratch[n_right] = i
+                    n_left += go_left
+                    n_right += not go_left
+            else:
+                for k in range(a, e):
+                    i = order[k]
+                    go_left = column[i] <= below
+                    order[a + n_left] = i
+                    scratch[n_right] = i
+                    n_left += go_left
+                    n_right += not go_left
             mid = a + n_left
             for k in range(n_right):
                 order[mid + k] = scratch[k]
@@ -144,6 +154,44 @@ if numba is not None:
             bounds[to_left, 1] = mid
             bounds[to_left + 1, 0] = mid
             bounds[to_left + 1, 1] = e
+
+    @jit
+    def logistic_gradients(
+        tanh_half: Any, y: Any, scale: float, hess_eps: float, gh: Any
+    ) -> None:  # pragma: no cover - compiled
+        """Write each row's quantized logistic gradient and hessian into ``gh``.
+
+        ``tanh_half[i] = tanh(margin_i / 2)`` (numpy's tanh, kept so that p is
+        bitwise the objective's); ``p = (1 + tanh_half) / 2``, ``g = p - y``,
+        ``h = max(p (1 - p), hess_eps)`` (NaN stays NaN, as ``np.maximum``),
+        each rounded to a multiple of ``1 / scale`` as ``histogram.quantize``
+        (``scale = 2**e``, ``0 <= e <= 1022``: ``rint(v * scale) / scale`` is
+        then ``ldexp(rint(ldexp(v, e)), -e)`` exactly).
+        """
+        inverse = 1.0 / scale
+        for i in range(y.shape[0]):
+            p = 0.5 * (1.0 + tanh_half[i])
+            g = p - y[i]
+            h = p * (1.0 - p)
+            if h < hess_eps:
+                h = hess_eps
+            gh[i, 0] = np.rint(g * scale) * inverse
+            gh[i, 1] = np.rint(h * scale) * inverse
+
+    @jit
+    def squared_gradients(
+        margin: Any, offset: float, y: Any, scale: float, gh: Any
+    ) -> None:  # pragma: no cover - compiled
+        """Write each row's quantized ``margin + offset - y`` and unit hessian.
+
+        Rounded as ``logistic_gradients``; ``margin`` is one column (n_rows,).
+        """
+        inverse = 1.0 / scale
+        one = np.rint(scale) * inverse
+        for i in range(y.shape[0]):
+            g = (margin[i] + offset) - y[i]
+            gh[i, 0] = np.rint(g * scale) * inverse
+            gh[i, 1] = one
 
     @jit
     def histogram(
@@ -268,9 +316,11 @@ if numba is not None:
         the same node, so they mostly take the same number of steps (none from
         a leaf, one below the last level built): the walk's branches are
         predicted, where ``descend`` over rows in row order mispredicts them.
+        ``bins`` and ``missing`` are column-major, as for ``partition``; a node
+        split once into two leaves (the usual last level) reads one column at
+        ascending rows and picks one of two values (100k rows: about 0.2 ms,
+        where walking the row-major matrix with prefetch took 0.8 ms).
         """
-        n_features = bins.shape[1]
-        width = margin.shape[1]
         for j in range(start.shape[0]):
             a = bounds[j, 0]
             e = bounds[j, 1]
@@ -278,27 +328,40 @@ if numba is not None:
             if left[first] < 0:
                 leaf_value = np.float64(value[first])
                 for k in range(a, e):
-                    if k + _AHEAD < e:
-                        _prefetch(margin, np.intp(order[k + _AHEAD]) * width + column)
                     margin[order[k], column] += leaf_value
                 continue
+            to_left = left[first]
+            to_right = right[first]
+            if left[to_left] < 0 and left[to_right] < 0:  # one split to two leaves
+                column_bins = bins[feature[first]]
+                below = split_bin[first]
+                go_missing = default_left[first]
+                left_value = np.float64(value[to_left])
+                right_value = np.float64(value[to_right])
+                if use_missing:
+                    column_missing = missing[feature[first]]
+                    for k in range(a, e):
+                        i = order[k]
+                        go_left = (
+                            go_missing if column_missing[i] else column_bins[i] <= below
+                        )
+                        margin[i, column] += left_value if go_left else right_value
+                else:
+                    for k in range(a, e):
+                        i = order[k]
+                        go_left = column_bins[i] <= below
+                        margin[i, column] += left_value if go_left else right_value
+                continue
             for k in range(a, e):
-                if k + _AHEAD < e:
-                    ahead = np.intp(order[k + _AHEAD])
-                    _prefetch(bins, ahead * n_features)
-                    _prefetch(bins, ahead * n_features + n_features - 1)
-                    _prefetch(margin, ahead * width + column)
-                    if use_missing:
-                        _prefetch(missing, ahead * n_features)
                 i = order[k]
                 node = first
                 child = left[node]
                 while child >= 0:
                     f = feature[node]
-                    if use_missing and missing[i, f]:
+                    if use_missing and missing[f, i]:
                         go_left = default_left[node]
                     else:
-                        go_left = bins[i, f] <= split_bin[node]
+                        go_left = bins[f, i] <= split_bin[node]
                     node = child if go_left else right[node]
                     child = left[node]
                 margin[i, column] += np.float64(value[node])
@@ -550,6 +613,8 @@ if numba is not None:
 
     _kernels = SimpleNamespace(
         partition=partition,
+        logistic_gradients=logistic_gradients,
+        squared_gradients=squared_gradients,
         bin_tables=bin_tables,
         bin_rows=bin_rows,
         histogram=histogram,

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,13 @@ from fedsilo.tasks.gbdt.histogram import (
 )
 from fedsilo.tasks.gbdt.jit import kernels
 from fedsilo.tasks.gbdt.model import Tree
-from fedsilo.tasks.gbdt.objective import Intercept, Objective
+from fedsilo.tasks.gbdt.objective import (
+    HESS_EPS,
+    BinaryLogistic,
+    Intercept,
+    Objective,
+    SquaredError,
+)
 from fedsilo.tasks.privacy.dp import clip_gradients
 
 
@@ -244,23 +251,48 @@ class SiloTreeState:
         for :meth:`histograms`.
         """
         _, y, margin = self._data()
-        g, h = self.objective.gradients(y, margin + self._offsets)
-        if self.gradient_clip is not None:
-            g, h = clip_gradients(g, h, *self.gradient_clip)
-        n_trees, n_rows = g.shape[1], margin.shape[0]
         jit = None if self.backend == "numpy" else kernels()
         if jit is None and self.backend == "numba":
             raise RuntimeError("numba is not installed")
+        n_rows, n_trees = margin.shape
         self._gh = np.empty((n_trees, n_rows, 2))
-        self._gh[..., 0] = quantize(g, exponent).T
-        self._gh[..., 1] = quantize(h, exponent).T
+        if not (jit is not None and self._fused_gradients(jit, exponent, self._gh)):
+            g, h = self.objective.gradients(y, margin + self._offsets)
+            if self.gradient_clip is not None:
+                g, h = clip_gradients(g, h, *self.gradient_clip)
+            self._gh[..., 0] = quantize(g, exponent).T
+            self._gh[..., 1] = quantize(h, exponent).T
         if jit is not None:
             self._rows = [NodeRows(n_rows) for _ in range(n_trees)]
             if self._scratch is None:
                 self._scratch = np.empty(n_rows, np.int32)
         else:
             self._positions = np.zeros((n_trees, n_rows), dtype=np.int32)
-        return self.histograms([(t, 0) for t in range(g.shape[1])], into)
+        return self.histograms([(t, 0) for t in range(n_trees)], into)
+
+    def _fused_gradients(
+        self, jit: SimpleNamespace, exponent: int, gh: np.ndarray
+    ) -> bool:
+        """Write quantized gradients into ``gh`` in one pass; False if not handled.
+
+        Covers binary:logistic and reg:squarederror without clipping, bitwise
+        equal to ``objective.gradients`` then ``quantize`` (which cost three
+        passes and as many temporary arrays more).
+        """
+        _, y, margin = self._data()
+        if self.gradient_clip is not None or not 0 <= exponent <= 1022:
+            return False
+        scale = float(np.ldexp(1.0, exponent))
+        offset = self._offsets[0]
+        if type(self.objective) is BinaryLogistic:
+            tanh_half = np.add(margin[:, 0], offset)
+            np.tanh(np.multiply(tanh_half, 0.5, out=tanh_half), out=tanh_half)
+            jit.logistic_gradients(tanh_half, y, scale, HESS_EPS, gh[0])
+            return True
+        if type(self.objective) is SquaredError:
+            jit.squared_gradients(margin[:, 0], offset, y, scale, gh[0])
+            return True
+        return False
 
     def apply_splits(self, splits: Sequence[NodeSplit]) -> None:
         """Move the rows of every split node to its left or right child."""
