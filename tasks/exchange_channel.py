@@ -282,6 +282,11 @@ class Channel:
         """Return the socket's descriptor (for ``select``)."""
         return self._sock.fileno()
 
+    @property
+    def closed(self) -> bool:
+        """Return whether the channel was closed (here, or by a sharer of it)."""
+        return self._sock.fileno() < 0
+
     def close(self) -> None:
         """Close the socket (the worker's serving thread then ends); never raises."""
         with contextlib.suppress(OSError):

@@ -312,6 +312,8 @@ class SiloCalls:
         groups: dict[str, list[str]] = {}
         for silo in self.states:
             groups.setdefault(self.workers[silo], []).append(silo)
+        for address in [a for a, c in self.channels.items() if c.closed]:
+            del self.channels[address]  # closed by a sharer (fedsilo compare)
         if self.channels and all(a in self.channels for a in groups):
             answers = self._over_channels(groups, method, args)
         else:

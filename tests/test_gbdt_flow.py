@@ -489,11 +489,11 @@ def test_pool_workers_sum_their_silos_histograms_and_grow_the_same_trees(
     assert by_pool["traffic"] == by_silo["traffic"]
 
 
-@pytest.mark.parametrize("transport", ["channel", "worker", "actor", "submit"])
-def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
-    from distributed import Client
+def two_silo_calls(client: Any, run_key: str, transport: str) -> tuple[Any, Any]:
+    """Return SiloCalls on silo-0 and silo-1 of the shared cluster, and open_all().
 
-    from fedsilo.errors import SiloFailedError
+    ``open_all()`` makes both silos' boosting state resident (200 rows each).
+    """
     from fedsilo.tasks import gbdt_silo
     from fedsilo.tasks.gbdt_federation import SiloCalls
     from fedsilo.tasks.silo import SiloData
@@ -502,13 +502,14 @@ def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
     setup = gbdt_silo.BoostingSetup(
         tuple(FEATURES), "label", "classification", "binary:logistic", 0
     )
-    with Client(shared_cluster, set_as_default=False) as client:
-        workers = {
-            s: a
-            for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
-            if (s := str(w["name"])) in ("silo-0", "silo-1")
-        }
-        calls = SiloCalls(client, workers, "failing", 30, transport=transport)
+    workers = {
+        s: a
+        for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
+        if (s := str(w["name"])) in ("silo-0", "silo-1")
+    }
+    calls = SiloCalls(client, workers, run_key, 30, transport=transport)
+
+    def open_all() -> None:
         rows = {
             s: calls.submit(
                 s,
@@ -523,14 +524,52 @@ def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
         intercept = make_objective("binary:logistic").intercept(
             np.array([1, 0.5]), None
         )
+        cuts = federated_cuts([X], 16)
+        calls.open(
+            gbdt_silo.open_silo,
+            {s: (f, setup, cuts, intercept) for s, f in rows.items()},
+        )
+
+    return calls, open_all
+
+
+def test_a_channel_closed_by_a_sharer_sends_the_exchanges_through_dask(
+    shared_cluster: str,
+) -> None:
+    from distributed import Client
+
+    from fedsilo.tasks.gbdt_federation import combine
+
+    with Client(shared_cluster, set_as_default=False) as client:
+        calls, open_all = two_silo_calls(client, "shared-channel", "channel")
         try:
-            calls.open(
-                gbdt_silo.open_silo,
-                {
-                    s: (f, setup, federated_cuts([X], 16), intercept)
-                    for s, f in rows.items()
-                },
-            )
+            open_all()
+            assert len(calls.channels) == 2
+            over_channels = combine(calls.exchange("start_round", 40))
+            shared = calls.channels[calls.workers["silo-1"]]
+
+            shared.close()  # as personalized rounds sharing it may do on failure
+            through_dask = combine(calls.exchange("start_round", 40))
+
+            assert shared.closed and list(calls.channels) == [calls.workers["silo-0"]]
+            np.testing.assert_array_equal(through_dask.sums, over_channels.sums)
+            np.testing.assert_array_equal(through_dask.totals, over_channels.totals)
+        finally:
+            calls.free()
+    assert not calls.channels
+
+
+@pytest.mark.parametrize("transport", ["channel", "worker", "actor", "submit"])
+def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
+    from distributed import Client
+
+    from fedsilo.errors import SiloFailedError
+
+    with Client(shared_cluster, set_as_default=False) as client:
+        calls, open_all = two_silo_calls(client, "failing", transport)
+        workers = calls.workers
+        try:
+            open_all()
             calls.call("free", {"silo-1": ()})
 
             with pytest.raises(SiloFailedError, match=r"silo 'silo-1'.*freed"):
