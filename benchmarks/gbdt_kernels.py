@@ -1,7 +1,8 @@
 """Histogram kernels of the federated GBDT: numpy bincount versus numba.
 
 Prints rows/s on 100k rows x 30 features (2% missing), 256 bins, depth 6:
-- root: one histogram of every row (the kernel alone);
+- root: one histogram of every row (the kernel alone: numpy's bincount, or
+  the silos' numba kernel over a node's rows);
 - tree: one boosting round of binary:logistic on one silo (gradients, every
   level's histograms with subtraction, split finding, margin update).
 
@@ -18,9 +19,10 @@ from functools import partial
 
 import numpy as np
 
-from fedsilo.tasks.gbdt.binning import bin_matrix
+from fedsilo.tasks.gbdt.binning import BinnedMatrix, bin_matrix
 from fedsilo.tasks.gbdt.histogram import (
     Backend,
+    NodeRows,
     build_histograms,
     gradient_exponent,
     numba_available,
@@ -39,6 +41,14 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
         fn()
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
+
+
+def root_rows(binned: BinnedMatrix, gh: np.ndarray) -> None:
+    """Build the root histogram as a silo does (``NodeRows``, numba)."""
+    sums = np.zeros((1, binned.n_features, binned.stride + 1, 2))
+    NodeRows(binned.n_rows).add_histograms(
+        binned, gh, np.array([0]), sums, np.zeros((1, 3))
+    )
 
 
 def main() -> None:
@@ -75,9 +85,11 @@ def main() -> None:
     print(f"{'backend':8} {'kernel':6} {'seconds':>9} {'rows/s':>12}")
     for backend in backends:
         nodes = np.array([0])
-        t_root = timed(
-            partial(build_histograms, binned, g, h, root, nodes, backend), args.repeat
-        )
+        if backend == "numpy":
+            root_fn = partial(build_histograms, binned, g, h, root, nodes, backend)
+        else:  # the silos' kernel: a node's rows (here all of them) in order
+            root_fn = partial(root_rows, binned, np.stack([g, h], axis=1))
+        t_root = timed(root_fn, args.repeat)
         print(f"{backend:8} {'root':6} {t_root:9.4f} {n / t_root:12,.0f}")
         state = SiloTreeState.create("bench", data, cuts, objective, backend)
         state.set_intercept(objective.intercept(objective.label_stats(y), None))

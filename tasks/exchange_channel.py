@@ -225,6 +225,7 @@ class Channel:
         timeout: float = 10.0,
     ) -> Channel:
         """Connect to a worker's listener and prove the token; raise ChannelError."""
+        sock: socket.socket | None = None
         try:
             sock = socket.create_connection(endpoint, timeout=timeout)
             _tune(sock)
@@ -234,6 +235,8 @@ class Channel:
             _send(sock, token)
             status, _ = _receive(sock)
         except (OSError, EOFError) as error:
+            if sock is not None:
+                sock.close()
             message = f"cannot open a channel to {address}: {error}"
             raise ChannelError(message) from error
         if status != "ok":

@@ -388,9 +388,7 @@ class SiloCalls:
 
     def _check_worker(self, address: str) -> None:
         """Raise WorkerLeftError when the scheduler no longer knows the worker."""
-        known = self.client.sync(self.client.scheduler.ncores, workers=[address])
-        if address not in known:
-            raise worker_rpc.WorkerLeftError("its worker left the cluster")
+        self.client.sync(worker_rpc.check_worker, self.client, address)
 
     def _close_channels(self, addresses: Sequence[str] | None = None) -> None:
         """Close the channels to ``addresses`` (all by default)."""

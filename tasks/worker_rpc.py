@@ -44,6 +44,12 @@ def serve(name: str, make: Callable[[Any], Callable[..., Any]]) -> None:
         worker.handlers[name] = unpickled
 
 
+async def check_worker(client: Any, address: str) -> None:
+    """Raise WorkerLeftError when the scheduler no longer knows the worker."""
+    if address not in await client.scheduler.ncores(workers=[address]):
+        raise WorkerLeftError("its worker left the cluster")
+
+
 async def request(client: Any, address: str, name: str, **message: Any) -> Any:
     """Send ``message`` to operation ``name`` of the worker at ``address``.
 
@@ -60,7 +66,6 @@ async def request(client: Any, address: str, name: str, **message: Any) -> Any:
             done, _ = await asyncio.wait({sent}, timeout=WATCH_SECONDS)
             if done:
                 return sent.result()
-            if address not in await client.scheduler.ncores(workers=[address]):
-                raise WorkerLeftError("its worker left the cluster")
+            await check_worker(client, address)
     finally:
         sent.cancel()

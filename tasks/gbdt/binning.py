@@ -65,6 +65,13 @@ class BinnedMatrix:
         return self._columns[0]
 
 
+def kernel_missing(missing: np.ndarray | None) -> tuple[np.ndarray, bool]:
+    """Return (missing flags, whether any) as the numba kernels take them."""
+    if missing is None:
+        return np.zeros((1, 1), bool), False
+    return missing, True
+
+
 def bin_dtype(max_bins: int) -> type[np.unsignedinteger]:
     """Return uint8 for at most 256 bins, else uint16."""
     if max_bins > MAX_BINS:

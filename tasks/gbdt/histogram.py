@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
-from fedsilo.tasks.gbdt.binning import BinnedMatrix
+from fedsilo.tasks.gbdt.binning import BinnedMatrix, kernel_missing
 from fedsilo.tasks.gbdt.jit import kernels
 from fedsilo.tasks.gbdt.model import Tree
 
@@ -169,29 +169,54 @@ def build_histograms(
         sums, totals = into
         if sums.shape != (m, n_features, stride + 1, 2) or totals.shape != (m, 3):
             raise ValueError(f"histograms of shape {sums.shape} do not fit {m} nodes")
+    rows, slots = _select(positions, nodes)
     if jit is None:
-        rows, slots = _select(positions, nodes)
         totals[:, 0] += np.bincount(slots, grad[rows], minlength=m)
         totals[:, 1] += np.bincount(slots, hess[rows], minlength=m)
         totals[:, 2] += np.bincount(slots, minlength=m)
         _numpy_kernel(binned, rows, slots, grad, hess, sums)
         return sums, totals
-    lut = np.full(int(nodes.max(initial=-1)) + 1, -1, dtype=np.int64)
-    lut[nodes] = np.arange(m)
-    missing = binned.missing
-    jit.histogram(
-        binned.bins,
-        missing if missing is not None else np.zeros((1, 1), bool),
-        missing is not None,
-        positions,
-        lut,
-        np.ascontiguousarray(grad, dtype=np.float64),
-        np.ascontiguousarray(hess, dtype=np.float64),
-        stride,
+    # The silos' kernel (``NodeRows``): the rows grouped by node, ascending
+    # within a node, so each cell sums in the order of the numpy code.
+    counts = np.bincount(slots, minlength=m)
+    ends = np.cumsum(counts)
+    _add_grouped(
+        binned,
+        np.stack([grad, hess], axis=1).astype(np.float64),
+        rows[np.argsort(slots, kind="stable")].astype(np.int32),
+        np.stack([ends - counts, ends], axis=1),
         sums,
         totals,
     )
     return sums, totals
+
+
+def _add_grouped(
+    binned: BinnedMatrix,
+    gh: np.ndarray,
+    order: np.ndarray,
+    bounds: np.ndarray,
+    sums: np.ndarray,
+    totals: np.ndarray,
+) -> None:
+    """Add rows ``order[a:b]``, ``(a, b) = bounds[s]``, to histogram ``s``."""
+    jit = kernels()
+    assert jit is not None
+    m = bounds.shape[0]
+    if sums.shape != (m, binned.n_features, binned.stride + 1, 2):
+        raise ValueError(f"histograms of shape {sums.shape} do not fit {m} nodes")
+    if totals.shape != (m, 3) or not sums.flags.c_contiguous:
+        raise ValueError("totals must be (m, 3) and sums C-contiguous")
+    jit.histogram_rows(
+        binned.bins,
+        *kernel_missing(binned.missing),
+        order,
+        bounds,
+        gh,
+        binned.stride,
+        sums,
+        totals,
+    )
 
 
 class NodeRows:
@@ -252,8 +277,7 @@ class NodeRows:
         bins, missing = binned.columns()
         jit.partition(
             bins,
-            missing if missing is not None else np.zeros((1, 1), bool),
-            missing is not None,
+            *kernel_missing(missing),
             self.order,
             scratch,
             self.bounds,
@@ -265,14 +289,6 @@ class NodeRows:
         )
         self.current[node] = False
         self.current[left] = self.current[left + 1] = True
-
-    def positions(self) -> np.ndarray:
-        """Return every row's node (int32), as the numpy backend keeps them."""
-        out = np.empty(self.order.shape[0], np.int32)
-        for n in np.flatnonzero(self.current):
-            a, b = self.bounds[n]
-            out[self.order[a:b]] = n
-        return out
 
     def add_leaf_values(
         self, binned: BinnedMatrix, tree: Tree, margin: np.ndarray, column: int
@@ -287,8 +303,7 @@ class NodeRows:
         bins, missing = binned.columns()
         jit.add_leaf_values(
             bins,
-            missing if missing is not None else np.zeros((1, 1), bool),
-            missing is not None,
+            *kernel_missing(missing),
             self.order,
             self.bounds[nodes],
             nodes,
@@ -314,25 +329,7 @@ class NodeRows:
 
         ``gh`` is (n_rows, 2) float64: each row's gradient and hessian.
         """
-        jit = kernels()
-        assert jit is not None
-        m = nodes.shape[0]
-        if sums.shape != (m, binned.n_features, binned.stride + 1, 2):
-            raise ValueError(f"histograms of shape {sums.shape} do not fit {m} nodes")
-        if totals.shape != (m, 3) or not sums.flags.c_contiguous:
-            raise ValueError("totals must be (m, 3) and sums C-contiguous")
-        missing = binned.missing
-        jit.histogram_rows(
-            binned.bins,
-            missing if missing is not None else np.zeros((1, 1), bool),
-            missing is not None,
-            self.order,
-            self.segments(nodes),
-            gh,
-            binned.stride,
-            sums,
-            totals,
-        )
+        _add_grouped(binned, gh, self.order, self.segments(nodes), sums, totals)
 
 
 def sum_histograms(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsilo.tasks.gbdt.binning import BinnedMatrix
+from fedsilo.tasks.gbdt.binning import BinnedMatrix, kernel_missing
 from fedsilo.tasks.gbdt.jit import kernels
 from fedsilo.tasks.gbdt.objective import Objective, make_objective
 
@@ -92,11 +92,9 @@ class Tree:
         if jit is not None:
             start = np.ascontiguousarray(node, dtype=np.int64)
             out = np.empty(binned.n_rows, np.int64)
-            missing = binned.missing
             jit.descend(
                 binned.bins,
-                missing if missing is not None else np.zeros((1, 1), bool),
-                missing is not None,
+                *kernel_missing(binned.missing),
                 start,
                 self.left,
                 self.right,
