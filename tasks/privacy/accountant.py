@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, ParamSpec
 
 import dp_accounting
 import numpy as np
@@ -40,6 +41,7 @@ from fedsilo.tasks.privacy.errors import PrivacyBudgetExceededError
 
 Accountant = Literal["rdp", "pld"]
 Sampling = Literal["poisson", "fixed"]
+P = ParamSpec("P")
 
 
 def round_event(
@@ -164,34 +166,6 @@ def rounds_within_budget(
     return min(low, max_rounds)
 
 
-def would_exceed(
-    noise_multiplier: float,
-    sampling_rate: float,
-    rounds_done: int,
-    delta: float,
-    epsilon_budget: float,
-    *,
-    accountant: Accountant = "rdp",
-    sampling: Sampling = "poisson",
-    population: int | None = None,
-) -> bool:
-    """Return whether one more round would spend more than ``epsilon_budget``."""
-    try:
-        check_budget(
-            noise_multiplier,
-            sampling_rate,
-            rounds_done,
-            delta,
-            epsilon_budget,
-            accountant=accountant,
-            sampling=sampling,
-            population=population,
-        )
-    except PrivacyBudgetExceededError:
-        return True
-    return False
-
-
 def check_budget(
     noise_multiplier: float,
     sampling_rate: float,
@@ -216,6 +190,29 @@ def check_budget(
     if epsilon > epsilon_budget:
         raise PrivacyBudgetExceededError(epsilon, epsilon_budget, rounds_done + 1)
     return epsilon
+
+
+def _exceeds(check: Callable[P, float], name: str, doc: str) -> Callable[P, bool]:
+    """Return ``name``, a predicate with ``check``'s parameters: whether it raises."""
+
+    def exceeds(*args: P.args, **kwargs: P.kwargs) -> bool:
+        try:
+            check(*args, **kwargs)
+        except PrivacyBudgetExceededError:
+            return True
+        return False
+
+    exceeds.__name__ = exceeds.__qualname__ = name
+    exceeds.__doc__ = doc
+    return exceeds
+
+
+would_exceed = _exceeds(
+    check_budget,
+    "would_exceed",
+    "Return whether one more round would spend more than ``epsilon_budget``.\n\n"
+    "Takes the parameters of ``check_budget``.",
+)
 
 
 def gbdt_releases(
