@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,15 +134,11 @@ def _train(spec: Any, run_id: str | None, resume: bool) -> int:
         _print_progress(result, state)
 
     run_id = run_id or new_run_id()
-    run_state.listeners.append(listener)
     started = time.perf_counter()
-    try:
-        with federation_lock(spec.name, spec.checkpoints, run_id):
-            warmed()
-            with unwatched_heartbeats_off():
-                summary = federated_training(spec, run_id=run_id, resume=resume)
-    finally:
-        run_state.listeners.remove(listener)
+    with federation_lock(spec.name, spec.checkpoints, run_id):
+        warmed()
+        with unwatched_heartbeats_off(), run_state.listening(listener):
+            summary = federated_training(spec, run_id=run_id, resume=resume)
     print(_final_table(summary, history, time.perf_counter() - started))
     if summary.get("stopped"):
         print(summary["stopped"])
@@ -365,15 +361,33 @@ def cmd_certs_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec_arguments(parser: argparse.ArgumentParser, *, overrides: bool) -> None:
+    """Add the spec's path and, with ``overrides``, what ``_spec_from_args`` applies."""
+    parser.add_argument("spec", help="path of the federation spec (YAML)")
+    if overrides:
+        parser.add_argument("--rounds", type=int, help="override the spec's rounds")
+        parser.add_argument(
+            "--checkpoints", help="override the spec's checkpoint store"
+        )
+
+
+def _flow_command(
+    parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]
+) -> None:
+    """Give a subcommand that runs a flow its ``--verbose`` and its handler."""
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Prefect's and Dask's logs"
+    )
+    parser.set_defaults(handler=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fedsilo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a federation described by a YAML spec")
-    run.add_argument("spec", help="path of the federation spec (YAML)")
-    run.add_argument("--rounds", type=int, help="override the spec's rounds")
-    run.add_argument("--checkpoints", help="override the spec's checkpoint store")
+    _spec_arguments(run, overrides=True)
     run.add_argument("--run-id", help="name the run (default: time + random)")
     run.add_argument(
         "--resume",
@@ -381,17 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue --run-id (default: the federation's newest run) from its "
         "last complete round",
     )
-    run.add_argument(
-        "--verbose", action="store_true", help="show Prefect's and Dask's logs"
-    )
-    run.set_defaults(handler=cmd_run)
+    _flow_command(run, cmd_run)
 
     stats = sub.add_parser(
         "stats",
         help="federated statistics of the silos' rows: summaries, histograms, "
         "labels, heterogeneity (docs/statistics.md)",
     )
-    stats.add_argument("spec", help="path of the federation spec (YAML)")
+    _spec_arguments(stats, overrides=False)
     stats.add_argument(
         "--min-count",
         type=int,
@@ -403,10 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument(
         "--out", help="store root for the tables (default: the spec's checkpoints)"
     )
-    stats.add_argument(
-        "--verbose", action="store_true", help="show Prefect's and Dask's logs"
-    )
-    stats.set_defaults(handler=cmd_stats)
+    _flow_command(stats, cmd_stats)
 
     resume = sub.add_parser(
         "resume",
@@ -422,19 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--federation", help="the run's federation, if ambiguous")
     resume.add_argument("--spec", help="the run's spec file, not the recorded one")
     resume.add_argument("--rounds", type=int, help="train up to this round instead")
-    resume.add_argument(
-        "--verbose", action="store_true", help="show Prefect's and Dask's logs"
-    )
-    resume.set_defaults(handler=cmd_resume)
+    _flow_command(resume, cmd_resume)
 
     compare = sub.add_parser(
         "compare",
         help="should we federate? federated vs personalized, local-only and "
         "centralized models on the same silos, with an HTML report",
     )
-    compare.add_argument("spec", help="path of the federation spec (YAML)")
-    compare.add_argument("--rounds", type=int, help="override the spec's rounds")
-    compare.add_argument("--checkpoints", help="override the spec's checkpoint store")
+    _spec_arguments(compare, overrides=True)
     compare.add_argument(
         "--personalize-epochs",
         type=int,
@@ -448,10 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the centralized (pooled rows) upper bound",
     )
-    compare.add_argument(
-        "--verbose", action="store_true", help="show Prefect's and Dask's logs"
-    )
-    compare.set_defaults(handler=cmd_compare)
+    _flow_command(compare, cmd_compare)
 
     datasets = sub.add_parser("datasets", help="bundled and synthetic data sets")
     dsub = datasets.add_subparsers(dest="datasets_command", required=True)
