@@ -9,12 +9,13 @@ Layout made by ``write_federation``::
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -247,20 +248,41 @@ def federation_spec(
     }
 
 
+class SplitOptions(TypedDict, total=False):
+    """``write_federation``'s options that ``fedsilo datasets split`` has flags for."""
+
+    seed: int
+    alpha: float
+    test_fraction: float
+    rounds: int
+    model_kind: str | None
+    n_samples: int | None
+
+
+#: The flag of each option, written when it differs from ``write_federation``'s
+#: default; ``--alpha`` is written for the partitions that use it.
+_FLAGS = {
+    "seed": "--seed",
+    "test_fraction": "--test-fraction",
+    "rounds": "--rounds",
+    "model_kind": "--model",
+    "n_samples": "--n-samples",
+}
+
+
 def split_command(
     dataset: str,
     *,
     n_silos: int,
     partition: str,
     out: Path,
-    seed: int = 0,
-    alpha: float = 0.5,
-    test_fraction: float = 0.2,
-    rounds: int = 20,
-    model_kind: str | None = None,
-    n_samples: int | None = None,
+    **options: Unpack[SplitOptions],
 ) -> str:
-    """Return the ``fedsilo datasets split`` command line for these arguments."""
+    """Return the ``fedsilo datasets split`` command line for these arguments.
+
+    An option at ``write_federation``'s default has no flag (``--alpha`` aside).
+    """
+    defaults = inspect.signature(write_federation).parameters
     words = [
         "fedsilo",
         "datasets",
@@ -274,16 +296,10 @@ def split_command(
         str(out),
     ]
     if partition in ("dirichlet", "quantity"):
-        words += ["--alpha", str(alpha)]
-    optional = {
-        "--seed": (seed, 0),
-        "--test-fraction": (test_fraction, 0.2),
-        "--rounds": (rounds, 20),
-        "--model": (model_kind, None),
-        "--n-samples": (n_samples, None),
-    }
-    for flag, (value, default) in optional.items():
-        if value != default:
+        words += ["--alpha", str(options.get("alpha", defaults["alpha"].default))]
+    for name, flag in _FLAGS.items():
+        value = options.get(name, defaults[name].default)
+        if value != defaults[name].default:
             words += [flag, str(value)]
     return shlex.join(words)
 
