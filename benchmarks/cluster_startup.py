@@ -14,8 +14,8 @@ Run from the repository root::
 ``--method forkserver`` is what fedsilo does: workers are forked from a fork
 server that preloaded Dask and the silo code (``fedsilo.cluster.
 start_forkserver``; the first run of a process includes starting it).
-``--method spawn`` is Dask's default, which fedsilo used before: every worker
-starts a fresh interpreter and imports everything itself. ``--idle S`` then
+``--method spawn`` is Dask's default, for comparison: every worker starts a
+fresh interpreter and imports everything itself. ``--idle S`` then
 leaves the workers idle for S seconds and reports the CPU each used per second
 (what idle silos take from the coordinator on a small machine);
 ``--no-profile`` turns off Dask's per-worker statistical profiler for

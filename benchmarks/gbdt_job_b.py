@@ -70,7 +70,7 @@ from fedsilo.spec import parse_spec  # noqa: E402
 
 TARGET = "label"
 N_SILOS = 4
-# Figures from the issue, measured on this machine earlier.
+# Reference figures from the issue, measured on the machine of docs/benchmarks.md.
 REFERENCE = {
     "xgboost_s": 11.7,
     "xgboost_auc": 0.9940,

@@ -11,9 +11,10 @@ with a LocalCluster of 4 single-threaded worker processes, it times:
   (like the round's fit/evaluate tasks), N = 4 and 32;
 - a wave of N pinned ``Client.submit`` round trips without Prefect;
 - a wave of N Prefect tasks each doing one pinned ``Client.submit`` round trip
-  (what ``fit_local``/``evaluate_local`` did until session 4);
+  (how the round's fit/evaluate tasks reached their workers before the
+  direct requests below);
 - a wave of N Prefect tasks each sending one request straight to a worker
-  handler (what they do now, tasks/silo_rpc.py).
+  handler (what the round's tasks do, tasks/silo_rpc.py).
 
 Run from the repository root::
 

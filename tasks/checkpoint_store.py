@@ -1,6 +1,6 @@
 """Checkpoint store: one hive-partitioned directory of Parquet files per round.
 
-Layout (the contract analytics tools rely on, see DESIGN.md "Checkpoint store")::
+Layout (the contract analytics tools rely on, see docs/checkpoints.md)::
 
     <root>/federation=<name>/run=<run_id>/round=<NNNNN>/model.parquet
     <root>/federation=<name>/run=<run_id>/round=<NNNNN>/model.json    (optional)

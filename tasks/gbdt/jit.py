@@ -42,9 +42,9 @@ if numba is not None:
         """Add (a, b) to ``arr.flat[index : index + 2]`` with one 2-wide vector add.
 
         ``arr`` is a C-contiguous float64 array; nothing is bounds-checked. LLVM
-        does not pair the two scalar adds by itself: one vector load, add and
-        store instead of two of each takes the root histogram (100k rows x 30
-        features) from about 1.28 to 0.93 ns per row and feature.
+        does not pair the two scalar adds by itself, and one vector load, add
+        and store costs less than two of each (figures: docs/benchmarks.md,
+        "Kernel choices in the GBDT code").
         """
         if not (isinstance(arr, types.Array) and arr.layout == "C"):
             return None
@@ -116,9 +116,8 @@ if numba is not None:
         are read; each row is written to both sides and only one count moves: no
         branch to mispredict. ``scratch`` holds at least the largest segment.
         The split feature's column is read at ascending row ids, mostly adjacent
-        bytes: 100k rows at the root take 0.18 ms, where reading the row-major
-        matrix with prefetch took 0.28 ms (0.012 vs 0.0074 ms for 3k scattered
-        rows).
+        bytes, which beats reading the row-major matrix with prefetch for large
+        nodes (figures: docs/benchmarks.md, "Kernel choices in the GBDT code").
         """
         for j in range(node.shape[0]):
             a = bounds[node[j], 0]
@@ -211,9 +210,8 @@ if numba is not None:
         count. Rows of one node are visited in ``order`` (ascending: each cell
         sums in row order, as the numpy code). The rows' bins, missing flags and
         gradients are prefetched ``_AHEAD`` rows ahead: below the root a node's
-        rows are scattered and each row is a cache miss otherwise (deep level,
-        20k of 100k rows in 16 nodes: 1.36 ms scanning all positions, 0.86 ms
-        over node-grouped rows with prefetch).
+        rows are scattered and each row is a cache miss otherwise (figures:
+        docs/benchmarks.md, "Kernel choices in the GBDT code").
         """
         n_features = bins.shape[1]
         width2 = out.shape[2] * 2
@@ -276,8 +274,9 @@ if numba is not None:
         predicted, where ``descend`` over rows in row order mispredicts them.
         ``bins`` and ``missing`` are column-major, as for ``partition``; a node
         split once into two leaves (the usual last level) reads one column at
-        ascending rows and picks one of two values (100k rows: about 0.2 ms,
-        where walking the row-major matrix with prefetch took 0.8 ms).
+        ascending rows and picks one of two values, instead of walking the
+        row-major matrix (figures: docs/benchmarks.md, "Kernel choices in the
+        GBDT code").
         """
         for j in range(start.shape[0]):
             a = bounds[j, 0]
@@ -400,8 +399,10 @@ if numba is not None:
         the last bin; NaN gives bin 0 and ``missing[i, j]``. The value's bucket
         (``bin_tables``) bounds a binary search, then the answer is checked
         against its neighbouring cuts, so rounding at bucket edges cannot
-        change it. (A plain binary search over 256 cuts costs about 50 ns a
-        value here, mostly mispredicted branches; this about a third of that.)
+        change it. (A plain binary search over all the cuts spends most of its
+        time on mispredicted branches; bounded by the bucket it takes a
+        fraction of that. Figures: docs/benchmarks.md, "Kernel choices in the
+        GBDT code".)
         """
         n_buckets = starts.shape[1] - 1
         any_missing = False
@@ -455,7 +456,8 @@ if numba is not None:
 
         Rows go down in blocks, one level at a time for the whole block (``depth``
         levels, the tree's): the steps of different rows do not wait on each
-        other, about twice as fast as walking rows to their leaves one by one.
+        other, unlike walking rows to their leaves one by one (figures:
+        docs/benchmarks.md, "Kernel choices in the GBDT code").
         """
         n = X.shape[0]
         block = 64

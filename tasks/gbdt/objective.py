@@ -147,7 +147,8 @@ class BinaryLogistic(Objective):
     def loss_sum(self, y: np.ndarray, margin: np.ndarray) -> float:
         """Return the summed log-loss."""
         m = margin[:, 0]
-        # log(1 + e^m) - y m, stably; 4x faster than np.logaddexp(0, m).
+        # log(1 + e^m) - y m, stably; cheaper than np.logaddexp(0, m)
+        # (docs/benchmarks.md, "Kernel choices in the GBDT code").
         return float(np.sum(np.maximum(m, 0.0) - y * m + np.log1p(np.exp(-np.abs(m)))))
 
 

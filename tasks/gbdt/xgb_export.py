@@ -1,6 +1,6 @@
 """Write a boosted model as standard XGBoost JSON, read it back, tabulate trees.
 
-What stock XGBoost needs (verified on 2.1 to 3.2, see DESIGN.md): nodes numbered
+What stock XGBoost needs (verified on 2.1 to 3.2, see docs/gbdt.md): nodes numbered
 breadth-first with ``right = left + 1``; float arrays as float literals; tree
 ``id`` equal to its position; real covers in ``sum_hessian``; leaf values in
 ``split_conditions``; ``base_score`` as one shortest float32 string;
