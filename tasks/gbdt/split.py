@@ -116,28 +116,12 @@ def find_splits(
     gain = node_gain(gl, hl, p) + node_gain(gr, hr, p) - parent
     gain = np.where(valid, gain, -np.inf)
     flat = gain.reshape(m, -1)
-    best = np.argmax(flat, axis=1)
-    out: list[SplitInfo | None] = []
-    for i, b in enumerate(best):
-        loss_chg = float(flat[i, b])
-        if not (loss_chg > RT_EPS and loss_chg >= p.gamma):
-            out.append(None)
-            continue
-        f, k, d = (int(v) for v in np.unravel_index(int(b), (n_features, stride, 2)))
-        out.append(
-            SplitInfo(
-                feature=f,
-                bin=k,
-                threshold=np.float32(cuts[f][k]),
-                default_left=bool(d),
-                gain=loss_chg,
-                left_grad=float(gl[i, f, k, d]),
-                left_hess=float(hl[i, f, k, d]),
-                right_grad=float(gr[i, f, k, d]),
-                right_hess=float(hr[i, f, k, d]),
-            )
-        )
-    return out
+    top = np.argmax(flat, axis=1)
+    rows = np.arange(m)
+    f, k, d = np.unravel_index(top, (n_features, stride, 2))
+    at = (rows, f, k, d)
+    found = np.stack([flat[rows, top], gl[at], hl[at], gr[at], hr[at]], axis=1)
+    return _split_infos(np.stack([f, k, d], axis=1), found, cuts, p)
 
 
 def _find_splits_jit(
@@ -163,8 +147,19 @@ def _find_splits_jit(
         best,
         found,
     )
+    return _split_infos(best, found, cuts, p)
+
+
+def _split_infos(
+    best: np.ndarray, found: np.ndarray, cuts: Sequence[np.ndarray], p: TreeParams
+) -> list[SplitInfo | None]:
+    """Return each node's split, or None where its gain is too small.
+
+    ``best[i]`` is node i's (feature, bin, default_left); ``found[i]`` its
+    (gain, left gradient, left hessian, right gradient, right hessian).
+    """
     out: list[SplitInfo | None] = []
-    for i in range(m):
+    for i in range(best.shape[0]):
         loss_chg = float(found[i, 0])
         if not (loss_chg > RT_EPS and loss_chg >= p.gamma):
             out.append(None)
