@@ -202,12 +202,13 @@ def pooled_accuracy(
 def instrument(marks: dict[str, float]) -> None:
     """Record when the parent flow enters and leaves its start-up steps.
 
-    Wraps the two names ``flows/training.py`` looks up at call time (the
-    cluster context manager and the ``open_silos`` task) without changing them.
+    Wraps two names looked up at call time (the parent flow's cluster context
+    manager and the averaged family's ``open_silos`` task) without changing them.
     """
     from fedsilo.flows import training
+    from fedsilo.tasks.averaging import family
 
-    real_cluster, real_open = training.spec_cluster, training.open_silos
+    real_cluster, real_open = training.spec_cluster, family.open_silos
 
     @contextlib.contextmanager
     def timed_cluster(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -223,7 +224,7 @@ def instrument(marks: dict[str, float]) -> None:
             marks["silos_opened"] = elapsed()
 
     training.spec_cluster = timed_cluster  # type: ignore[assignment]
-    training.open_silos = timed_open
+    family.open_silos = timed_open
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,8 +96,9 @@ def write_silos(
 def instrumented(marks: dict[str, float], started: float) -> Iterator[None]:
     """Record when the cluster is ready and when ``open_silos`` returns."""
     from fedsilo.flows import training
+    from fedsilo.tasks.averaging import family
 
-    real_cluster, real_open = training.spec_cluster, training.open_silos
+    real_cluster, real_open = training.spec_cluster, family.open_silos
 
     @contextlib.contextmanager
     def timed_cluster(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -113,12 +114,12 @@ def instrumented(marks: dict[str, float], started: float) -> Iterator[None]:
             marks["silos_opened_s"] = time.perf_counter() - started
 
     training.spec_cluster = timed_cluster  # type: ignore[assignment]
-    training.open_silos = timed_open  # type: ignore[assignment]
+    family.open_silos = timed_open  # type: ignore[assignment]
     try:
         yield
     finally:
         training.spec_cluster = real_cluster  # type: ignore[assignment]
-        training.open_silos = real_open  # type: ignore[assignment]
+        family.open_silos = real_open  # type: ignore[assignment]
 
 
 def _worker_peak_mb() -> float:

@@ -43,7 +43,6 @@ from fedsilo.tasks.checkpoint_store import CheckpointStore, new_run_id
 from fedsilo.tasks.compare_report import markdown_summary, render_html
 from fedsilo.tasks.messages import Evaluation
 from fedsilo.tasks.metrics import global_metrics
-from fedsilo.tasks.personalize import personalize_silo
 from fedsilo.tasks.pooled import (
     pooled_silo_name,
     read_silos,
@@ -51,7 +50,6 @@ from fedsilo.tasks.pooled import (
     score_trees,
     write_pooled,
 )
-from fedsilo.tasks.round_tasks import wait_silo
 from fedsilo.tasks.silo import FitConfig, SiloData
 
 _MAX_NAME = 63
@@ -73,73 +71,16 @@ class Personalizer:
     seconds: float = 0.0
     round: int | None = None
 
-    def __call__(self, result: run_state.RoundResult, state: Any) -> None:
+    def __call__(self, result: run_state.RoundResult, run: run_state.Run) -> None:
         """Fine-tune after the run's last round; ignore other runs and rounds."""
-        if state.run_id != self.run_id or result.round != state.spec.rounds:
+        if run.run_id != self.run_id or result.round != run.spec.rounds:
             return
         started = time.perf_counter()
-        if hasattr(state, "calls"):
-            self._trees(state, result.round)
-        else:
-            self._linear(state, result.round)
+        tuned = run.family.personalize(self.epochs, result.round)
+        self.evaluations.extend(tuned.evaluations)
+        self.traffic.update(tuned.traffic)
         self.round = result.round
         self.seconds = time.perf_counter() - started
-
-    def _linear(self, state: run_state.RunState, round_number: int) -> None:
-        futures = {
-            silo: state.submit(
-                silo,
-                personalize_silo,
-                state.prepared[silo],
-                state.params,
-                state.config,
-                self.epochs,
-                round_number,
-                key=f"personalize-{silo}",
-            )
-            for silo in state.prepared
-        }
-        for silo, future in futures.items():
-            scored = wait_silo(silo, future, state.spec.cluster.silo_timeout)
-            assert isinstance(scored, list)
-            self.evaluations.extend(scored)
-
-    def _trees(self, state: Any, round_number: int) -> None:
-        """Grow ``epochs`` extra trees from each silo's histograms alone."""
-        from fedsilo.tasks.gbdt.learner import train
-        from fedsilo.tasks.gbdt_federation import DaskFederation, SiloCalls
-
-        calls = state.calls
-        params = dataclasses.replace(state.params, num_boost_round=self.epochs)
-        for silo in list(calls.states):
-            worker = calls.workers[silo]
-            alone = SiloCalls(
-                calls.client,
-                {silo: worker},
-                f"{state.run_id}-personal",
-                calls.timeout,
-                transport=calls.transport,
-                states={silo: calls.states[silo]},
-                actors={silo: calls.actors[silo]} if calls.actors else {},
-                # The run's channel to that worker serves any of its silos.
-                channels={worker: calls.channels[worker]}
-                if worker in calls.channels
-                else {},
-            )
-            train(
-                DaskFederation(alone, trees_left=self.epochs),
-                state.cuts,
-                params,
-                state.intercept,
-                n_rows=state.n_rows,
-                label_bound=state.label_bound,
-                feature_names=state.setup.features,
-                init_model=state.model,
-            )
-            scored = alone.call("evaluate", {silo: (state.setup, round_number)})
-            self.evaluations.extend(scored[silo])
-            used = alone.traffic.get(silo)
-            self.traffic[silo] = (used.up, used.down) if used else (0, 0)
 
 
 def _run_id(compare_id: str, variant: str, silo: str | None = None, i: int = 0) -> str:
@@ -219,10 +160,10 @@ class RoundScores:
     run_ids: set[str]
     evaluations: list[Evaluation] = dataclasses.field(default_factory=list)
 
-    def __call__(self, result: run_state.RoundResult, state: Any) -> None:
+    def __call__(self, result: run_state.RoundResult, run: run_state.Run) -> None:
         """Keep the round's evaluations if the run is one of ours."""
-        if state.run_id in self.run_ids:
-            self.evaluations.extend(state.last_evaluations)
+        if run.run_id in self.run_ids:
+            self.evaluations.extend(run.last_evaluations)
 
 
 def local_overall(evaluations: list[Evaluation], runs: str, task: str) -> pd.DataFrame:
@@ -364,12 +305,9 @@ def federated_comparison(
         attached = spec.model_copy(update={"cluster": address})
 
         runs["federated"] = personalizer.run_id
-        run_state.listeners.append(personalizer)
         started = time.perf_counter()
-        try:
+        with run_state.listening(personalizer):
             summary = federated_training(attached, run_id=personalizer.run_id)
-        finally:
-            run_state.listeners.remove(personalizer)
         wall["federated", "global"] = time.perf_counter() - started
         if not summary["rounds"]:
             why = summary.get("stopped") or "no round to train"
@@ -399,8 +337,7 @@ def federated_comparison(
         scores = RoundScores(
             {_run_id(compare_id, "local", s.name, i) for i, s in enumerate(spec.silos)}
         )
-        run_state.listeners.append(scores)
-        try:
+        with run_state.listening(scores):
             for i, silo in enumerate(spec.silos):
                 run_id = _run_id(compare_id, "local", silo.name, i)
                 started = time.perf_counter()
@@ -413,8 +350,6 @@ def federated_comparison(
                 wall["local", silo.name] = time.perf_counter() - started
                 rows = _run_rows(variant, run_id, "local")
                 local_frames.append(rows[rows["silo"] == silo.name])
-        finally:
-            run_state.listeners.remove(scores)
         local = pd.concat(local_frames, ignore_index=True)
         local = local[~local["metric"].isin(comparison.TRAFFIC)]
         runs["local"] = _run_id(compare_id, "local", "*")

@@ -19,8 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from fedsilo.cluster import SiloCluster, spec_cluster
 from fedsilo.connectors.schema import categorical_features, check_schemas
 from fedsilo.flows.reporting import artifact_key
-from fedsilo.flows.training import read_silos
 from fedsilo.spec import FederationSpec
+from fedsilo.tasks.averaging.family import read_silos
 from fedsilo.tasks.checkpoint_store import new_run_id
 from fedsilo.tasks.federated_stats import (
     FederatedStats,

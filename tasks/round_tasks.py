@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from distributed import Future
@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fedsilo.errors import FedsiloError, SiloFailedError, SiloLateError
-from fedsilo.tasks import run_state, silo_rpc
+from fedsilo.tasks import silo_rpc
 from fedsilo.tasks.checkpoint_store import MetricRow
 from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.metrics import global_metrics
@@ -28,6 +28,9 @@ from fedsilo.tasks.privacy.secagg import MaskContext
 from fedsilo.tasks.round_aggregation import Combined, combine
 from fedsilo.tasks.silo_batch import SiloFault
 from fedsilo.tasks.silo_privacy import PrivacyRequest
+
+if TYPE_CHECKING:
+    from fedsilo.tasks.averaging.family import AveragedRun
 
 
 def wait_silo(
@@ -66,7 +69,7 @@ def silo_failure(
 
 
 def privacy_request(
-    state: run_state.RunState,
+    state: AveragedRun,
     silo: str,
     round_number: int,
     attempt: int,
@@ -103,7 +106,7 @@ def _silo_errors(
 
 
 def call_worker(
-    state: run_state.RunState,
+    state: AveragedRun,
     worker: str,
     silos: Sequence[str],
     phase: str,
@@ -144,7 +147,7 @@ def call_worker(
     persist_result=False,
 )
 def fit_local(
-    run_id: str,
+    state: AveragedRun,
     worker: str,
     round_number: int,
     silos: tuple[str, ...],
@@ -155,7 +158,6 @@ def fit_local(
 
     Returns their (protected) updates and the failures, each naming its silo.
     """
-    state = run_state.get(run_id)
     args = (
         list(silos),
         [state.prepared[silo] for silo in silos],
@@ -180,10 +182,12 @@ def fit_local(
     persist_result=False,
 )
 def aggregate(
-    run_id: str, round_number: int, updates: list[LocalUpdate], expected_silos: int
+    state: AveragedRun,
+    round_number: int,
+    updates: list[LocalUpdate],
+    expected_silos: int,
 ) -> Combined:
     """Combine the updates by the strategy, then step the server optimiser."""
-    state = run_state.get(run_id)
     spec = state.spec
     dp = spec.privacy.dp
     combined = combine(
@@ -218,13 +222,12 @@ def aggregate(
     persist_result=False,
 )
 def evaluate_local(
-    run_id: str, worker: str, round_number: int, silos: tuple[str, ...]
+    state: AveragedRun, worker: str, round_number: int, silos: tuple[str, ...]
 ) -> tuple[list[Evaluation], list[SiloFailedError]]:
     """Score the new global model at the worker's ``silos`` (train and test rows).
 
     Returns the evaluations and the failures, each naming its silo.
     """
-    state = run_state.get(run_id)
     args = (
         list(silos),
         [state.prepared[silo] for silo in silos],
@@ -267,7 +270,7 @@ def metric_rows(
     return rows
 
 
-def privacy_rows(state: run_state.RunState) -> list[MetricRow]:
+def privacy_rows(state: AveragedRun) -> list[MetricRow]:
     """Return the privacy spent so far and the current DP clip as global rows."""
     dp = state.spec.privacy.dp
     if dp is None or state.epsilon is None:
@@ -288,7 +291,7 @@ def privacy_rows(state: run_state.RunState) -> list[MetricRow]:
     persist_result=False,
 )
 def checkpoint(
-    run_id: str,
+    state: AveragedRun,
     round_number: int,
     evaluations: list[Evaluation],
     updates: list[LocalUpdate],
@@ -303,7 +306,6 @@ def checkpoint(
     are recorded as metrics rows of value 1 (metric ``late``, ``failed``,
     ``selected``).
     """
-    state = run_state.get(run_id)
     rows = [MetricRow(silo, "train", "selected", 1.0, 0) for silo in selected]
     rows += metric_rows(evaluations, updates, state.spec.task, absent)
     rows += [MetricRow(silo, "train", "rejected", 1.0, 0) for silo in sorted(rejected)]

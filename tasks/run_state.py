@@ -1,26 +1,40 @@
-"""What a running federation holds in the coordinator between its Prefect tasks.
+"""A federated run's context: what the one engine holds between its round flows.
 
-Round flows and their tasks take small parameters (a run key, a silo name, a
-round number) so that Prefect records them cheaply and shows them in the UI;
-the Dask client, the futures of silo-resident data and the global model live
-here, keyed by the run, for the lifetime of the parent flow.
+A run opens one model family (averaged scikit-learn parameters or boosted
+trees, :class:`FamilyRun`) and plays its rounds through the same round flow.
+The family's tasks receive the family's state as an argument; the only lookup
+by run id is at the round flow's boundary, whose parameters Prefect records
+(a run id and a round number, small and readable in the UI).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-import numpy as np
-from distributed import Future
+from prefect.utilities.annotations import quote
 
-from fedsilo.cluster import SiloCluster
-from fedsilo.spec import FederationSpec
-from fedsilo.tasks.checkpoint_store import CheckpointStore
-from fedsilo.tasks.messages import Evaluation, LocalUpdate
-from fedsilo.tasks.silo import FitConfig
+if TYPE_CHECKING:
+    from fedsilo.cluster import SiloCluster
+    from fedsilo.spec import FederationSpec
+    from fedsilo.tasks.checkpoint_store import CheckpointStore
+    from fedsilo.tasks.messages import Evaluation, LocalUpdate
+
+
+T = TypeVar("T")
+
+
+def opaque(value: T) -> T:
+    """Pass ``value`` to a Prefect task as it is, without Prefect walking it.
+
+    Prefect visits a task's arguments for futures; a run's state, or a round's
+    updates with one entry per silo, cost more to visit than the task itself.
+    """
+    return cast(T, quote(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,84 +55,130 @@ class RoundResult:
     rejected: dict[str, str] = field(default_factory=dict)  # silo -> reason
 
 
+@dataclass(frozen=True, slots=True)
+class RoundOutcome:
+    """What a model family's round did, for the engine to record and report."""
+
+    selected: tuple[str, ...]  # the silos asked to train
+    silos: tuple[str, ...]  # the silos whose work is in the new model
+    evaluations: list[Evaluation]
+    updates: list[LocalUpdate]
+    checkpoint: str
+    fit_workers: dict[str, str]
+    note: str  # what the round's log line says of the training
+    absent: dict[str, str] = field(default_factory=dict)  # silo -> late/failed
+    rejected: dict[str, str] = field(default_factory=dict)  # silo -> reason
+
+
+@dataclass(frozen=True, slots=True)
+class Personalized:
+    """The silos' scores of their own fine-tuned copies of the global model."""
+
+    evaluations: list[Evaluation]
+    traffic: dict[str, tuple[int, int]]  # silo -> (bytes up, bytes down), if counted
+
+
+class FamilyRun(Protocol):
+    """One model family's state for one run: what its rounds do.
+
+    Made by the family's ``open`` once the silos are reachable; lives as long
+    as the parent flow and is closed (silo state freed) whatever happens.
+    """
+
+    store: CheckpointStore
+    start_round: int  # 1, or the round after the last checkpoint when resuming
+
+    def budget_stop(self, round_number: int) -> str | None:
+        """Return why the run must stop before ``round_number``, if it must."""
+        ...
+
+    def play_round(self, round_number: int) -> RoundOutcome:
+        """Train, evaluate at every silo and checkpoint one round."""
+        ...
+
+    def personalize(self, epochs: int, round_number: int) -> Personalized:
+        """Fine-tune the current model at each silo alone; return the scores."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """Return the family's part of the run's summary."""
+        ...
+
+    def close(self) -> None:
+        """Free what the silos hold for the run; never raises."""
+        ...
+
+
+#: Called after every round with its result and the run.
+ProgressListener = Callable[[RoundResult, "Run"], None]
+
+_LISTENING: contextvars.ContextVar[tuple[ProgressListener, ...]] = (
+    contextvars.ContextVar("fedsilo_listeners", default=())
+)
+
+
+@contextlib.contextmanager
+def listening(*listeners: ProgressListener) -> Iterator[None]:
+    """Give the runs started inside this block these round listeners.
+
+    A run takes the listeners in force when it opens and calls them after
+    each of its rounds; other runs, threads and tasks do not see them.
+    """
+    token = _LISTENING.set((*_LISTENING.get(), *listeners))
+    try:
+        yield
+    finally:
+        _LISTENING.reset(token)
+
+
+def current_listeners() -> tuple[ProgressListener, ...]:
+    """Return the listeners in force here (see :func:`listening`)."""
+    return _LISTENING.get()
+
+
 @dataclass(slots=True)
-class RunState:
-    """A federation run's coordinator-side state."""
+class Run:
+    """A federated run in the coordinator: its spec, silos, family and history."""
 
     spec: FederationSpec
     run_id: str
     cluster: SiloCluster
-    store: CheckpointStore
-    config: FitConfig
-    prepared: dict[str, Future]
-    params: dict[str, np.ndarray]
+    family: FamilyRun
+    listeners: tuple[ProgressListener, ...] = ()
     history: list[RoundResult] = field(default_factory=list)
     last_updates: list[LocalUpdate] = field(default_factory=list)
     last_evaluations: list[Evaluation] = field(default_factory=list)
-    keypairs: dict[str, Future] = field(default_factory=dict)  # stay on workers
-    # Each silo's compression.SiloCompressor (with its residual): stays on workers.
-    compressors: dict[str, Future] = field(default_factory=dict)
-    public_keys: dict[str, bytes] = field(default_factory=dict)
-    dp_clip: float | None = None
-    server_optimizer: Any = None  # a tasks.server_optimizers.ServerOptimizer
-    epsilon: float | None = None
 
-    silo_order: dict[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.silo_order = {s.name: i for i, s in enumerate(self.spec.silos)}
-
-    def silo_index(self, silo: str) -> int:
-        """Return the silo's fixed place in the spec (its secure-aggregation id)."""
-        return self.silo_order[silo]
-
-    def server_state(self) -> dict[str, np.ndarray]:
-        """Return what a checkpoint needs beyond the model to resume exactly."""
-        out: dict[str, np.ndarray] = {}
-        if self.server_optimizer is not None:
-            state = self.server_optimizer.state_dict()
-            out.update({f"server/{k}": v for k, v in state.items()})
-        if self.dp_clip is not None:
-            out["server/dp_clip"] = np.array(self.dp_clip)
-        return out
-
-    def submit(self, silo: str, fn: Callable[..., Any], *args: Any, key: str) -> Future:
-        """Run ``fn`` on the silo's own worker and nowhere else."""
-        return self.cluster.submit(silo, fn, *args, key=f"{key}-{self.run_id}")
+    @property
+    def store(self) -> CheckpointStore:
+        """Return the run's checkpoint store."""
+        return self.family.store
 
 
-_RUNS: dict[str, RunState] = {}
+_RUNS: dict[str, Run] = {}
 _LOCK = threading.Lock()
 
 
-class RunView(Protocol):
-    """What every run (averaged or boosted) shows a progress listener."""
-
-    spec: FederationSpec
-    run_id: str
-    last_evaluations: list[Evaluation]  # the silos' scores of the latest round
-
-
-#: Called after every round with its result and the run (a RunState for
-#: averaged models, flows.boosting.BoostingRun for trees).
-ProgressListener = Callable[[RoundResult, RunView], None]
-listeners: list[ProgressListener] = []
-
-
-def register(state: RunState) -> str:
-    """Make a run's state reachable by its run id."""
+def register(run: Run) -> str:
+    """Make a run reachable by its id from its round flows."""
     with _LOCK:
-        _RUNS[state.run_id] = state
-    return state.run_id
+        _RUNS[run.run_id] = run
+    return run.run_id
 
 
-def get(run_id: str) -> RunState:
-    """Return the state of a running federation."""
+def get(run_id: str) -> Run:
+    """Return a running federation."""
     with _LOCK:
         return _RUNS[run_id]
 
 
+def running() -> list[Run]:
+    """Return the runs open in this process."""
+    with _LOCK:
+        return list(_RUNS.values())
+
+
 def forget(run_id: str) -> None:
-    """Drop a finished run's state (and with it the futures of silo data)."""
+    """Drop a finished run (and with it the futures of silo data)."""
     with _LOCK:
         _RUNS.pop(run_id, None)

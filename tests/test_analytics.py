@@ -187,17 +187,14 @@ def federation(
     )
     results: dict[str, list[run_state.RoundResult]] = {}
 
-    def listener(result: run_state.RoundResult, state: run_state.RunState) -> None:
+    def listener(result: run_state.RoundResult, state: run_state.Run) -> None:
         results.setdefault(state.run_id, []).append(result)
 
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         summaries = [
             federated_training(spec.model_copy(update={"seed": seed}))
             for seed in (0, 1)
         ]
-    finally:
-        run_state.listeners.remove(listener)
     files = sorted(breast_cancer_dir.glob("silo-*/test.parquet"))
     test = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     return Federation(base, spec, {s["run_id"]: s for s in summaries}, results, test)

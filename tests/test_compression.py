@@ -371,19 +371,19 @@ def test_int8_cuts_bytes_up_keeps_accuracy_and_the_residual_at_the_silo(
     received: list[LocalUpdate] = []
     residuals: list[dict[str, dict[str, np.ndarray]]] = []
 
-    def listener(result: Any, state: run_state.RunState) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         received.extend(state.last_updates)
         # A test-only peek at the silo-resident compressors (the flow never does).
         residuals.append(
-            {s: f.result(timeout=30).residual for s, f in state.compressors.items()}
+            {
+                s: f.result(timeout=30).residual
+                for s, f in state.family.compressors.items()
+            }
         )
 
     federated_training(plain, run_id="plain")
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         federated_training(packed, run_id="int8")
-    finally:
-        run_state.listeners.remove(listener)
 
     a, b = _metrics(store, plain, "plain"), _metrics(store, packed, "int8")
     up_a = a[a.metric == "bytes_up"].set_index(["round", "silo"]).value

@@ -278,11 +278,8 @@ def _train(spec: FederationSpec, run_id: str) -> tuple[dict[str, Any], list[Any]
     def listener(result: Any, state: Any) -> None:
         seen.append(list(state.last_updates))
 
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         return federated_training(spec, run_id=run_id), seen
-    finally:
-        run_state.listeners.remove(listener)
 
 
 @pytest.mark.integration

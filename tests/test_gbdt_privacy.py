@@ -19,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 from fedsilo.datasets.writer import write_slices
 from fedsilo.errors import SiloFailedError, SpecError
 from fedsilo.spec import parse_spec
+from fedsilo.tasks import run_state
 from fedsilo.tasks.checkpoint_store import CheckpointStore
 from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from fedsilo.tasks.gbdt.learner import InMemoryFederation, federated_cuts, train
@@ -455,8 +456,6 @@ def test_a_secure_run_grows_the_plain_runs_trees_from_masked_histograms(
 def test_a_silo_lost_mid_tree_makes_the_round_grow_again_without_it(
     tmp_path: Path, shared_cluster: str, payloads: list[tuple[str, str, Any]]
 ) -> None:
-    from fedsilo.flows import boosting
-
     frame = make_data(900)
     silos = four_silos(frame, 200, tmp_path / "data")
     spec = flow_spec(
@@ -475,8 +474,8 @@ def test_a_silo_lost_mid_tree_makes_the_round_grow_again_without_it(
             levels.append(message[0][-1])
             context = message[0][-1]
             if context.round == 2 and context.step == "tree1-level1":
-                (run_state,) = boosting._RUNS.values()
-                run_state.calls.actors["silo-3"].free().result(timeout=30)
+                (run,) = run_state.running()
+                run.family.calls.actors["silo-3"].free().result(timeout=30)
 
     from fedsilo.tasks import gbdt_federation
 
@@ -594,7 +593,6 @@ def test_a_dp_run_records_epsilon_every_round_and_stops_at_its_budget(
 def test_a_lost_silo_fails_the_run_clearly_below_min_silos(
     tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows import boosting
     from fedsilo.tasks import gbdt_federation
 
     silos = four_silos(make_data(600), 100, tmp_path / "data")
@@ -608,9 +606,10 @@ def test_a_lost_silo_fails_the_run_clearly_below_min_silos(
 
     def lose_silo_2(silo: str, name: str, message: Any) -> None:
         if silo == "silo-2" and name == "gbdt-grow_level":
-            (state,) = boosting._RUNS.values()
-            if "silo-2" in state.calls.actors:
-                state.calls.actors["silo-2"].free().result(timeout=30)
+            (run,) = run_state.running()
+            calls = run.family.calls
+            if "silo-2" in calls.actors:
+                calls.actors["silo-2"].free().result(timeout=30)
 
     gbdt_federation.observers.append(lose_silo_2)
     try:
@@ -620,5 +619,5 @@ def test_a_lost_silo_fails_the_run_clearly_below_min_silos(
         gbdt_federation.observers.remove(lose_silo_2)
 
     assert caught.value.silo == "silo-2"
-    assert not boosting._RUNS  # the run's state was released
+    assert not run_state.running()  # the run's state was released
     assert not list((tmp_path / "store").rglob("model.json"))

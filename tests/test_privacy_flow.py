@@ -38,11 +38,8 @@ def _run(spec: FederationSpec, **kwargs: Any) -> tuple[dict[str, Any], list[Any]
     def listener(result: Any, state: Any) -> None:
         seen.append((result, list(state.last_updates)))
 
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         return federated_training(spec, **kwargs), seen
-    finally:
-        run_state.listeners.remove(listener)
 
 
 def _final(store: Path, spec: FederationSpec, run_id: str) -> dict[str, np.ndarray]:
@@ -212,11 +209,10 @@ def test_secure_round_is_retried_without_a_silo_that_dropped(
         privacy={"secure_aggregation": True},
         strategy={"kind": "fedavg", "min_silos": 3, "deadline": 2.0},
     )
-    run_state.listeners.append(stall)
     try:
-        summary, seen = _run(spec)
+        with run_state.listening(stall):
+            summary, seen = _run(spec)
     finally:
-        run_state.listeners.remove(stall)
         time.sleep(5)
 
     second, updates = seen[1]

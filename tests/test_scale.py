@@ -118,7 +118,7 @@ def test_many_silos_on_two_workers_train_where_their_rows_are(tmp_path: Path) ->
     seen: list[Any] = []
     resident: dict[str, list[str]] = {}
 
-    def listener(result: Any, state: run_state.RunState) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         seen.append(result)
         if result.round == 1:
             client = state.cluster.client
@@ -129,11 +129,8 @@ def test_many_silos_on_two_workers_train_where_their_rows_are(tmp_path: Path) ->
             held = client.run(_resident_silos)
             resident.update({names[a]: v for a, v in held.items()})
 
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         summary = federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
 
     assert summary["rounds"] == [1, 2, 3]
     assert resident == {
@@ -160,14 +157,11 @@ def test_a_bad_silo_fails_alone_on_a_shared_worker(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, silos, strategy={"min_silos": 11})
     seen: list[Any] = []
 
-    def listener(result: Any, state: run_state.RunState) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         seen.append(result)
 
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         summary = federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
 
     neighbours = [f"silo-{i:02d}" for i in range(6) if i != 4]  # also on pool-0
     for result in seen:
@@ -196,18 +190,15 @@ def test_a_late_pool_worker_makes_all_its_silos_late(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, silos, strategy={"min_silos": 3, "deadline": 2.0})
     seen: list[Any] = []
 
-    def listener(result: Any, state: run_state.RunState) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         seen.append(result)
         if result.round == 1:  # keep pool-1's only thread busy past the deadline
             address = state.cluster.workers["silo-05"]
             client = state.cluster.client
             client.submit(time.sleep, 6.0, workers=[address], pure=False).release()
 
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
 
     assert seen[0].absent == {}
     assert seen[1].absent == dict.fromkeys(["silo-03", "silo-04", "silo-05"], "late")

@@ -385,16 +385,13 @@ def test_workers_read_their_own_config_and_the_coordinator_never_sees_it(
 
     seen: list[tuple[Any, list[Any]]] = []
 
-    def listener(result: Any, state: run_state.RunState) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         seen.append((result, list(state.last_updates)))
 
     spec = names_only_spec(silo_federation, tmp_path / "store")
     assert_private(spec.model_dump(), silo_federation.private)
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         summary = federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
 
     assert summary["rounds"] == [1, 2, 3]
     assert summary["final_metrics"]["accuracy"] > 0.85
@@ -442,7 +439,7 @@ def test_workers_read_their_own_config_and_the_coordinator_never_sees_it(
 
 
 def kill_after(federation: SiloFederation, silo: str, round_number: int) -> Any:
-    def listener(result: Any, state: run_state.RunState) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         if result.round == round_number:
             federation.kill(silo)
 
@@ -458,13 +455,12 @@ def test_a_killed_worker_fails_the_round_naming_its_silo(
     store = tmp_path / "store"
     spec = names_only_spec(silo_federation, store, rounds=5)
     listener = kill_after(silo_federation, "silo-2", 2)
-    run_state.listeners.append(listener)
     started = time.monotonic()
-    try:
-        with pytest.raises((SiloFailedError, ClusterError)) as caught:
-            federated_training(spec, run_id="killed")
-    finally:
-        run_state.listeners.remove(listener)
+    with (
+        run_state.listening(listener),
+        pytest.raises((SiloFailedError, ClusterError)) as caught,
+    ):
+        federated_training(spec, run_id="killed")
 
     assert "silo-2" in caught.value.reason
     assert time.monotonic() - started < SILO_TIMEOUT
@@ -497,12 +493,8 @@ def test_a_killed_worker_is_left_out_where_min_silos_allows(
         strategy={"kind": "fedavg", "min_silos": 2},
     )
     listeners = [kill_after(silo_federation, "silo-2", 2), lambda r, s: seen.append(r)]
-    run_state.listeners.extend(listeners)
-    try:
+    with run_state.listening(*listeners):
         summary = federated_training(spec, run_id="degraded")
-    finally:
-        for listener in listeners:
-            run_state.listeners.remove(listener)
 
     assert summary["rounds"] == [1, 2, 3, 4, 5]
     assert [sorted(r.silos) for r in seen] == [list(SILOS)] * 2 + [list(SILOS[:2])] * 3

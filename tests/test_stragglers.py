@@ -56,11 +56,8 @@ def test_late_silo_is_recorded_and_the_round_goes_on(
     spec = _spec(
         breast_cancer_dir, tmp_path / "store", shared_cluster, min_silos=3, deadline=2.0
     )
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         summary = federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
 
     assert seen[0].absent == {}
     assert seen[1].absent == {"silo-2": "late"}
@@ -84,14 +81,11 @@ def test_too_few_answers_fail_naming_the_silo_and_keep_earlier_rounds(
     spec = _spec(
         breast_cancer_dir, tmp_path / "store", shared_cluster, min_silos=4, deadline=2.0
     )
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         with pytest.raises(
             SiloFailedError, match=r"silo 'silo-1'.*deadline.*min_silos is 4"
         ):
             federated_training(spec, run_id="stalled")
-    finally:
-        run_state.listeners.remove(listener)
 
     store = CheckpointStore(str(tmp_path / "store"), spec.name, "stalled")
     assert store.complete_rounds() == [1]

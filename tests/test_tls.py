@@ -446,14 +446,11 @@ def test_a_federation_runs_over_tls_with_certified_silo_workers(
     )
     seen: list[tuple[Any, str, dict[str, str]]] = []
 
-    def listener(result: Any, state: run_state.RunState) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         seen.append((result, state.cluster.address, dict(state.cluster.workers)))
 
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         summary = federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
 
     assert summary["rounds"] == [1, 2]
     assert summary["final_metrics"]["accuracy"] > 0.85
@@ -485,15 +482,12 @@ def test_an_embedded_cluster_with_tls_listens_on_tls_only(
     spec = load_spec(path)
     seen: list[tuple[str, dict[str, str], bool]] = []
 
-    def listener(result: Any, state: run_state.RunState) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         cluster = state.cluster
         seen.append((cluster.address, dict(cluster.workers), cluster.embedded))
 
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         summary = federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
 
     assert summary["rounds"] == [1, 2]
     assert len(seen) == 2

@@ -33,12 +33,11 @@ def recorded() -> Iterator[list[tuple[Any, list[Any]]]]:
     """Every round's result and the updates the silos sent in it."""
     seen: list[tuple[Any, list[Any]]] = []
 
-    def listener(result: Any, state: run_state.RunState) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         seen.append((result, list(state.last_updates)))
 
-    run_state.listeners.append(listener)
-    yield seen
-    run_state.listeners.remove(listener)
+    with run_state.listening(listener):
+        yield seen
 
 
 def test_embedded_run_pins_silos_and_checkpoints_every_round(
@@ -266,7 +265,6 @@ def test_fraction_samples_trainers_and_every_silo_scores(
     from fedsilo.flows.training import federated_training
 
     seen: list[Any] = []
-    run_state.listeners.append(lambda result, state: seen.append(result))
     spec = make_spec(
         breast_cancer_dir,
         tmp_path / "store",
@@ -274,10 +272,8 @@ def test_fraction_samples_trainers_and_every_silo_scores(
         cluster={"address": shared_cluster},
         strategy={"kind": "fedavg", "fraction": 0.5, "min_silos": 1},
     )
-    try:
+    with run_state.listening(lambda result, run: seen.append(result)):
         federated_training(spec)
-    finally:
-        run_state.listeners.pop()
 
     for result in seen:
         assert len(result.selected) == 2

@@ -1,20 +1,18 @@
-"""Federated gradient boosting (``model.kind: xgboost``) as Prefect flows on Dask.
+"""Federated gradient boosting (``model.kind: xgboost``) as a model family.
 
-``train_boosted`` runs inside the parent ``federated-training`` flow once the
-cluster is attached. It opens the silos (rows read, checked and binned at each
-silo, once), then runs one ``federated-boosting-round`` flow per round. A round
-grows ``model.trees_per_round`` trees, level by level, through Dask calls to the
-silo-resident state (``tasks.gbdt_federation``), scores the model at every silo
-and checkpoints model.json (XGBoost JSON), model.parquet (the trees as a table)
-and metrics.parquet. A resumed run reads model.json of the last complete round
-and replays its trees at each silo, so it ends with the same model.
+Opening reads, checks and bins every silo's rows at the silo, once. A round
+(the engine's ``federated-round`` flow) grows ``model.trees_per_round`` trees,
+level by level, through exchanges with the silo-resident state
+(``tasks.gbdt_federation``), scores the model at every silo and checkpoints
+model.json (XGBoost JSON), model.parquet (the trees as a table) and
+metrics.parquet. A resumed run reads model.json of the last complete round and
+replays its trees at each silo, so it ends with the same model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
 from importlib.metadata import version
 from typing import Any, cast
@@ -22,23 +20,16 @@ from typing import Any, cast
 import numpy as np
 import pyarrow as pa
 from distributed import Future
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fedsilo.cluster import SiloCluster
 from fedsilo.connectors.schema import check_schemas
 from fedsilo.errors import CheckpointError, SiloDataError, SiloFailedError
-from fedsilo.flows.reporting import (
-    finish_run,
-    format_metrics,
-    publish_round,
-    round_table,
-)
-from fedsilo.flows.round import MAX_SECURE_ATTEMPTS
-from fedsilo.flows.round_loop import run_rounds
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks import gbdt_silo, run_state
-from fedsilo.tasks.checkpoint_store import CheckpointStore, MetricRow, new_run_id
+from fedsilo.tasks import gbdt_silo
+from fedsilo.tasks.averaging.family import MAX_SECURE_ATTEMPTS
+from fedsilo.tasks.checkpoint_store import CheckpointStore, MetricRow
 from fedsilo.tasks.gbdt.learner import Federation, train
 from fedsilo.tasks.gbdt.model import GBDTModel
 from fedsilo.tasks.gbdt.objective import Intercept
@@ -64,10 +55,10 @@ from fedsilo.tasks.gbdt_federation import (
     default_transport,
 )
 from fedsilo.tasks.messages import Evaluation, LocalUpdate, SiloSchema
-from fedsilo.tasks.metrics import global_metrics
 from fedsilo.tasks.privacy.accountant import gbdt_epsilon
 from fedsilo.tasks.privacy.errors import PrivacyBudgetExceededError
 from fedsilo.tasks.round_tasks import metric_rows
+from fedsilo.tasks.run_state import Personalized, RoundOutcome, opaque
 from fedsilo.tasks.silo import SiloSource, load_silo, silo_schema
 from fedsilo.tasks.silo_privacy import make_keypair, public_key
 
@@ -89,9 +80,7 @@ class BoostingRun:
     label_bound: float
     workers: dict[str, str]  # silo -> name of the worker that holds it
     model: GBDTModel | None = None
-    history: list[run_state.RoundResult] = dataclasses.field(default_factory=list)
-    last_updates: list[LocalUpdate] = dataclasses.field(default_factory=list)
-    last_evaluations: list[Evaluation] = dataclasses.field(default_factory=list)
+    start_round: int = 1
     grow_seconds: float = 0.0
     privacy: BoostingPrivacy = dataclasses.field(
         default_factory=lambda: BoostingPrivacy()
@@ -104,6 +93,27 @@ class BoostingRun:
     def learner_federation(self) -> Federation:
         """Return what the learner talks to: the silos, noised under DP."""
         return self.privacy.noisy or self.federation
+
+    # -- the family protocol (tasks.run_state.FamilyRun) ------------------------
+    def budget_stop(self, round_number: int) -> str | None:
+        """Return why the run must stop before ``round_number`` (DP budget)."""
+        return budget_stop(self, round_number)
+
+    def play_round(self, round_number: int) -> RoundOutcome:
+        """Grow the round's trees, score them at every silo, checkpoint."""
+        return play_round(self, round_number)
+
+    def personalize(self, epochs: int, round_number: int) -> Personalized:
+        """Grow ``epochs`` extra trees at each silo alone; return the scores."""
+        return personalize_trees(self, epochs, round_number)
+
+    def summary(self) -> dict[str, Any]:
+        """Return the boosting run's part of the summary."""
+        return boosting_summary(self)
+
+    def close(self) -> None:
+        """Free every silo's resident state; never raises."""
+        self.calls.free()
 
 
 @dataclasses.dataclass(slots=True)
@@ -121,16 +131,6 @@ class BoostingPrivacy:
         """Return the Gaussian mechanisms run so far (histograms and intercept)."""
         done = self.noisy.releases if self.noisy is not None else 0
         return done + self.base_release
-
-
-_RUNS: dict[str, BoostingRun] = {}
-_LOCK = threading.Lock()
-
-
-def get_run(run_id: str) -> BoostingRun:
-    """Return the state of a running boosting federation."""
-    with _LOCK:
-        return _RUNS[run_id]
 
 
 def boosting_params(spec: FederationSpec) -> GBDTParams:
@@ -350,7 +350,7 @@ def join_roster(state: BoostingRun) -> None:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def grow_trees(run_id: str, round_number: int) -> GBDTModel:
+def grow_trees(state: BoostingRun, round_number: int) -> GBDTModel:
     """Grow the round's trees, one Dask exchange per tree level.
 
     Under secure aggregation a silo lost mid-round aborts the attempt: the
@@ -359,7 +359,6 @@ def grow_trees(run_id: str, round_number: int) -> GBDTModel:
     at most ``MAX_SECURE_ATTEMPTS`` times and while ``strategy.min_silos``
     (and at least 2) silos remain.
     """
-    state = get_run(run_id)
     secure = state.federation.secure
     attempts = MAX_SECURE_ATTEMPTS if secure is not None else 1
     started = time.perf_counter()
@@ -464,9 +463,8 @@ def budget_stop(state: BoostingRun, round_number: int) -> str | None:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def evaluate_silo(run_id: str, silo: str, round_number: int) -> list[Evaluation]:
+def evaluate_silo(state: BoostingRun, silo: str, round_number: int) -> list[Evaluation]:
     """Score the model at one silo on its train and test rows (metrics, sums)."""
-    state = get_run(run_id)
     result = state.calls.call("evaluate", {silo: (state.setup, round_number)})[silo]
     assert isinstance(result, list)
     return result
@@ -479,14 +477,13 @@ def evaluate_silo(run_id: str, silo: str, round_number: int) -> list[Evaluation]
     persist_result=False,
 )
 def checkpoint_model(
-    run_id: str,
+    state: BoostingRun,
     round_number: int,
     model: GBDTModel,
     evaluations: list[Evaluation],
     updates: list[LocalUpdate],
 ) -> str:
     """Write model.json, model.parquet (trees table) and metrics.parquet."""
-    state = get_run(run_id)
     rows = metric_rows(evaluations, updates, state.spec.task, absent=state.dropped)
     dp = state.spec.privacy.dp
     if dp is not None and state.privacy.epsilon is not None:
@@ -531,69 +528,43 @@ def _updates(
     return out
 
 
-@flow(
-    name="federated-boosting-round",
-    flow_run_name="round-{round_number:04d}",
-    persist_result=False,
-    validate_parameters=False,
-)
-def federated_boosting_round(run_id: str, round_number: int) -> run_state.RoundResult:
+def play_round(state: BoostingRun, round_number: int) -> RoundOutcome:
     """Grow trees_per_round trees, score them at every silo, checkpoint."""
     started = time.perf_counter()
-    state = get_run(run_id)
     before = {s: dataclasses.replace(t) for s, t in state.calls.traffic.items()}
     dropped_before = set(state.dropped)
-    model = grow_trees(run_id, round_number)
+    model = grow_trees(opaque(state), round_number)
     silos = list(state.calls.states)  # a silo lost mid-round is left out
     absent = {s: k for s, k in state.dropped.items() if s not in dropped_before}
     grown = time.perf_counter() - started
     state.model = model
-    futures = [evaluate_silo.submit(run_id, silo, round_number) for silo in silos]
+    futures = [
+        evaluate_silo.submit(opaque(state), silo, round_number) for silo in silos
+    ]
     evaluations = [e for future in futures for e in future.result()]
     updates = _updates(state, round_number, before, grown, evaluations)
-    state.last_updates = updates
-    state.last_evaluations = evaluations
-    path = checkpoint_model(run_id, round_number, model, evaluations, updates)
-    test_metrics = global_metrics(
-        [e for e in evaluations if e.split == "test"], state.spec.task
+    path = checkpoint_model(
+        opaque(state), round_number, model, opaque(evaluations), opaque(updates)
     )
-    publish_round(
-        state.spec.name, round_number, round_table(evaluations, updates, test_metrics)
-    )
-    result = run_state.RoundResult(
-        round=round_number,
+    return RoundOutcome(
         selected=tuple(silos),
         silos=tuple(silos),
+        evaluations=evaluations,
+        updates=updates,
+        checkpoint=path,
+        fit_workers=dict(state.workers),
+        note=f"{len(model.trees)} trees",
         # Boosting needs every silo: a missing one fails the round, except
         # under secure aggregation, where it is grown again without it.
         absent=absent,
-        metrics=test_metrics,
-        seconds=time.perf_counter() - started,
-        fit_workers=dict(state.workers),
-        eval_workers={e.silo: e.worker for e in evaluations},
-        bytes_down=sum(u.bytes_down for u in updates),
-        bytes_up=sum(u.bytes_up for u in updates),
-        checkpoint=path,
     )
-    get_run_logger().info(
-        "round %d: %d trees, test %s, %.2fs",
-        round_number,
-        len(model.trees),
-        format_metrics(test_metrics),
-        result.seconds,
-    )
-    return result
 
 
-def train_boosted(
-    spec: FederationSpec,
-    cluster: SiloCluster,
-    run_id: str | None = None,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Run a boosting federation on an attached cluster (called by the parent flow)."""
+def open_boosting(
+    spec: FederationSpec, cluster: SiloCluster, run_id: str, resume: bool
+) -> BoostingRun:
+    """Open a boosting run's silos: rows checked and binned at every silo, once."""
     logger = get_run_logger()
-    run_id = run_id or new_run_id()
     params = boosting_params(spec)
     calls = SiloCalls(
         cluster.client,
@@ -649,41 +620,97 @@ def train_boosted(
             label_bound=binned["label_bound"],
             workers=binned["workers"],
             model=resumed,
+            start_round=start_round,
         )
         setup_boosting_privacy(state, publics, binned["base_release"], start_round)
-        with _LOCK:
-            _RUNS[run_id] = state
-        try:
-            stopped = run_rounds(
-                state,
-                range(start_round, spec.rounds + 1),
-                federated_boosting_round,
-                budget_stop,
-                logger,
-            )
-            silo_seconds = calls.call_all("timings")
-        finally:
-            with _LOCK:
-                _RUNS.pop(run_id, None)
-    finally:
-        calls.free()  # the silos drop their rows, on success or failure
+    except BaseException:
+        calls.free()  # the silos drop their rows
         rows.clear()
+        raise
+    return state
+
+
+def personalize_trees(
+    state: BoostingRun, epochs: int, round_number: int
+) -> Personalized:
+    """Grow ``epochs`` extra trees from each silo's histograms alone; score them."""
+    from fedsilo.tasks.gbdt.learner import train as grow
+
+    calls = state.calls
+    params = dataclasses.replace(state.params, num_boost_round=epochs)
+    evaluations: list[Evaluation] = []
+    traffic: dict[str, tuple[int, int]] = {}
+    for silo in list(calls.states):
+        worker = calls.workers[silo]
+        alone = SiloCalls(
+            calls.client,
+            {silo: worker},
+            f"{state.run_id}-personal",
+            calls.timeout,
+            transport=calls.transport,
+            states={silo: calls.states[silo]},
+            actors={silo: calls.actors[silo]} if calls.actors else {},
+            # The run's channel to that worker serves any of its silos.
+            channels={worker: calls.channels[worker]}
+            if worker in calls.channels
+            else {},
+        )
+        grow(
+            DaskFederation(alone, trees_left=epochs),
+            state.cuts,
+            params,
+            state.intercept,
+            n_rows=state.n_rows,
+            label_bound=state.label_bound,
+            feature_names=state.setup.features,
+            init_model=state.model,
+        )
+        scored = alone.call("evaluate", {silo: (state.setup, round_number)})
+        evaluations.extend(scored[silo])
+        used = alone.traffic.get(silo)
+        traffic[silo] = (used.up, used.down) if used else (0, 0)
+    return Personalized(evaluations, traffic)
+
+
+def boosting_summary(state: BoostingRun) -> dict[str, Any]:
+    """Return the boosting run's part of the summary (asks the silos' timings)."""
+    spec = state.spec
+    calls = state.calls
     return {
-        **finish_run(spec.name, run_id, store.run_path, state.history, logger),
-        "features": features,
-        "classes": list(_classes(params)) if spec.task == "classification" else [],
+        "features": list(state.setup.features),
+        "classes": list(_classes(state.params))
+        if spec.task == "classification"
+        else [],
         "trees": len(state.model.trees) if state.model is not None else 0,
         "traffic": {s: dataclasses.asdict(t) for s, t in calls.traffic.items()},
         "exchange_seconds": dict(state.federation.seconds),
         "exchanges": state.federation.exchanges,
         "grow_seconds": state.grow_seconds,
-        "silo_seconds": silo_seconds,
+        "silo_seconds": calls.call_all("timings"),
         "transport": calls.transport,
-        "stopped": stopped,
         "epsilon": state.privacy.epsilon,
         "dp_releases": state.privacy.releases if spec.privacy.dp else None,
         "dropped": dict(state.dropped),
     }
+
+
+class BoostedFamily:
+    """``model.kind: xgboost``: trees grown from the silos' histograms."""
+
+    @staticmethod
+    def check(spec: FederationSpec) -> None:
+        """Nothing beyond the spec's own checks of the GBDT parameters."""
+
+    @staticmethod
+    def open(
+        spec: FederationSpec,
+        cluster: SiloCluster,
+        run_id: str,
+        resume: bool,
+        known_classes: tuple[Any, ...],
+    ) -> BoostingRun:
+        """Open the silos (classes come from ``num_class``, not ``known_classes``)."""
+        return open_boosting(spec, cluster, run_id, resume)
 
 
 def setup_boosting_privacy(

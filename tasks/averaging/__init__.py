@@ -1,0 +1,1 @@
+"""Averaged models: scikit-learn parameters combined across silos."""

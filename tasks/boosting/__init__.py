@@ -1,0 +1,1 @@
+"""Boosted trees grown from the silos' gradient/hessian histograms."""

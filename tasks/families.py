@@ -1,0 +1,47 @@
+"""Model families by model kind: what the one engine opens for a run.
+
+A family is a class with ``check(spec)`` (refuse bad model parameters before
+any silo work) and ``open(spec, cluster, run_id, resume, known_classes)``,
+which returns a :class:`tasks.run_state.FamilyRun`. ``xgboost`` grows boosted
+trees; every other kind averages scikit-learn parameters.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from fedsilo.cluster import SiloCluster
+    from fedsilo.spec import FederationSpec
+    from fedsilo.tasks.run_state import FamilyRun
+
+
+class ModelFamily(Protocol):
+    """How one group of model kinds opens a run."""
+
+    @staticmethod
+    def check(spec: FederationSpec) -> None:
+        """Refuse what the spec's own validation cannot see (model parameters)."""
+        ...
+
+    @staticmethod
+    def open(
+        spec: FederationSpec,
+        cluster: SiloCluster,
+        run_id: str,
+        resume: bool,
+        known_classes: tuple[Any, ...],
+    ) -> FamilyRun:
+        """Open the silos' state for a run and return the run's family state."""
+        ...
+
+
+def family_of(kind: str) -> ModelFamily:
+    """Return the family that trains model ``kind``."""
+    if kind == "xgboost":
+        from fedsilo.tasks.boosting.family import BoostedFamily
+
+        return BoostedFamily
+    from fedsilo.tasks.averaging.family import AveragedFamily
+
+    return AveragedFamily
