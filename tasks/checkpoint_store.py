@@ -669,20 +669,38 @@ def _glob(fs: fsspec.AbstractFileSystem, pattern: str) -> list[str]:
         raise CheckpointError(f"cannot list {_show(fs, pattern)}: {exc}") from exc
 
 
+def _complete_rounds(
+    root: str,
+    storage_options: Mapping[str, Any] | None,
+    federation: str,
+    run: str,
+) -> list[tuple[str, str, str]]:
+    """Return the (federation, run, round) directory names of rounds with _SUCCESS.
+
+    ``federation`` and ``run`` are partition values or glob patterns such as ``*``.
+    """
+    fs, base = _open_fs(root, storage_options)
+    pattern = posixpath.join(
+        base, f"federation={federation}", f"run={run}", "round=*", SUCCESS_FILE
+    )
+    found = []
+    for path in _glob(fs, pattern):
+        federation_dir, run_dir, round_dir, _ = path.split("/")[-4:]
+        found.append((federation_dir, run_dir, round_dir))
+    return found
+
+
 def list_runs(
     root: str, federation: str, *, storage_options: Mapping[str, Any] | None = None
 ) -> list[str]:
     """Return the sorted run ids of ``federation`` with at least one complete round."""
     _check_name("federation", federation)
-    fs, base = _open_fs(root, storage_options)
-    pattern = posixpath.join(
-        base, f"federation={federation}", "run=*", "round=*", SUCCESS_FILE
-    )
     runs = set()
-    for path in _glob(fs, pattern):
-        round_dir = posixpath.dirname(path)
-        match = _RUN_DIR_RE.match(posixpath.basename(posixpath.dirname(round_dir)))
-        if match and _ROUND_DIR_RE.match(posixpath.basename(round_dir)):
+    for _, run_dir, round_dir in _complete_rounds(
+        root, storage_options, federation, "*"
+    ):
+        match = _RUN_DIR_RE.match(run_dir)
+        if match and _ROUND_DIR_RE.match(round_dir):
             runs.add(match.group(1))
     return sorted(runs)
 
@@ -692,14 +710,8 @@ def federations_of_run(
 ) -> list[str]:
     """Return the federations under ``root`` holding a complete round of ``run_id``."""
     _check_name("run id", run_id)
-    fs, base = _open_fs(root, storage_options)
-    pattern = posixpath.join(
-        base, "federation=*", f"run={run_id}", "round=*", SUCCESS_FILE
-    )
     names = set()
-    for path in _glob(fs, pattern):
-        federation_dir = posixpath.dirname(posixpath.dirname(posixpath.dirname(path)))
-        name = posixpath.basename(federation_dir)
+    for name, _, _ in _complete_rounds(root, storage_options, "*", run_id):
         if name.startswith("federation="):
             names.add(name.removeprefix("federation="))
     return sorted(names)
