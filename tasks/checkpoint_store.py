@@ -52,21 +52,27 @@ __all__ = [
     "table_to_params",
 ]
 
+
+def required_fields(columns: Mapping[str, pa.DataType]) -> list[pa.Field]:
+    """Return a non-null field for each column name and type, in order."""
+    return [pa.field(name, kind, nullable=False) for name, kind in columns.items()]
+
+
 METRICS_SCHEMA = pa.schema(
-    [
-        pa.field("silo", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("metric", pa.string(), nullable=False),
-        pa.field("value", pa.float64(), nullable=False),
-        pa.field("n_samples", pa.int64(), nullable=False),
-    ]
+    required_fields(
+        {
+            "silo": pa.string(),
+            "split": pa.string(),
+            "metric": pa.string(),
+            "value": pa.float64(),
+            "n_samples": pa.int64(),
+        }
+    )
 )
 MODEL_SCHEMA = pa.schema(
-    [
-        pa.field("tensor", pa.string(), nullable=False),
-        pa.field("flat_index", pa.int64(), nullable=False),
-        pa.field("value", pa.float64(), nullable=False),
-    ]
+    required_fields(
+        {"tensor": pa.string(), "flat_index": pa.int64(), "value": pa.float64()}
+    )
 )
 
 TENSORS_KEY = "fedsilo.tensors"

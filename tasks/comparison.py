@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedsilo.errors import CheckpointError
-from fedsilo.tasks.checkpoint_store import METRICS_SCHEMA, put_file
+from fedsilo.tasks.checkpoint_store import METRICS_SCHEMA, put_file, required_fields
 
 #: The variants in the order reports show them.
 VARIANTS = ("federated", "personalized", "local", "centralized")
@@ -39,9 +39,9 @@ LABELS = {
 }
 COMPARISON_SCHEMA = pa.schema(
     [
-        pa.field("variant", pa.string(), nullable=False),
-        pa.field("run", pa.string(), nullable=False),
-        pa.field("round", pa.int64(), nullable=False),
+        *required_fields(
+            {"variant": pa.string(), "run": pa.string(), "round": pa.int64()}
+        ),
         *METRICS_SCHEMA,  # the checkpoints' metrics columns, as they are
     ]
 )
