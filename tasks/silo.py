@@ -265,6 +265,18 @@ def prepare_silo(
     return PreparedSilo(data.silo, X_train, y_train, X_test, y_test)
 
 
+def _estimator(config: FitConfig, params: dict[str, np.ndarray]) -> Any:
+    """Return the configured estimator holding the model's arrays ``params``."""
+    return sklearn_models.materialise(
+        config.kind,
+        config.model_params,
+        n_features=config.n_features,
+        classes=config.classes,
+        seed=config.seed,
+        params=params,
+    )
+
+
 def silo_fit(
     prepared: PreparedSilo,
     global_params: dict[str, np.ndarray],
@@ -282,14 +294,7 @@ def silo_fit(
     error-feedback residual stays in the compressor (tasks/compression.py).
     """
     started = time.perf_counter()
-    estimator = sklearn_models.materialise(
-        config.kind,
-        config.model_params,
-        n_features=config.n_features,
-        classes=config.classes,
-        seed=config.seed,
-        params=global_params,
-    )
+    estimator = _estimator(config, global_params)
     sklearn_models.train_local(
         config.kind,
         estimator,
@@ -339,14 +344,7 @@ def silo_evaluate(
     round_number: int,
 ) -> list[Evaluation]:
     """Score the global model on the silo's train and test rows."""
-    estimator = sklearn_models.materialise(
-        config.kind,
-        config.model_params,
-        n_features=config.n_features,
-        classes=config.classes,
-        seed=config.seed,
-        params=params,
-    )
+    estimator = _estimator(config, params)
     worker = worker_name()
     out = []
     for split, X, y in (
