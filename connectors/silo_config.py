@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from distributed import WorkerPlugin
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedsilo.connectors.sql import SqlSource, mask_url
 from fedsilo.errors import ClusterError, SpecError
-from fedsilo.spec import DataSource, format_errors, read_yaml, resolve_source
+from fedsilo.spec import DataSource, read_yaml, resolve_sources, validate_mapping
 
 PLUGIN_NAME = "fedsilo-silo-config"
 
@@ -61,20 +61,8 @@ def parse_silo_config(
     data: Any, source: str = "<silo config>", base: Path | None = None
 ) -> SiloConfig:
     """Validate a mapping as a silo config; relative paths resolve against ``base``."""
-    if not isinstance(data, dict):
-        raise SiloConfigError(f"{source}: expected a mapping at the top level")
-    try:
-        config = SiloConfig.model_validate(data)
-    except ValidationError as error:
-        raise SiloConfigError(format_errors(source, error)) from None
-    if base is None:
-        return config
-    return config.model_copy(
-        update={
-            "train": resolve_source(config.train, base),
-            "test": resolve_source(config.test, base),
-        }
-    )
+    config = validate_mapping(SiloConfig, data, source, SiloConfigError)
+    return config if base is None else resolve_sources(config, base)
 
 
 def load_silo_config(path: str | Path, *, check_files: bool = True) -> SiloConfig:

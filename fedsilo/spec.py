@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -475,27 +475,39 @@ def format_errors(source: str, error: ValidationError) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validate_mapping(
+    model: type[Model], data: Any, source: str, error: type[FedsiloError]
+) -> Model:
+    """Validate a top-level mapping as ``model``; a problem is one ``error``."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a mapping at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as problem:
+        raise error(format_errors(source, problem)) from None
+
+
+def resolve_sources(holder: Model, base: Path) -> Model:
+    """Return ``holder`` with its ``train`` and ``test`` resolved against ``base``."""
+    return holder.model_copy(
+        update={
+            field: resolve_source(getattr(holder, field), base)
+            for field in ("train", "test")
+        }
+    )
+
+
 def parse_spec(
     data: Any, source: str = "<spec>", base: Path | None = None
 ) -> FederationSpec:
     """Validate a mapping as a spec; relative silo paths resolve against ``base``."""
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: expected a mapping at the top level")
-    try:
-        spec = FederationSpec.model_validate(data)
-    except ValidationError as error:
-        raise SpecError(format_errors(source, error)) from None
+    spec = validate_mapping(FederationSpec, data, source, SpecError)
     if base is None:
         return spec
-    silos = [
-        s.model_copy(
-            update={
-                "train": resolve_source(s.train, base),
-                "test": resolve_source(s.test, base),
-            }
-        )
-        for s in spec.silos
-    ]
+    silos = [resolve_sources(s, base) for s in spec.silos]
     cluster = spec.cluster
     if cluster.tls is not None:
         cluster = cluster.model_copy(update={"tls": cluster.tls.resolved(base)})
