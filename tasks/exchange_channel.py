@@ -7,23 +7,26 @@ blocking socket 0.2 ms and 1.1 ms (benchmarks/exchange_costs.py). The channel
 is that socket: opened once per run, after the silos' state is resident,
 closed when the run frees it.
 
-Wire format: a frame is a header (``uint32`` count, then ``count`` ``uint64``
-sizes), a pickle (protocol 5) and its out-of-band buffers, so arrays cross
-without a copy into the pickle. Replies are ``("ok", value)`` or
-``("error", exception)``.
+Wire format: the connection opens with the 32-byte token, raw. Then each
+frame is a header (``uint32`` count, then ``count`` ``uint64`` sizes), a
+message header and its array buffers, encoded by the silo boundary's codec
+(:mod:`fedsilo.tasks.protocol.codec`: msgpack plus numpy buffers, never a
+pickle), so arrays cross without a copy. Replies are ``("ok", value)`` or
+``("error", exception)``, the exception as a ``RemoteError``.
 
 Who may connect: the worker listens on the host of its Dask address, on a port
-the system picks, for one connection within :data:`ACCEPT_SECONDS`; the first
-frame must carry the 32-byte token the coordinator sent it through Dask, or the
-connection is closed. On a cluster with TLS both ends wrap the socket in the
-SSL contexts Dask itself uses (``Security.get_listen_args("worker")`` and
-``get_connection_args("client")``): mutual TLS against the federation's CA.
-The token then only ties the socket to the request that opened it.
+the system picks, for one connection within :data:`ACCEPT_SECONDS`; the
+token the coordinator sent it through Dask is compared before a byte of any
+frame is read or parsed, and a wrong one closes the connection. Frame sizes
+are checked against :data:`MAX_FRAME_BYTES` before anything is allocated. On a
+cluster with TLS both ends wrap the socket in the SSL contexts Dask itself uses
+(``Security.get_listen_args("worker")`` and ``get_connection_args("client")``):
+mutual TLS against the federation's CA. The token then only ties the socket
+to the request that opened it.
 
-The coordinator trusts the worker as much as it does over Dask (both unpickle
-what the other sends). Nothing here knows about boosting: the worker side runs
-the ``handler`` it is given for every request, in the channel's own thread, so
-the worker's event loop (heartbeats) keeps running while a silo computes.
+Nothing here knows about boosting: the worker side runs the ``handler`` it is
+given for every request, in the channel's own thread, so the worker's event
+loop (heartbeats) keeps running while a silo computes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import pickle
 import secrets
 import select
 import socket
@@ -42,6 +44,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fedsilo.tasks.protocol import codec
+
 logger = logging.getLogger(__name__)
 
 #: How long a worker waits for the coordinator to connect to a new channel.
@@ -49,8 +53,8 @@ ACCEPT_SECONDS = 30.0
 #: While a reply is awaited, how often the caller's liveness check runs.
 WATCH_SECONDS = 0.5
 TOKEN_BYTES = 32
-#: Smaller buffers travel inside the pickle, larger ones as frames of their own.
-INBAND_BYTES = 64 * 1024
+#: The largest frame either end accepts (header and buffers together).
+MAX_FRAME_BYTES = 1 << 30
 _COUNT = struct.Struct("<I")
 
 
@@ -64,24 +68,17 @@ def new_token() -> bytes:
 
 
 def _send(sock: socket.socket, value: Any) -> None:
-    """Write one frame: header, pickle, then its out-of-band buffers.
+    """Write one frame: sizes, the message's header, then its array buffers.
 
-    Buffers under :data:`INBAND_BYTES` (a tree's arrays) stay in the pickle;
-    a plain socket takes the whole frame in one ``sendmsg``.
+    A plain socket takes the whole frame in one ``sendmsg``.
     """
-    buffers: list[pickle.PickleBuffer] = []
-
-    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        if buffer.raw().nbytes < INBAND_BYTES:
-            return True  # in the pickle
-        buffers.append(buffer)
-        return False
-
-    head = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
-    raws = [b.raw() for b in buffers]
-    sizes = [len(head), *(r.nbytes for r in raws)]
+    head, buffers = codec.encode(value)
+    sizes = [len(head), *(b.nbytes for b in buffers)]
     header = _COUNT.pack(len(sizes)) + struct.pack(f"<{len(sizes)}Q", *sizes)
-    parts: list[bytes | memoryview] = [header, head, *raws]
+    _send_parts(sock, [header, head, *buffers])
+
+
+def _send_parts(sock: socket.socket, parts: Sequence[bytes | memoryview]) -> None:
     if isinstance(sock, ssl.SSLSocket):  # no sendmsg over TLS
         for part in parts:
             sock.sendall(part)
@@ -118,14 +115,21 @@ def _receive_exact(
 
 
 def _receive(sock: socket.socket, wait: Callable[[], None] | None = None) -> Any:
-    """Read one frame and return its value."""
+    """Read one frame and return its message; refuse oversized or broken ones."""
     (count,) = _COUNT.unpack(_receive_exact(sock, _COUNT.size, wait))
-    if not 1 <= count <= 1 << 16:
+    if not 1 <= count <= codec.MAX_BUFFERS + 1:
         raise ChannelError(f"malformed frame header ({count} parts)")
     sizes = struct.unpack(f"<{count}Q", _receive_exact(sock, 8 * count, wait))
+    if sum(sizes) > MAX_FRAME_BYTES:
+        raise ChannelError(
+            f"a frame of {sum(sizes):,} bytes (at most {MAX_FRAME_BYTES:,})"
+        )
     head = _receive_exact(sock, sizes[0], wait)
     buffers = [_receive_exact(sock, s, wait) for s in sizes[1:]]
-    return pickle.loads(head, buffers=buffers)
+    try:
+        return codec.decode(head, buffers)
+    except codec.CodecError as error:
+        raise ChannelError(f"malformed frame: {error.reason}") from None
 
 
 def _tune(sock: socket.socket) -> None:
@@ -174,8 +178,8 @@ def _serve(
         if ssl_context is not None:
             conn = ssl_context.wrap_socket(conn, server_side=True)
         with conn:
-            proof = _receive(conn)
-            if not isinstance(proof, bytes) or not hmac.compare_digest(proof, token):
+            proof = bytes(_receive_exact(conn, TOKEN_BYTES, None))
+            if not hmac.compare_digest(proof, token):
                 logger.warning("channel from %s refused: wrong token", peer)
                 return
             conn.settimeout(None)
@@ -183,14 +187,16 @@ def _serve(
             while True:
                 request = _receive(conn)
                 try:
+                    if not isinstance(request, dict):
+                        raise codec.CodecError("a request must be a mapping")
                     reply: tuple[str, Any] = ("ok", handler(**request))
                 except Exception as error:  # the caller re-raises it
                     reply = ("error", error)
                 try:
                     _send(conn, reply)
-                except (pickle.PicklingError, TypeError, AttributeError) as error:
-                    _send(conn, ("error", RuntimeError(f"{reply[1]!r} ({error})")))
-    except (OSError, ChannelError, EOFError, pickle.UnpicklingError):
+                except codec.CodecError as error:
+                    _send(conn, ("error", error))
+    except (OSError, ChannelError, EOFError):
         return  # closed, timed out or broken: the coordinator sees it too
 
 
@@ -232,7 +238,9 @@ class Channel:
             if ssl_context is not None:
                 sock = ssl_context.wrap_socket(sock, server_side=False)
             channel = cls(sock, address)
-            _send(sock, token)
+            if len(token) != TOKEN_BYTES:
+                raise ChannelError(f"a token of {len(token)} bytes")
+            _send_parts(sock, [token])
             status, _ = _receive(sock)
         except (OSError, EOFError) as error:
             if sock is not None:

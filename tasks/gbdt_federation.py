@@ -66,7 +66,8 @@ from fedsilo.tasks.gbdt_worker import (
     payload_bytes,
 )
 from fedsilo.tasks.privacy.secagg import MaskContext
-from fedsilo.tasks.round_tasks import wait_silo
+from fedsilo.tasks.protocol.codec import RemoteError
+from fedsilo.tasks.round_tasks import failure_of, wait_silo
 
 Transport = Literal["channel", "worker", "actor", "submit"]
 TRANSPORTS: tuple[Transport, ...] = ("channel", "worker", "actor", "submit")
@@ -132,12 +133,11 @@ def _wait_all(futures: Sequence[Future], timeout: float) -> bool:
 
 
 def _failure(silo: str, error: BaseException) -> FedsiloError:
-    if isinstance(error, FedsiloError):
+    if isinstance(error, FedsiloError) and not isinstance(error, RemoteError):
         return error
     if isinstance(error, TimeoutError):
         return SiloFailedError(silo, "no reply in time")
-    text = str(error).splitlines()[0] if str(error) else ""
-    return SiloFailedError(silo, f"{type(error).__name__}: {text}")
+    return failure_of(silo, error)
 
 
 @dataclass(slots=True)

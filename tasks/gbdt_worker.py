@@ -22,18 +22,17 @@ what each silo sends when it has a worker of its own.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from distributed.comm.addressing import get_address_host
-from distributed.protocol import to_serialize
 
 from fedsilo.tasks import exchange_channel, worker_rpc
 from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from fedsilo.tasks.gbdt.privacy import MaskedHistograms
 from fedsilo.tasks.gbdt.silo_state import LossSum, sum_losses
+from fedsilo.tasks.protocol import codec
 
 #: The worker RPC operation that serves boosting exchanges.
 HANDLER = "fedsilo_gbdt_exchange"
@@ -66,10 +65,7 @@ def install_handler() -> None:
             method: str = "",
             args: Sequence[Any] = (),
         ) -> dict[str, Any]:
-            answer = _exchange(worker, keys, silos, method, args)
-            return {
-                k: v if k == "sizes" else to_serialize(v) for k, v in answer.items()
-            }
+            return _exchange(worker, keys, silos, method, args)
 
         return fedsilo_gbdt_exchange
 
@@ -134,12 +130,13 @@ def _sum_distinct(parts: Sequence[NodeHistograms]) -> NodeHistograms:
 
 
 def payload_bytes(value: Any) -> int:
-    """Return the size of a message: array buffers of histograms, else pickled."""
+    """Return the size of a message: array buffers of histograms, else encoded."""
     if isinstance(value, NodeHistograms | MaskedHistograms):
         return value.nbytes
     if isinstance(value, tuple):
         return sum(payload_bytes(v) for v in value)
-    return len(pickle.dumps(value, protocol=5))
+    header, buffers = codec.encode(value)
+    return len(header) + sum(b.nbytes for b in buffers)
 
 
 def _exchange(

@@ -78,3 +78,10 @@ class Evaluation:
     n_samples: int
     metrics: dict[str, float]
     sums: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Resident:
+    """Stands for a value already in the silo worker's memory under ``key``."""
+
+    key: str

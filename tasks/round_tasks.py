@@ -25,6 +25,7 @@ from fedsilo.tasks.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.metrics import global_metrics
 from fedsilo.tasks.privacy.accountant import epsilon_spent
 from fedsilo.tasks.privacy.secagg import MaskContext
+from fedsilo.tasks.protocol.codec import RemoteError
 from fedsilo.tasks.round_aggregation import Combined, combine
 from fedsilo.tasks.silo_batch import SiloFault
 from fedsilo.tasks.silo_privacy import PrivacyRequest
@@ -64,8 +65,20 @@ def silo_failure(
         if deadline is not None and deadline <= timeout:
             return SiloLateError(silo, f"missed the {deadline:g}s deadline")
         return SiloFailedError(silo, f"no reply within {timeout:g}s")
-    text = str(error).splitlines()[0] if str(error) else ""
-    return SiloFailedError(silo, f"{type(error).__name__}: {text}")
+    return failure_of(silo, error)
+
+
+def failure_of(silo: str, error: BaseException) -> SiloFailedError:
+    """Name the silo whose call raised ``error`` (here or at the silo)."""
+    if isinstance(error, RemoteError):
+        kind, text = error.kind, error.message
+        prefix = f"silo {silo!r}: "
+        if text.startswith(prefix):  # a fedsilo error that named the silo
+            return SiloFailedError(silo, text.splitlines()[0].removeprefix(prefix))
+    else:
+        kind, text = type(error).__name__, str(error)
+    first = text.splitlines()[0] if text else ""
+    return SiloFailedError(silo, f"{kind}: {first}")
 
 
 def privacy_request(

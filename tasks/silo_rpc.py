@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distributed import Future
-from distributed.protocol import to_serialize
 
 from fedsilo.tasks import worker_rpc
+from fedsilo.tasks.messages import Resident
 from fedsilo.tasks.silo_batch import evaluate_silos, fit_silos
 
 #: The worker RPC operation that serves a round's per-worker batches.
@@ -28,13 +28,6 @@ PHASES: dict[str, Callable[..., list[Any]]] = {
     "fit": fit_silos,
     "evaluate": evaluate_silos,
 }
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Resident:
-    """Stands for a value already in the worker's memory under ``key``."""
-
-    key: str
 
 
 def by_key(value: Any) -> Any:
@@ -77,7 +70,7 @@ def _handler(worker: Any) -> Callable[..., Any]:
         run = functools.partial(PHASES[phase], *resolved)
         loop = asyncio.get_running_loop()
         replies = await loop.run_in_executor(worker.executors["default"], run)
-        return {"replies": to_serialize(_named(replies, str(worker.name)))}
+        return {"replies": _named(replies, str(worker.name))}
 
     return fedsilo_silo_batch
 

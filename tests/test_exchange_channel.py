@@ -23,6 +23,7 @@ from fedsilo.tasks.exchange_channel import (
     listen,
     new_token,
 )
+from fedsilo.tasks.protocol.codec import RemoteError
 
 HOST = "127.0.0.1"
 
@@ -105,8 +106,9 @@ def test_a_handler_error_reaches_the_caller_and_the_channel_goes_on(
     channel, _ = open_pair()
     try:
         channel.send(5.0, fail="bad column x3")
-        with pytest.raises(ValueError, match="bad column x3"):
+        with pytest.raises(RemoteError, match="ValueError: silo refused: bad col") as e:
             channel.receive(time.monotonic() + 5, never)
+        assert e.value.kind == "ValueError"
 
         channel.send(5.0, n=7)
         assert channel.receive(time.monotonic() + 5, never)["n"] == 7
@@ -176,7 +178,7 @@ def test_a_peer_that_dies_mid_exchange_is_a_channel_error() -> None:
     def dying_worker() -> None:  # accepts, then dies on the first request
         conn, _ = server.accept()
         with conn:
-            exchange_channel._receive(conn)
+            exchange_channel._receive_exact(conn, exchange_channel.TOKEN_BYTES, None)
             exchange_channel._send(conn, ("ok", None))
             exchange_channel._receive(conn)
 

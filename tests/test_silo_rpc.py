@@ -9,6 +9,7 @@ import pytest
 from distributed import Client
 
 from fedsilo.tasks import silo_rpc
+from fedsilo.tasks.protocol.codec import RemoteError
 from fedsilo.tasks.silo_batch import SiloFault
 
 
@@ -81,7 +82,7 @@ def test_rows_missing_from_the_worker_are_one_clear_error(client: Client) -> Non
     address = _worker(client)
     gone = silo_rpc.Resident("prepared-nobody-r0")
 
-    with pytest.raises(RuntimeError, match="not on this worker"):
+    with pytest.raises(RemoteError, match="RuntimeError: .*not on this worker"):
         client.sync(
             silo_rpc.call, client, address, "evaluate", (["x"], [gone], {}, None, 1)
         )

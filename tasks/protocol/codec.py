@@ -1,0 +1,281 @@
+"""The codec of what crosses the silo boundary: msgpack plus numpy buffers.
+
+Nothing on either side unpickles what the other sends. A message is built
+from plain values (None, bool, int, float, str, bytes, lists, tuples, dicts),
+numpy arrays and scalars of plain dtypes, and the frozen dataclasses listed in
+:func:`message_types`; anything else is refused when it is encoded, and a
+payload naming anything else is refused when it is decoded. An exception
+crosses as :class:`RemoteError` (its type's name and its message only).
+
+A message encodes to a header (msgpack) and a list of buffers: arrays of at
+least :data:`INBAND_BYTES` travel as buffers of their own, without a copy; the
+header holds everything else. :func:`pack` joins both into one bytes object for
+transports that carry one (Dask's comm); :func:`decode` checks every array's
+dtype, shape and size against its buffer before it makes the array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import struct
+from collections.abc import Sequence
+from typing import Any, cast
+
+import msgpack
+import numpy as np
+
+from fedsilo.errors import FedsiloError
+
+#: Arrays smaller than this travel inside the header, larger ones as buffers.
+INBAND_BYTES = 64 * 1024
+#: The dtypes an array or scalar may have (no objects, no pointers).
+DTYPES = frozenset(
+    np.dtype(t).str
+    for t in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    )
+)
+#: At most this many buffers in one message.
+MAX_BUFFERS = 1 << 16
+
+_TUPLE, _ARRAY, _MESSAGE, _ERROR, _SCALAR, _BUFFER = range(1, 7)
+_COUNT = struct.Struct("<I")
+
+
+class CodecError(FedsiloError):
+    """A message that cannot be encoded, or a payload that is not a message."""
+
+
+class RemoteError(FedsiloError):
+    """An exception raised on the other side of the silo boundary."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}" if message else kind)
+        self.kind = kind
+        self.message = message
+
+
+@functools.cache
+def message_types() -> dict[str, type]:
+    """Return the dataclasses that may cross the boundary, by name.
+
+    Built on first use: the modules that define them import this one.
+    """
+    from fedsilo.tasks import gbdt_silo, gbdt_worker, silo, silo_batch, silo_privacy
+    from fedsilo.tasks.compression import EncodedTensor, EncodedUpdate
+    from fedsilo.tasks.gbdt.histogram import NodeHistograms
+    from fedsilo.tasks.gbdt.model import Tree
+    from fedsilo.tasks.gbdt.sketch import QuantileSummary
+    from fedsilo.tasks.gbdt.privacy import MaskedHistograms
+    from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
+    from fedsilo.tasks.messages import (
+        ColumnInfo,
+        Evaluation,
+        FeatureMoments,
+        LocalUpdate,
+        Resident,
+        SiloSchema,
+    )
+    from fedsilo.tasks.privacy.secagg import MaskContext, MaskedUpdate
+
+    types: list[type] = [
+        ColumnInfo,
+        SiloSchema,
+        FeatureMoments,
+        LocalUpdate,
+        Evaluation,
+        Resident,
+        EncodedTensor,
+        EncodedUpdate,
+        MaskContext,
+        MaskedUpdate,
+        NodeHistograms,
+        MaskedHistograms,
+        Tree,
+        NodeSplit,
+        LossSum,
+        silo.FitConfig,
+        silo_batch.SiloFault,
+        silo_privacy.PrivacyRequest,
+        gbdt_silo.BoostingSetup,
+        gbdt_silo.SiloSketch,
+        QuantileSummary,
+        gbdt_worker.SiloCallFailed,
+    ]
+    by_name = {t.__name__: t for t in types}
+    assert len(by_name) == len(types), "message type names must be unique"
+    return by_name
+
+
+def encode(value: Any) -> tuple[bytes, list[memoryview]]:
+    """Return a message's header and its large array buffers (not copied)."""
+    buffers: list[memoryview] = []
+
+    def default(obj: Any) -> Any:
+        return _to_ext(obj, buffers, default)
+
+    try:
+        header = _pack(value, default)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise CodecError(f"cannot send {type(value).__name__}: {error}") from None
+    return header, buffers
+
+
+def _pack(value: Any, default: Any) -> bytes:
+    return msgpack.packb(value, default=default, use_bin_type=True, strict_types=True)
+
+
+def _to_ext(obj: Any, buffers: list[memoryview], default: Any) -> Any:
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return msgpack.ExtType(_TUPLE, _pack(list(obj), default))
+    if isinstance(obj, np.ndarray):
+        return _array_ext(obj, buffers, default)
+    if isinstance(obj, np.str_ | np.bytes_):
+        return obj.item()
+    if isinstance(obj, np.generic):
+        dtype = obj.dtype.str
+        if dtype not in DTYPES:
+            raise TypeError(f"numpy scalar of dtype {dtype!r}")
+        return msgpack.ExtType(_SCALAR, _pack([dtype, obj.tobytes()], default))
+    if isinstance(obj, BaseException):
+        kind = obj.kind if isinstance(obj, RemoteError) else type(obj).__name__
+        text = obj.message if isinstance(obj, RemoteError) else str(obj)
+        return msgpack.ExtType(_ERROR, _pack([kind, text], default))
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        name = type(obj).__name__
+        if message_types().get(name) is not type(obj):
+            raise TypeError(f"{name} is not a message type")
+        values = {
+            f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init
+        }
+        return msgpack.ExtType(_MESSAGE, _pack([name, values], default))
+    plain: type
+    for plain in (bool, int, float, str, bytes, list, dict):
+        if isinstance(obj, plain):  # a subclass (an enum, an ordered dict)
+            return plain(cast(Any, obj))
+    raise TypeError(f"{type(obj).__name__} cannot cross the silo boundary")
+
+
+def _array_ext(
+    array: np.ndarray, buffers: list[memoryview], default: Any
+) -> msgpack.ExtType:
+    dtype = array.dtype.str
+    if dtype not in DTYPES:
+        raise TypeError(f"array of dtype {dtype!r}")
+    shape = list(array.shape)
+    data = np.ascontiguousarray(array).reshape(array.shape)  # keeps 0-d arrays
+    if data.nbytes >= INBAND_BYTES:
+        buffers.append(memoryview(cast(Any, data)).cast("B"))
+        return msgpack.ExtType(
+            _ARRAY, _pack([dtype, shape, _BUFFER, len(buffers) - 1], default)
+        )
+    return msgpack.ExtType(_ARRAY, _pack([dtype, shape, 0, data.tobytes()], default))
+
+
+def decode(header: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> Any:
+    """Return the message in ``header`` and ``buffers``; refuse anything else."""
+    if len(buffers) > MAX_BUFFERS:
+        raise CodecError(f"a message of {len(buffers)} buffers")
+    views = [memoryview(b).cast("B") for b in buffers]
+
+    def hook(code: int, data: bytes) -> Any:
+        return _from_ext(code, data, views, hook)
+
+    try:
+        return _unpack(header, hook)
+    except CodecError:
+        raise
+    except Exception as error:  # malformed msgpack, bad shapes, wrong fields
+        raise CodecError(f"not a message: {type(error).__name__}: {error}") from None
+
+
+def _unpack(data: Any, hook: Any) -> Any:
+    return msgpack.unpackb(
+        data,
+        ext_hook=hook,
+        raw=False,
+        strict_map_key=False,
+        use_list=True,
+    )
+
+
+def _from_ext(code: int, data: bytes, views: list[memoryview], hook: Any) -> Any:
+    items = _unpack(data, hook)
+    if code == _TUPLE:
+        return tuple(items)
+    if code == _ARRAY:
+        return _array(items, views)
+    if code == _SCALAR:
+        dtype, raw = items
+        if dtype not in DTYPES:
+            raise CodecError(f"a scalar of dtype {dtype!r}")
+        return np.frombuffer(raw, dtype=np.dtype(dtype), count=1)[0]
+    if code == _ERROR:
+        kind, text = items
+        return RemoteError(str(kind), str(text))
+    if code == _MESSAGE:
+        name, values = items
+        cls = message_types().get(name)
+        if cls is None or not isinstance(values, dict):
+            raise CodecError(f"{name!r} is not a message type")
+        return cls(**values)
+    raise CodecError(f"unknown extension {code}")
+
+
+def _array(items: list[Any], views: list[memoryview]) -> np.ndarray:
+    dtype_str, shape, where, data = items
+    if dtype_str not in DTYPES:
+        raise CodecError(f"an array of dtype {dtype_str!r}")
+    dtype = np.dtype(dtype_str)
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise CodecError(f"an array of shape {shape!r}")
+    raw = views[data] if where == _BUFFER else memoryview(data)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if raw.nbytes != expected:
+        raise CodecError(
+            f"an array of shape {tuple(shape)} and dtype {dtype} in {raw.nbytes} bytes"
+        )
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    # Received arrays are the receiver's own, as an unpickled one would be.
+    return array.copy() if raw.readonly else array
+
+
+def pack(value: Any) -> bytes:
+    """Return a message as one bytes object: part count, part sizes, parts."""
+    header, buffers = encode(value)
+    parts: list[bytes | memoryview] = [header, *buffers]
+    sizes = struct.pack(f"<{len(parts)}Q", *(memoryview(p).nbytes for p in parts))
+    return b"".join([_COUNT.pack(len(parts)), sizes, *parts])
+
+
+def unpack(blob: bytes | bytearray | memoryview) -> Any:
+    """Return the message :func:`pack` made; refuse anything else."""
+    view = memoryview(blob).cast("B")
+    if view.nbytes < _COUNT.size:
+        raise CodecError("an empty message")
+    (count,) = _COUNT.unpack(view[: _COUNT.size])
+    if not 1 <= count <= MAX_BUFFERS + 1:
+        raise CodecError(f"a message of {count} parts")
+    start = _COUNT.size + 8 * count
+    if view.nbytes < start:
+        raise CodecError("a truncated message")
+    sizes = struct.unpack(f"<{count}Q", view[_COUNT.size : start])
+    if start + sum(sizes) != view.nbytes:
+        raise CodecError("a message whose parts do not add up to its size")
+    parts = []
+    for size in sizes:
+        parts.append(view[start : start + size])
+        start += size
+    return decode(parts[0], parts[1:])
