@@ -77,9 +77,9 @@ def message_types() -> dict[str, type]:
     from fedsilo.tasks.compression import EncodedTensor, EncodedUpdate
     from fedsilo.tasks.gbdt.histogram import NodeHistograms
     from fedsilo.tasks.gbdt.model import Tree
-    from fedsilo.tasks.gbdt.sketch import QuantileSummary
     from fedsilo.tasks.gbdt.privacy import MaskedHistograms
     from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
+    from fedsilo.tasks.gbdt.sketch import QuantileSummary
     from fedsilo.tasks.messages import (
         ColumnInfo,
         Evaluation,
