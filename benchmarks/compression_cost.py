@@ -63,7 +63,7 @@ def run_metrics(store: Path) -> dict[str, float]:
 
 def final_params(store: Path) -> np.ndarray:
     """Return the run's last model parameters as one vector (no state counters)."""
-    from fedsilo.tasks.checkpoint_store import CheckpointStore
+    from fedsilo.tasks.store.checkpoints import CheckpointStore
 
     (federation,) = [p.name.split("=", 1)[1] for p in store.glob("federation=*")]
     (run,) = [p.name.split("=", 1)[1] for p in store.glob("federation=*/run=*")]

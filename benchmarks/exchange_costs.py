@@ -11,7 +11,7 @@ round trips after a warm-up, rounds of all variants alternating:
   same tuple as one pickle (what fedsilo sends);
 - replies: histograms of 1 and of 8 nodes (30 features, 257 bins: 0.12 and
   0.99 MB a worker) as fedsilo sends them;
-- the same over each worker's channel (``tasks/exchange_channel.py``, the
+- the same over each worker's channel (``tasks/silo/channel.py``, the
   ``channel`` transport): a socket of its own, served in a thread.
 
 Run from the repository root::
@@ -35,9 +35,9 @@ from distributed import Client, LocalCluster
 from distributed.protocol import to_serialize
 
 from fedsilo.prefect_env import quiet_dask_logs
-from fedsilo.tasks.exchange_channel import Channel, listen, new_token
 from fedsilo.tasks.gbdt.histogram import NodeHistograms
 from fedsilo.tasks.gbdt.silo_state import NodeSplit
+from fedsilo.tasks.silo.channel import Channel, listen, new_token
 
 HANDLER = "fedsilo_bench_exchange"
 

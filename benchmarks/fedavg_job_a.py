@@ -169,8 +169,8 @@ def final_accuracy_from_checkpoint(
     spec: Any, run_id: str, round_number: int, X_test: np.ndarray, y_test: np.ndarray
 ) -> float:
     """Score the final checkpoint's model on the whole global test set."""
-    from fedsilo.tasks.checkpoint_store import CheckpointStore
-    from fedsilo.tasks.sklearn_models import materialise
+    from fedsilo.tasks.averaging.sklearn_models import materialise
+    from fedsilo.tasks.store.checkpoints import CheckpointStore
 
     store = CheckpointStore(spec.checkpoints, spec.name, run_id)
     params = store.read_params(round_number)
@@ -206,7 +206,7 @@ def instrument(marks: dict[str, float]) -> None:
     manager and the averaged family's ``open_silos`` task) without changing them.
     """
     from fedsilo.flows import training
-    from fedsilo.tasks.averaging import family
+    from fedsilo.tasks.averaging import averaged as family
 
     real_cluster, real_open = training.spec_cluster, family.open_silos
 
@@ -277,14 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         def listener(result: Any, state: Any) -> None:
             arrivals.append((result.round, elapsed(), result.seconds))
 
-        run_state.listeners.append(listener)
         warmed()
         marks["flow_called"] = elapsed()
-        try:
-            with unwatched_heartbeats_off():  # as `fedsilo run` does
-                summary = federated_training(spec)
-        finally:
-            run_state.listeners.remove(listener)
+        # heartbeats off as `fedsilo run` does
+        with run_state.listening(listener), unwatched_heartbeats_off():
+            summary = federated_training(spec)
         marks["flow_returned"] = elapsed()
 
         last = summary["rounds"][-1]

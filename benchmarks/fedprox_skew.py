@@ -57,11 +57,8 @@ def run(spec: FederationSpec) -> dict[str, Any]:
                 drift.append(float(np.sqrt(sum(squares))))
         previous.append({k: np.array(v) for k, v in state.params.items()})
 
-    run_state.listeners.append(listener)
-    try:
+    with run_state.listening(listener):
         summary = federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
     metrics = summary["final_metrics"]
     return {
         "accuracy": metrics["accuracy"],

@@ -215,9 +215,8 @@ def run_fedsilo(spec: Any) -> tuple[float, dict[str, Any], list[Any]]:
     def listener(result: Any, state: Any) -> None:
         history.append(result)
 
-    run_state.listeners.append(listener)
     address = spec.cluster.address
-    try:
+    with run_state.listening(listener):
         before, coordinator = cluster_cpu(address), _cpu_seconds()
         started = time.perf_counter()
         with unwatched_heartbeats_off():  # as `fedsilo run` does
@@ -229,14 +228,12 @@ def run_fedsilo(spec: Any) -> tuple[float, dict[str, Any], list[Any]]:
         cpu[name] = _cpu_seconds() - coordinator
         summary["cpu_by_process"] = cpu
         summary["cpu_s"] = sum(cpu.values())
-    finally:
-        run_state.listeners.remove(listener)
     return seconds, summary, history
 
 
 def final_booster(spec: Any, summary: dict[str, Any]) -> xgb.Booster:
     """Load the last checkpoint's model.json with stock xgboost."""
-    from fedsilo.tasks.checkpoint_store import CheckpointStore
+    from fedsilo.tasks.store.checkpoints import CheckpointStore
 
     store = CheckpointStore(spec.checkpoints, spec.name, summary["run_id"])
     text = store.read_model_json(summary["rounds"][-1])

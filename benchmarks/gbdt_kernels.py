@@ -29,7 +29,7 @@ from fedsilo.tasks.gbdt.histogram import (
 )
 from fedsilo.tasks.gbdt.learner import InMemoryFederation, federated_cuts, grow_round
 from fedsilo.tasks.gbdt.objective import BinaryLogistic
-from fedsilo.tasks.gbdt.silo_state import SiloData, SiloTreeState
+from fedsilo.tasks.gbdt.silo_state import SiloTreeState, TreeRows
 from fedsilo.tasks.gbdt.split import TreeParams
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     root = np.zeros(n, np.int32)
     params = TreeParams(max_depth=args.depth)
     objective = BinaryLogistic()
-    data = SiloData(X=X, y=y, feature_names=tuple(f"f{j}" for j in range(f)))
+    data = TreeRows(X=X, y=y, feature_names=tuple(f"f{j}" for j in range(f)))
     zeros = np.zeros(1)
     exponent = gradient_exponent(n, 1.0)
 

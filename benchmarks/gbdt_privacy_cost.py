@@ -146,12 +146,9 @@ def run_variant(spec: FederationSpec) -> dict[str, Any]:
     def listener(result: Any, state: Any) -> None:
         sent.append(result.bytes_up + result.bytes_down)
 
-    run_state.listeners.append(listener)
     started = time.perf_counter()
-    try:
+    with run_state.listening(listener):
         summary = federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
     wall = time.perf_counter() - started
     trees = summary["trees"]
     return {
@@ -195,7 +192,7 @@ def masking_cost(n_silos: int = SILOS, repeat: int = 50) -> str:
     (32 bins and missing), gradient and hessian plus 3 totals per node.
     """
     from fedsilo.tasks.gbdt.histogram import NodeHistograms
-    from fedsilo.tasks.gbdt.privacy import mask_histograms, unmask_histograms
+    from fedsilo.tasks.gbdt.private_histograms import mask_histograms, unmask_histograms
     from fedsilo.tasks.privacy.secagg import MaskContext, generate_keypair
 
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ with a LocalCluster of 4 single-threaded worker processes, it times:
   (how the round's fit/evaluate tasks reached their workers before the
   direct requests below);
 - a wave of N Prefect tasks each sending one request straight to a worker
-  handler (what the round's tasks do, tasks/silo_rpc.py).
+  handler (what the round's tasks do, tasks/silo/rpc.py).
 
 Run from the repository root::
 
@@ -68,7 +68,7 @@ def dask_task(i: int, worker: str) -> int:
 
 
 def _install_noop(dask_worker: Any) -> None:
-    """Serve a do-nothing request on a worker (as tasks/silo_rpc.py serves one)."""
+    """Serve a do-nothing request on a worker (as tasks/silo/rpc.py serves one)."""
 
     def fedsilo_noop(i: int = 0) -> int:
         return i

@@ -166,14 +166,11 @@ def run_variant(spec: FederationSpec) -> dict[str, Any]:
             bytes_up.extend(u.bytes_up for u in state.last_updates)
             if previous and state.last_updates[0].params:
                 norms.extend(_norm(u.params, previous[-1]) for u in state.last_updates)
-        previous.append({k: np.array(v) for k, v in state.params.items()})
+        previous.append({k: np.array(v) for k, v in state.family.params.items()})
 
-    run_state.listeners.append(listener)
     started = time.perf_counter()
-    try:
+    with run_state.listening(listener):
         summary = federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
     rounds = np.diff(np.array(stamps))  # rounds 2..N
     return {
         "accuracy": summary["final_metrics"]["accuracy"],

@@ -141,7 +141,7 @@ def run_once(
     """Train a tiny federation and return the figures of its steady rounds."""
     from fedsilo.flows.training import federated_training
     from fedsilo.tasks import run_state
-    from fedsilo.tasks.checkpoint_store import CheckpointStore
+    from fedsilo.tasks.store.checkpoints import CheckpointStore
 
     silos = write_tiny_silos(n_silos, workdir / f"data-{n_silos}")
     spec = parse_spec(
@@ -171,12 +171,9 @@ def run_once(
             spied.append(spy[0].stop())
         probe[result.round] = time.perf_counter() - arrivals[-1][1]
 
-    run_state.listeners.append(listener)
     started = time.perf_counter()
-    try:
+    with run_state.listening(listener):
         summary = federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
     total = time.perf_counter() - started
 
     store = CheckpointStore(spec.checkpoints, spec.name, summary["run_id"])

@@ -96,7 +96,7 @@ def write_silos(
 def instrumented(marks: dict[str, float], started: float) -> Iterator[None]:
     """Record when the cluster is ready and when ``open_silos`` returns."""
     from fedsilo.flows import training
-    from fedsilo.tasks.averaging import family
+    from fedsilo.tasks.averaging import averaged as family
 
     real_cluster, real_open = training.spec_cluster, family.open_silos
 
@@ -200,13 +200,9 @@ def run_one(args: argparse.Namespace, n_silos: int) -> dict[str, Any]:
 
     rss_before = _rss_mb()
     marks: dict[str, float] = {}
-    run_state.listeners.append(listener)
     started = time.perf_counter()
-    try:
-        with instrumented(marks, started):
-            federated_training(spec)
-    finally:
-        run_state.listeners.remove(listener)
+    with run_state.listening(listener), instrumented(marks, started):
+        federated_training(spec)
     total = time.perf_counter() - started
     gaps = [b[1] - a[1] for a, b in itertools.pairwise(arrivals)]
     steady = gaps[1:]  # rounds 3..N

@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     run_id = args.run_id
     if run_id is not None:  # before any silo is read or cluster started
-        from fedsilo.tasks.checkpoint_store import check_run_id
+        from fedsilo.tasks.store.checkpoints import check_run_id
 
         check_run_id(run_id)
     if args.resume:
@@ -86,8 +86,7 @@ def _already_done(spec: Any, store: Any, asked: int | None) -> bool:
     latest = store.latest_complete_round() or 0
     if asked is not None and asked < latest:
         raise FedsiloError(
-            f"--rounds {asked}: run {store.run_id} already has {latest} complete "
-            "rounds"
+            f"--rounds {asked}: run {store.run_id} already has {latest} complete rounds"
         )
     if latest >= spec.rounds:
         print(f"run {store.run_id} already has its {latest} rounds; nothing to do")
@@ -124,7 +123,7 @@ def _train(spec: Any, run_id: str | None, resume: bool) -> int:
     from fedsilo.locking import federation_lock
     from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
     from fedsilo.tasks import run_state
-    from fedsilo.tasks.checkpoint_store import new_run_id
+    from fedsilo.tasks.store.checkpoints import new_run_id
 
     quiet_dask_logs()
     history: list[Any] = []
@@ -149,17 +148,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Train federated, personalized, local-only and centralized models; report."""
     import shlex
 
-
     spec = _spec_from_args(args)
     if args.personalize_epochs < 1:
         raise FedsiloError("--personalize-epochs must be at least 1")
     from fedsilo.flows.compare import federated_comparison
     from fedsilo.locking import federation_lock
     from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
-    from fedsilo.tasks import comparison
-    from fedsilo.tasks.checkpoint_store import new_run_id
-    from fedsilo.tasks.compare_report import metric_table, report_data, text_table
-    from fedsilo.tasks.compare_report import traffic_table as traffic
+    from fedsilo.tasks.reports import comparison
+    from fedsilo.tasks.reports.compare_report import (
+        metric_table,
+        report_data,
+        text_table,
+    )
+    from fedsilo.tasks.reports.compare_report import traffic_table as traffic
+    from fedsilo.tasks.store.checkpoints import new_run_id
 
     quiet_dask_logs()
     compare_id = new_run_id()
@@ -173,8 +175,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.no_centralized:
         words.append("--no-centralized")
     started = time.perf_counter()
-    with federation_lock(spec.name, spec.checkpoints, compare_id), (
-        unwatched_heartbeats_off()
+    with (
+        federation_lock(spec.name, spec.checkpoints, compare_id),
+        unwatched_heartbeats_off(),
     ):
         result = federated_comparison(
             spec,
@@ -183,9 +186,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             centralized=not args.no_centralized,
             command=shlex.join(words),
         )
-    frame, notes = comparison.read_comparison(
-        result["directory"], spec.storage_options
-    )
+    frame, notes = comparison.read_comparison(result["directory"], spec.storage_options)
     data = report_data(frame, notes)
     print(f"comparison {compare_id}  ({time.perf_counter() - started:.1f}s)")
     print(f"final test {notes['metric']} per silo:")
@@ -210,7 +211,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         raise FedsiloError(f"--bins {args.bins}: give 2 to 1000")
     from fedsilo.flows.stats import federated_stats
     from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
-    from fedsilo.tasks.stats_report import text_report
+    from fedsilo.tasks.statistics.report import text_report
 
     quiet_dask_logs()
     with unwatched_heartbeats_off():
@@ -261,7 +262,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = load_silo_config(args.data)
     # Load the silo-side code (pandas, scikit-learn) before joining, so that the
     # federation's first task is not slowed down by imports.
-    import fedsilo.tasks.silo  # noqa: F401
+    import fedsilo.tasks.silo.data  # noqa: F401
 
     if not args.verbose:
         from fedsilo.prefect_env import quiet_dask_logs

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 #: What the fork server imports once, so that every embedded worker forked from
 #: it starts with Dask, pandas, pyarrow and scikit-learn already loaded.
-FORKSERVER_PRELOAD = ("distributed", "fedsilo.tasks.silo_batch")
+FORKSERVER_PRELOAD = ("distributed", "fedsilo.tasks.silo.batch")
 #: Dask settings of the embedded workers: a 1 s admin tick (default 20 ms)
 #: halves what an idle worker costs in CPU (docs/benchmarks.md).
 #: Embedded workers: a 1 s admin tick (idle workers wake less), and no

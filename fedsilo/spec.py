@@ -258,7 +258,7 @@ class PrivacySpec(_Strict):
 
 
 class CompressionSpec(_Strict):
-    """How silos compress their updates (tasks/compression.py, docs/compression.md).
+    """How silos compress their updates (docs/compression.md).
 
     ``float16``: the change from the global model cast to float16 (per-tensor
     power-of-two scale); ``int8``: unbiased 8-bit stochastic quantization.
@@ -440,7 +440,7 @@ def _check_proximal(model: ModelSpec) -> None:
             "local.proximal_mu: kind 'xgboost' does no local optimisation (the "
             "coordinator grows every tree from summed histograms); set it to 0"
         )
-    from fedsilo.tasks.sklearn_models import proximal_refusal
+    from fedsilo.tasks.averaging.sklearn_models import proximal_refusal
 
     refusal = proximal_refusal(model.kind, model.params)
     if refusal is not None:

@@ -16,7 +16,8 @@ under the spec's federation, the one-silo and pooled runs under
 ``<name>.compare``. The table goes to
 ``<store>/federation=<name>/compare=<id>/comparison.parquet``; the HTML report
 beside it and the Prefect markdown artifact are made from that file as read
-back (``tasks/comparison.py``, ``tasks/compare_report.py``). See docs/compare.md.
+back (``tasks/reports/comparison.py``, ``tasks/reports/compare_report.py``).
+See docs/compare.md.
 """
 
 from __future__ import annotations
@@ -38,19 +39,20 @@ from fedsilo.errors import FedsiloError
 from fedsilo.flows.reporting import artifact_key
 from fedsilo.flows.training import federated_training
 from fedsilo.spec import FederationSpec, PrivacySpec, SiloSpec, StrategySpec
-from fedsilo.tasks import comparison, run_state
-from fedsilo.tasks.checkpoint_store import CheckpointStore, new_run_id
-from fedsilo.tasks.compare_report import markdown_summary, render_html
-from fedsilo.tasks.messages import Evaluation
+from fedsilo.tasks import run_state
 from fedsilo.tasks.metrics import global_metrics
-from fedsilo.tasks.pooled import (
+from fedsilo.tasks.protocol.messages import Evaluation
+from fedsilo.tasks.reports import comparison
+from fedsilo.tasks.reports.compare_report import markdown_summary, render_html
+from fedsilo.tasks.reports.pooled import (
     pooled_silo_name,
     read_silos,
     score_linear,
     score_trees,
     write_pooled,
 )
-from fedsilo.tasks.silo import FitConfig, SiloData
+from fedsilo.tasks.silo.data import FitConfig, SiloData
+from fedsilo.tasks.store.checkpoints import CheckpointStore, new_run_id
 
 _MAX_NAME = 63
 _SUFFIX = ".compare"

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from fedsilo.tasks.messages import Evaluation, LocalUpdate
+from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.run_state import RoundResult
 
 

@@ -2,7 +2,7 @@
 
 Pass 1 asks each silo's worker for a profile of its training rows, pass 2 for
 histograms on bin edges shared by all silos; the coordinator merges the replies
-(``tasks/federated_stats.py``), stores the tables as Parquet under
+(``tasks/statistics/federated.py``), stores the tables as Parquet under
 ``<store>/federation=<name>/stats=<id>/`` and attaches a Markdown report to the
 flow run. Silos withhold small cells themselves (docs/statistics.md).
 """
@@ -20,19 +20,19 @@ from fedsilo.cluster import SiloCluster, spec_cluster
 from fedsilo.connectors.schema import categorical_features, check_schemas
 from fedsilo.flows.reporting import artifact_key
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks.averaging.family import read_silos
-from fedsilo.tasks.checkpoint_store import new_run_id
-from fedsilo.tasks.federated_stats import (
+from fedsilo.tasks.averaging.averaged import read_silos
+from fedsilo.tasks.averaging.round_tasks import wait_silo
+from fedsilo.tasks.protocol.messages import SiloSchema
+from fedsilo.tasks.statistics.federated import (
     FederatedStats,
     SiloProfile,
     build_tables,
     shared_edges,
 )
-from fedsilo.tasks.messages import SiloSchema
-from fedsilo.tasks.round_tasks import wait_silo
-from fedsilo.tasks.silo_stats import silo_histograms, silo_profile
-from fedsilo.tasks.stats_report import markdown_report
-from fedsilo.tasks.stats_store import write_stats
+from fedsilo.tasks.statistics.report import markdown_report
+from fedsilo.tasks.statistics.silo_side import silo_histograms, silo_profile
+from fedsilo.tasks.statistics.storage import write_stats
+from fedsilo.tasks.store.checkpoints import new_run_id
 
 
 @dataclass(frozen=True, slots=True)

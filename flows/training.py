@@ -18,8 +18,8 @@ from fedsilo.flows.reporting import finish_run
 from fedsilo.flows.round import federated_round
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks import run_state
-from fedsilo.tasks.checkpoint_store import new_run_id
 from fedsilo.tasks.families import family_of
+from fedsilo.tasks.store.checkpoints import new_run_id
 
 
 def run_rounds(run: run_state.Run, rounds: range, logger: Any) -> str | None:

@@ -39,9 +39,9 @@ class ModelFamily(Protocol):
 def family_of(kind: str) -> ModelFamily:
     """Return the family that trains model ``kind``."""
     if kind == "xgboost":
-        from fedsilo.tasks.boosting.family import BoostedFamily
+        from fedsilo.tasks.boosting.boosted import BoostedFamily
 
         return BoostedFamily
-    from fedsilo.tasks.averaging.family import AveragedFamily
+    from fedsilo.tasks.averaging.averaged import AveragedFamily
 
     return AveragedFamily

@@ -21,7 +21,7 @@ import pytest
 
 from fedsilo.spec import FederationSpec, load_spec
 from fedsilo.tasks import run_state
-from fedsilo.tasks.checkpoint_store import CheckpointStore
+from fedsilo.tasks.store.checkpoints import CheckpointStore
 
 pytestmark = pytest.mark.integration
 
@@ -107,8 +107,8 @@ curve = (
 """
 
 LOAD_SNIPPET = """\
-from fedsilo.tasks.checkpoint_store import CheckpointStore, list_runs
-from fedsilo.tasks.model_io import load_estimator
+from fedsilo.tasks.store.checkpoints import CheckpointStore, list_runs
+from fedsilo.tasks.store.model_io import load_estimator
 
 run_id = list_runs("checkpoints", "breast-cancer")[-1]
 model = load_estimator(CheckpointStore("checkpoints", "breast-cancer", run_id))

@@ -19,8 +19,12 @@ from fedsilo.connectors.schema import (
 )
 from fedsilo.errors import SiloDataError, SpecError
 from fedsilo.spec import parse_spec
-from fedsilo.tasks.encoding import frequent_values, global_categories, one_hot
-from fedsilo.tasks.messages import SiloSchema
+from fedsilo.tasks.protocol.messages import SiloSchema
+from fedsilo.tasks.statistics.categories import (
+    frequent_values,
+    global_categories,
+    one_hot,
+)
 
 COLOURS = {"red": 1.5, "green": -1.0, "blue": 0.0, "amber": 0.5}
 
@@ -225,8 +229,8 @@ def test_string_column_trains_and_the_checkpoint_predicts_the_same(
 ) -> None:
     from fedsilo.flows.training import federated_training
     from fedsilo.spec import load_spec
-    from fedsilo.tasks.checkpoint_store import CheckpointStore
-    from fedsilo.tasks.model_io import load_estimator
+    from fedsilo.tasks.store.checkpoints import CheckpointStore
+    from fedsilo.tasks.store.model_io import load_estimator
 
     spec = load_spec(write_federation(tmp_path, shared_cluster))
 
@@ -322,7 +326,7 @@ def test_compare_scores_every_variant_of_a_categorical_federation(
 
     from fedsilo.flows.compare import federated_comparison
     from fedsilo.spec import load_spec
-    from fedsilo.tasks import comparison
+    from fedsilo.tasks.reports import comparison
 
     spec = load_spec(write_federation(tmp_path, shared_cluster, rounds=2))
 

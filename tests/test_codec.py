@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsilo.tasks import exchange_channel
-from fedsilo.tasks.exchange_channel import Channel, ChannelError, listen, new_token
 from fedsilo.tasks.gbdt.histogram import NodeHistograms
 from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
-from fedsilo.tasks.messages import Evaluation, LocalUpdate, Resident
 from fedsilo.tasks.privacy.secagg import MaskContext, generate_keypair
 from fedsilo.tasks.protocol import codec
 from fedsilo.tasks.protocol.codec import CodecError, RemoteError
+from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate, Resident
+from fedsilo.tasks.silo import channel as exchange_channel
+from fedsilo.tasks.silo.channel import Channel, ChannelError, listen, new_token
 
 HOST = "127.0.0.1"
 

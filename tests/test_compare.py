@@ -23,10 +23,10 @@ import pytest
 from fedsilo.cli import EXIT_USER_ERROR, main
 from fedsilo.errors import CheckpointError, FedsiloError
 from fedsilo.spec import FederationSpec, load_spec
-from fedsilo.tasks import comparison
-from fedsilo.tasks.checkpoint_store import CheckpointStore, list_runs
-from fedsilo.tasks.compare_report import embedded_data, render_html, report_data
-from fedsilo.tasks.pooled import pooled_refusal, pooled_silo_name, read_silos
+from fedsilo.tasks.reports import comparison
+from fedsilo.tasks.reports.compare_report import embedded_data, render_html, report_data
+from fedsilo.tasks.reports.pooled import pooled_refusal, pooled_silo_name, read_silos
+from fedsilo.tasks.store.checkpoints import CheckpointStore, list_runs
 
 ROUNDS = 3
 ARTIFACTS = Path(
@@ -60,8 +60,8 @@ def test_local_only_global_rows_equal_the_pooled_metrics(task: str) -> None:
     from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, r2_score
 
     from fedsilo.flows.compare import local_overall
-    from fedsilo.tasks.messages import Evaluation
     from fedsilo.tasks.metrics import classification_scores, regression_scores
+    from fedsilo.tasks.protocol.messages import Evaluation
 
     rng = np.random.default_rng(0)
     # Silos whose label means differ: a row-weighted mean of their R² is not

@@ -19,8 +19,8 @@ from hypothesis.extra import numpy as hnp
 from fedsilo.errors import InconsistentUpdatesError, SpecError
 from fedsilo.spec import FederationSpec, StrategySpec, load_spec, parse_spec
 from fedsilo.tasks import run_state
-from fedsilo.tasks.checkpoint_store import CheckpointStore
-from fedsilo.tasks.compression import (
+from fedsilo.tasks.averaging.combine import combine
+from fedsilo.tasks.averaging.compression import (
     LEVELS,
     EncodedTensor,
     EncodedUpdate,
@@ -33,8 +33,8 @@ from fedsilo.tasks.compression import (
     encode_float16,
     encode_int8,
 )
-from fedsilo.tasks.messages import LocalUpdate
-from fedsilo.tasks.round_aggregation import combine
+from fedsilo.tasks.protocol.messages import LocalUpdate
+from fedsilo.tasks.store.checkpoints import CheckpointStore
 
 finite = st.floats(
     min_value=-1e100, max_value=1e100, allow_nan=False, allow_subnormal=False

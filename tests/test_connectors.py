@@ -14,7 +14,7 @@ import pytest
 from fedsilo.connectors.files import detect_format, read_table
 from fedsilo.connectors.schema import check_schemas, column_kind, describe_columns
 from fedsilo.errors import SiloDataError
-from fedsilo.tasks.messages import SiloSchema
+from fedsilo.tasks.protocol.messages import SiloSchema
 
 TARGET = "label"
 

@@ -15,7 +15,8 @@ import yaml
 
 from fedsilo.datasets.bundled import load_dataset
 from fedsilo.datasets.partition import partition
-from fedsilo.tasks.federated_stats import (
+from fedsilo.tasks.gbdt.sketch import summarize_column
+from fedsilo.tasks.statistics.federated import (
     POOLED,
     FederatedStats,
     build_tables,
@@ -25,7 +26,6 @@ from fedsilo.tasks.federated_stats import (
     shared_edges,
     suppress,
 )
-from fedsilo.tasks.gbdt.sketch import summarize_column
 
 
 def federate(
@@ -282,7 +282,7 @@ def test_cli_stats_on_a_cluster_matches_pandas(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from fedsilo.cli import main
-    from fedsilo.tasks.stats_store import read_stats
+    from fedsilo.tasks.statistics.storage import read_stats
 
     spec_path = write_spec(
         breast_cancer_dir, tmp_path, cluster={"address": shared_cluster}
@@ -364,9 +364,10 @@ def test_flow_threshold_withholds_small_bins_at_every_silo(
 def test_silo_side_code_imports_neither_prefect_nor_dask_maths() -> None:
     code = (
         "import sys\n"
-        "import fedsilo.tasks.federated_stats, fedsilo.tasks.encoding\n"
+        "import fedsilo.tasks.statistics.federated\n"
+        "import fedsilo.tasks.statistics.categories\n"
         "assert not {'prefect', 'dask', 'distributed'} & set(sys.modules)\n"
-        "import fedsilo.tasks.silo_stats\n"
+        "import fedsilo.tasks.statistics.silo_side\n"
         "assert 'prefect' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -13,8 +13,7 @@ import pytest
 from fedsilo.errors import SpecError
 from fedsilo.spec import FederationSpec, load_spec, parse_spec
 from fedsilo.tasks import run_state
-from fedsilo.tasks.checkpoint_store import CheckpointStore
-from fedsilo.tasks.sklearn_models import (
+from fedsilo.tasks.averaging.sklearn_models import (
     extract_params,
     materialise,
     mlp_step_sizes,
@@ -22,6 +21,7 @@ from fedsilo.tasks.sklearn_models import (
     sgd_step_sizes,
     train_local,
 )
+from fedsilo.tasks.store.checkpoints import CheckpointStore
 
 N_FEATURES = 4
 MODELS: dict[str, dict[str, Any]] = {

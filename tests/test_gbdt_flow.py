@@ -20,11 +20,11 @@ import yaml
 from fedsilo.datasets.writer import write_slices
 from fedsilo.errors import SiloDataError, SpecError
 from fedsilo.spec import parse_spec
-from fedsilo.tasks.checkpoint_store import CheckpointStore
 from fedsilo.tasks.gbdt.histogram import NodeHistograms
 from fedsilo.tasks.gbdt.learner import federated_cuts, train_in_memory
 from fedsilo.tasks.gbdt.objective import make_objective
 from fedsilo.tasks.gbdt.xgb_export import dumps, model_from_json, predict
+from fedsilo.tasks.store.checkpoints import CheckpointStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -105,7 +105,7 @@ def store_of(spec: Any, summary: dict[str, Any]) -> CheckpointStore:
 @pytest.fixture
 def payloads() -> Iterator[list[tuple[str, str, Any]]]:
     """Every (silo, call, (sent, reply)) of the boosting exchanges."""
-    from fedsilo.tasks import gbdt_federation
+    from fedsilo.tasks.boosting import federation as gbdt_federation
 
     seen: list[tuple[str, str, Any]] = []
 
@@ -410,7 +410,7 @@ def test_cli_reports_max_bin_below_two_in_one_line(tmp_path: Path) -> None:
 def test_every_transport_grows_the_same_model(
     tmp_path: Path, shared_cluster: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedsilo.tasks.gbdt_federation import TRANSPORT_ENV, TRANSPORTS
+    from fedsilo.tasks.boosting.federation import TRANSPORT_ENV, TRANSPORTS
 
     frame = make_data("reg:squarederror", n=600)
     silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
@@ -434,8 +434,8 @@ def test_a_worker_out_of_reach_of_a_channel_falls_back_to_dask(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from fedsilo.tasks import gbdt_federation
-    from fedsilo.tasks.exchange_channel import ChannelError
+    from fedsilo.tasks.boosting import federation as gbdt_federation
+    from fedsilo.tasks.silo.channel import ChannelError
 
     frame = make_data("binary:logistic", n=600)
     silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
@@ -494,9 +494,9 @@ def two_silo_calls(client: Any, run_key: str, transport: str) -> tuple[Any, Any]
 
     ``open_all()`` makes both silos' boosting state resident (200 rows each).
     """
-    from fedsilo.tasks import gbdt_silo
-    from fedsilo.tasks.gbdt_federation import SiloCalls
-    from fedsilo.tasks.silo import SiloData
+    from fedsilo.tasks.boosting import silo_side as gbdt_silo
+    from fedsilo.tasks.boosting.federation import SiloCalls
+    from fedsilo.tasks.silo.data import SiloData
 
     frame = make_data("binary:logistic", n=200)
     setup = gbdt_silo.BoostingSetup(
@@ -538,18 +538,18 @@ def test_a_channel_closed_by_a_sharer_sends_the_exchanges_through_dask(
 ) -> None:
     from distributed import Client
 
-    from fedsilo.tasks.gbdt_federation import combine
+    from fedsilo.tasks.boosting.federation import sum_replies
 
     with Client(shared_cluster, set_as_default=False) as client:
         calls, open_all = two_silo_calls(client, "shared-channel", "channel")
         try:
             open_all()
             assert len(calls.channels) == 2
-            over_channels = combine(calls.exchange("start_round", 40))
+            over_channels = sum_replies(calls.exchange("start_round", 40))
             shared = calls.channels[calls.workers["silo-1"]]
 
             shared.close()  # as personalized rounds sharing it may do on failure
-            through_dask = combine(calls.exchange("start_round", 40))
+            through_dask = sum_replies(calls.exchange("start_round", 40))
 
             assert shared.closed and list(calls.channels) == [calls.workers["silo-0"]]
             np.testing.assert_array_equal(through_dask.sums, over_channels.sums)

@@ -19,7 +19,7 @@ from fedsilo.tasks.gbdt.histogram import (
 )
 from fedsilo.tasks.gbdt.learner import federated_cuts
 from fedsilo.tasks.gbdt.objective import BinaryLogistic
-from fedsilo.tasks.gbdt.silo_state import NodeSplit, SiloData, SiloTreeState
+from fedsilo.tasks.gbdt.silo_state import NodeSplit, SiloTreeState, TreeRows
 
 
 def make_binned(
@@ -178,7 +178,7 @@ def silo_payloads(n: int) -> list[tuple[int, ...]]:
     y = (X[:, 0] > 0).astype(float)
     cuts = [np.float32([-1.0, 0.0, 1.0, 9.0])] * 3
     obj = BinaryLogistic()
-    state = SiloTreeState.create("s", SiloData(X, y, ("a", "b", "c")), cuts, obj)
+    state = SiloTreeState.create("s", TreeRows(X, y, ("a", "b", "c")), cuts, obj)
     shapes = [state.label_stats().shape]
     state.set_intercept(obj.intercept(state.label_stats(), None))
     root = state.start_round(40)
@@ -195,7 +195,7 @@ def test_silo_payloads_never_scale_with_rows() -> None:
 def test_freed_silo_state_refuses_work() -> None:
     X = np.zeros((4, 1), np.float32)
     state = SiloTreeState.create(
-        "s", SiloData(X, np.zeros(4), ("a",)), [np.float32([1.0])], BinaryLogistic()
+        "s", TreeRows(X, np.zeros(4), ("a",)), [np.float32([1.0])], BinaryLogistic()
     )
     state.free()
     with pytest.raises(RuntimeError, match="freed"):
@@ -212,7 +212,7 @@ def test_silo_histograms_of_interleaved_trees_and_into_another_silos() -> None:
         rng = np.random.default_rng(seed)
         X = rng.normal(size=(300, 3)).astype(np.float32)
         y = rng.integers(0, 3, 300).astype(float)
-        s = SiloTreeState.create("s", SiloData(X, y, ("a", "b", "c")), cuts, obj)
+        s = SiloTreeState.create("s", TreeRows(X, y, ("a", "b", "c")), cuts, obj)
         s.set_intercept(obj.intercept(s.label_stats(), None))
         s.start_round(40)
         return s
@@ -334,7 +334,7 @@ def test_silo_state_numba_equals_numpy_level_by_level() -> None:
     cuts = federated_cuts([X], 8)
     states = []
     for backend in ("numpy", "numba"):
-        s = SiloTreeState.create("s", SiloData(X, y, tuple("abcd")), cuts, obj, backend)
+        s = SiloTreeState.create("s", TreeRows(X, y, tuple("abcd")), cuts, obj, backend)
         s.set_intercept(obj.intercept(s.label_stats(), None))
         states.append(s)
     # Execute / Assert: roots, two levels and the margins after the round agree.
@@ -424,7 +424,7 @@ def test_fused_gradients_equal_objective_then_quantize(
     states = {}
     for key in ("numpy", "numba", "clipped"):
         backend = "numpy" if key == "numpy" else "numba"
-        data = SiloData(X, y, ("a", "b", "c"))
+        data = TreeRows(X, y, ("a", "b", "c"))
         own = make_objective(name)
         if key == "numba":  # the fused pass must not call the objective
             setattr(own, "gradients", None)  # noqa: B010

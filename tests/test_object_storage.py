@@ -28,8 +28,8 @@ from test_analytics import COMPLETE_ROUNDS_ONLY, DESIGN_QUERY, LATEST_COMPLETE_R
 
 from fedsilo.errors import CheckpointError
 from fedsilo.spec import FederationSpec, load_spec
-from fedsilo.tasks.checkpoint_store import CheckpointStore, MetricRow, list_runs
-from fedsilo.tasks.model_io import load_estimator
+from fedsilo.tasks.store.checkpoints import CheckpointStore, MetricRow, list_runs
+from fedsilo.tasks.store.model_io import load_estimator
 
 FED = "fed-s3"
 RUN = "20261129T150102Z-3fa9c1"

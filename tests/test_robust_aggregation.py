@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 from scipy.special import expit
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
-from fedsilo.tasks.aggregation import weighted_average
+from fedsilo.tasks.averaging.weighted import weighted_average
 from fedsilo.tasks.robust.aggregation import (
     coordinate_median,
     krum,

@@ -17,7 +17,7 @@ from fedsilo.cluster import assign_silos
 from fedsilo.errors import SiloFailedError, SpecError
 from fedsilo.spec import parse_spec
 from fedsilo.tasks import run_state
-from fedsilo.tasks.checkpoint_store import CheckpointStore
+from fedsilo.tasks.store.checkpoints import CheckpointStore
 
 FEATURES = ["x0", "x1", "x2"]
 
@@ -96,7 +96,7 @@ def test_spec_refuses_workers_with_an_address(tmp_path: Path) -> None:
 
 def _resident_silos(dask_worker: Any) -> list[str]:
     """On a worker: the silos whose prepared rows this worker process holds."""
-    from fedsilo.tasks.silo import PreparedSilo
+    from fedsilo.tasks.silo.data import PreparedSilo
 
     data = dask_worker.data
     return sorted(v.silo for v in data.values() if isinstance(v, PreparedSilo))
@@ -251,7 +251,7 @@ def test_workers_use_the_coordinators_fedsilo_not_one_in_the_cwd(
             from fedsilo.cluster import silo_cluster
 
             def where():
-                import fedsilo, fedsilo.tasks.silo
+                import fedsilo, fedsilo.tasks.silo.data
                 return fedsilo.__file__
 
             if __name__ == "__main__":

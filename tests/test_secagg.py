@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
-from fedsilo.tasks.aggregation import weighted_average
+from fedsilo.tasks.averaging.weighted import weighted_average
 from fedsilo.tasks.privacy.encoding import FixedPoint, flatten, layout_of, unflatten
 from fedsilo.tasks.privacy.errors import (
     FixedPointRangeError,

@@ -1,4 +1,4 @@
-"""Round batches sent straight to silo workers (tasks/silo_rpc.py), for real."""
+"""Round batches sent straight to silo workers (tasks/silo/rpc.py), for real."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from fedsilo.tasks import silo_rpc
 from fedsilo.tasks.protocol.codec import RemoteError
-from fedsilo.tasks.silo_batch import SiloFault
+from fedsilo.tasks.silo import rpc as silo_rpc
+from fedsilo.tasks.silo.batch import SiloFault
 
 
 def test_futures_travel_as_keys() -> None:
@@ -42,7 +42,7 @@ def _worker(client: Client) -> str:
 
 @pytest.mark.integration
 def test_a_batch_runs_on_the_worker_with_its_resident_rows(client: Client) -> None:
-    from fedsilo.tasks.silo import FitConfig, PreparedSilo
+    from fedsilo.tasks.silo.data import FitConfig, PreparedSilo
 
     address = _worker(client)
     name = client.scheduler_info(n_workers=-1)["workers"][address]["name"]
@@ -82,7 +82,7 @@ def test_rows_missing_from_the_worker_are_one_clear_error(client: Client) -> Non
     address = _worker(client)
     gone = silo_rpc.Resident("prepared-nobody-r0")
 
-    with pytest.raises(RemoteError, match="RuntimeError: .*not on this worker"):
+    with pytest.raises(RemoteError, match=r"RuntimeError: .*not on this worker"):
         client.sync(
             silo_rpc.call, client, address, "evaluate", (["x"], [gone], {}, None, 1)
         )

@@ -37,8 +37,8 @@ from fedsilo.connectors.sql import SqlSource
 from fedsilo.errors import ClusterError, SiloDataError, SiloFailedError
 from fedsilo.spec import FederationSpec
 from fedsilo.tasks import run_state
-from fedsilo.tasks.checkpoint_store import CheckpointStore
-from fedsilo.tasks.silo import SiloSource, load_silo, silo_schema
+from fedsilo.tasks.silo.data import SiloSource, load_silo, silo_schema
+from fedsilo.tasks.store.checkpoints import CheckpointStore
 
 SILOS = ("silo-0", "silo-1", "silo-2")
 TOKEN = "tok-Only-At-The-Silo-77"  # a credential that must never leave silo-0

@@ -12,7 +12,7 @@ from distributed import Client
 from fedsilo.errors import SiloFailedError
 from fedsilo.spec import FederationSpec, load_spec
 from fedsilo.tasks import run_state
-from fedsilo.tasks.checkpoint_store import CheckpointStore
+from fedsilo.tasks.store.checkpoints import CheckpointStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

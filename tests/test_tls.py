@@ -501,7 +501,7 @@ def test_boosting_exchanges_reach_the_workers_over_tls(
     pki: Path, two_silos: Path, tmp_path: Path, prefect_api: None
 ) -> None:
     from fedsilo.flows.training import federated_training
-    from fedsilo.tasks.checkpoint_store import CheckpointStore
+    from fedsilo.tasks.store.checkpoints import CheckpointStore
 
     data = yaml.safe_load((two_silos / "federation.yaml").read_text())
     data["cluster"] = {"tls": tls_files(pki, "coordinator")}

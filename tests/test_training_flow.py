@@ -17,7 +17,7 @@ import yaml
 from fedsilo.errors import ClusterError
 from fedsilo.spec import FederationSpec, load_spec
 from fedsilo.tasks import run_state
-from fedsilo.tasks.checkpoint_store import CheckpointStore
+from fedsilo.tasks.store.checkpoints import CheckpointStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -177,7 +177,7 @@ def test_breast_cancer_fedavg_is_within_two_points_of_pooled_logistic(
     from sklearn.preprocessing import StandardScaler
 
     from fedsilo.flows.training import federated_training
-    from fedsilo.tasks.model_io import load_estimator
+    from fedsilo.tasks.store.model_io import load_estimator
 
     spec = make_spec(
         breast_cancer_dir,

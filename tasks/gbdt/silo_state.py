@@ -84,7 +84,7 @@ def sum_losses(losses: Sequence[LossSum | None]) -> LossSum | None:
 
 
 @dataclass(frozen=True, slots=True)
-class SiloData:
+class TreeRows:
     """A silo's validated rows: float32 features and float64 labels."""
 
     X: np.ndarray
@@ -126,7 +126,7 @@ def prepare_silo_data(
     y: object,
     objective: Objective,
     label: str = "label",
-) -> SiloData:
+) -> TreeRows:
     """Validate a silo's features and labels; raise SiloDataError naming the fault.
 
     ``X`` is a 2-D array or a DataFrame of numeric or boolean columns; NaN (or a
@@ -160,7 +160,7 @@ def prepare_silo_data(
     problem = objective.label_problem(labels)
     if problem is not None:
         raise SiloDataError(silo, problem, column=label)
-    return SiloData(
+    return TreeRows(
         X=np.ascontiguousarray(X32),
         y=labels.astype(np.float64),
         feature_names=tuple(names),
@@ -200,7 +200,7 @@ class SiloTreeState:
     def create(
         cls,
         name: str,
-        data: SiloData,
+        data: TreeRows,
         cuts: Sequence[np.ndarray],
         objective: Objective,
         backend: Backend = "auto",

@@ -34,10 +34,10 @@ so the all-zero nonce is safe.
 
 Dropouts: this is Bonawitz et al.'s protocol without the secret-sharing recovery
 phase. A silo of the roster that sends nothing leaves its masks uncancelled, so
-``unmask_sum`` refuses the round with ``SiloDropoutError``; the orchestration
-(``flows/round.py``, ``flows/boosting.py``) retries the round with the silos
-present under ``MaskContext.next_attempt()``, whose masks are fresh because the
-attempt number is in the seed's context. Masking a vector
+``unmask_sum`` refuses the round with ``SiloDropoutError``; the model families
+(``tasks/averaging/averaged.py``, ``tasks/boosting/boosted.py``) retry the round
+with the silos present under ``MaskContext.next_attempt()``, whose masks are
+fresh because the attempt number is in the seed's context. Masking a vector
 twice under one context would leak the difference of the two vectors: every
 message of a round (each GBDT histogram exchange, for example) needs its own
 ``step`` label.

@@ -73,14 +73,17 @@ def message_types() -> dict[str, type]:
 
     Built on first use: the modules that define them import this one.
     """
-    from fedsilo.tasks import gbdt_silo, gbdt_worker, silo, silo_batch, silo_privacy
-    from fedsilo.tasks.compression import EncodedTensor, EncodedUpdate
+    from fedsilo.tasks.averaging.compression import EncodedTensor, EncodedUpdate
+    from fedsilo.tasks.boosting import silo_side as gbdt_silo
+    from fedsilo.tasks.boosting import worker as gbdt_worker
     from fedsilo.tasks.gbdt.histogram import NodeHistograms
     from fedsilo.tasks.gbdt.model import Tree
-    from fedsilo.tasks.gbdt.privacy import MaskedHistograms
+    from fedsilo.tasks.gbdt.private_histograms import MaskedHistograms
     from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
     from fedsilo.tasks.gbdt.sketch import QuantileSummary
-    from fedsilo.tasks.messages import (
+    from fedsilo.tasks.privacy import silo_protect as silo_privacy
+    from fedsilo.tasks.privacy.secagg import MaskContext, MaskedUpdate
+    from fedsilo.tasks.protocol.messages import (
         ColumnInfo,
         Evaluation,
         FeatureMoments,
@@ -88,7 +91,8 @@ def message_types() -> dict[str, type]:
         Resident,
         SiloSchema,
     )
-    from fedsilo.tasks.privacy.secagg import MaskContext, MaskedUpdate
+    from fedsilo.tasks.silo import batch as silo_batch
+    from fedsilo.tasks.silo import data as silo
 
     types: list[type] = [
         ColumnInfo,

@@ -28,24 +28,24 @@ from fedsilo.errors import (
     SiloLateError,
 )
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks import silo_rpc, sklearn_models
-from fedsilo.tasks.checkpoint_store import CheckpointStore
-from fedsilo.tasks.compression import SiloCompressor
-from fedsilo.tasks.encoding import Encoding, global_categories
-from fedsilo.tasks.messages import Evaluation, LocalUpdate
-from fedsilo.tasks.personalize import personalize_silo
-from fedsilo.tasks.privacy.accountant import would_exceed
-from fedsilo.tasks.round_tasks import (
+from fedsilo.tasks.averaging import sklearn_models
+from fedsilo.tasks.averaging.compression import SiloCompressor
+from fedsilo.tasks.averaging.personalize import personalize_silo
+from fedsilo.tasks.averaging.round_tasks import (
     aggregate,
     checkpoint,
     evaluate_local,
     fit_local,
     wait_silo,
 )
+from fedsilo.tasks.averaging.sampling import sample_silos
+from fedsilo.tasks.averaging.server_optimizers import make_server_optimizer
+from fedsilo.tasks.privacy.accountant import would_exceed
+from fedsilo.tasks.privacy.silo_protect import STATE_TENSORS, make_keypair, public_key
+from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate
 from fedsilo.tasks.run_state import Personalized, RoundOutcome, opaque
-from fedsilo.tasks.sampling import sample_silos
-from fedsilo.tasks.server_optimizers import make_server_optimizer
-from fedsilo.tasks.silo import (
+from fedsilo.tasks.silo import rpc as silo_rpc
+from fedsilo.tasks.silo.data import (
     FitConfig,
     SiloSource,
     load_silo,
@@ -54,9 +54,10 @@ from fedsilo.tasks.silo import (
     silo_moments,
     silo_schema,
 )
-from fedsilo.tasks.silo_privacy import STATE_TENSORS, make_keypair, public_key
-from fedsilo.tasks.silo_stats import silo_categories
-from fedsilo.tasks.statistics import standard_scaler
+from fedsilo.tasks.statistics.categories import Encoding, global_categories
+from fedsilo.tasks.statistics.moments import standard_scaler
+from fedsilo.tasks.statistics.silo_side import silo_categories
+from fedsilo.tasks.store.checkpoints import CheckpointStore
 
 #: A secure round is masked again at most this many times when silos drop out.
 MAX_SECURE_ATTEMPTS = 3
@@ -180,7 +181,7 @@ def open_silos(
             for name, f in prepared.items()
         },
     )
-    # Every worker serves the round's fit and scoring requests (tasks/silo_rpc.py).
+    # Every worker serves the round's fit and scoring requests (tasks/silo/rpc.py).
     hosts = cluster.by_worker(list(prepared))
     _gather(
         spec,
@@ -210,7 +211,7 @@ def _encoding(
     features: list[str],
     run_id: str,
 ) -> Encoding | None:
-    """Agree on one-hot categories from the silos' lists (tasks/encoding.py)."""
+    """Agree on one-hot categories from the silos' lists (statistics.categories)."""
     columns = categorical_features(
         list(schemas.values()), features, spec.preprocessing.categorical
     )

@@ -1,6 +1,6 @@
 """A round's silo work sent straight to the silo's worker, not through the scheduler.
 
-Each silo worker serves :data:`HANDLER` (see tasks/worker_rpc.py): the
+Each silo worker serves :data:`HANDLER` (see tasks/silo/worker_rpc.py): the
 coordinator's ``fit-<worker>`` and ``evaluate-<worker>`` tasks send it one
 request each, and the worker runs the batch in its own task thread, so it
 queues behind (and never beside) the silo's other work. The silo-resident
@@ -18,9 +18,9 @@ from typing import Any
 
 from distributed import Future
 
-from fedsilo.tasks import worker_rpc
-from fedsilo.tasks.messages import Resident
-from fedsilo.tasks.silo_batch import evaluate_silos, fit_silos
+from fedsilo.tasks.protocol.messages import Resident
+from fedsilo.tasks.silo import worker_rpc
+from fedsilo.tasks.silo.batch import evaluate_silos, fit_silos
 
 #: The worker RPC operation that serves a round's per-worker batches.
 HANDLER = "fedsilo_silo_batch"

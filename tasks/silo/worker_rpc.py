@@ -2,8 +2,8 @@
 
 A Dask task costs five messages and scheduler work; a request to a handler the
 worker serves costs two, through the Dask client's own connections (TLS
-included). The round's fit and scoring (tasks/silo_rpc.py) and the boosting
-exchanges (tasks/gbdt_worker.py) both go this way.
+included). The round's fit and scoring (tasks/silo/rpc.py) and the boosting
+exchanges (tasks/boosting/worker.py) both go this way.
 
 Requests and replies are encoded with the silo boundary's codec
 (:mod:`fedsilo.tasks.protocol.codec`): one bytes object each way, which Dask

@@ -27,14 +27,21 @@ from fedsilo.cluster import SiloCluster
 from fedsilo.connectors.schema import check_schemas
 from fedsilo.errors import CheckpointError, SiloDataError, SiloFailedError
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks import gbdt_silo
-from fedsilo.tasks.averaging.family import MAX_SECURE_ATTEMPTS
-from fedsilo.tasks.checkpoint_store import CheckpointStore, MetricRow
+from fedsilo.tasks.averaging.averaged import MAX_SECURE_ATTEMPTS
+from fedsilo.tasks.averaging.round_tasks import metric_rows
+from fedsilo.tasks.boosting import silo_side as gbdt_silo
+from fedsilo.tasks.boosting.federation import (
+    DaskFederation,
+    SecureExchanges,
+    SiloCalls,
+    Traffic,
+    default_transport,
+)
 from fedsilo.tasks.gbdt.learner import Federation, train
 from fedsilo.tasks.gbdt.model import GBDTModel
 from fedsilo.tasks.gbdt.objective import Intercept
 from fedsilo.tasks.gbdt.params import GBDTParams
-from fedsilo.tasks.gbdt.privacy import (
+from fedsilo.tasks.gbdt.private_histograms import (
     HistogramDP,
     NoisyFederation,
     gradient_bounds,
@@ -47,20 +54,13 @@ from fedsilo.tasks.gbdt.xgb_export import (
     model_from_json,
     trees_dataframe,
 )
-from fedsilo.tasks.gbdt_federation import (
-    DaskFederation,
-    SecureExchanges,
-    SiloCalls,
-    Traffic,
-    default_transport,
-)
-from fedsilo.tasks.messages import Evaluation, LocalUpdate, SiloSchema
 from fedsilo.tasks.privacy.accountant import gbdt_epsilon
 from fedsilo.tasks.privacy.errors import PrivacyBudgetExceededError
-from fedsilo.tasks.round_tasks import metric_rows
+from fedsilo.tasks.privacy.silo_protect import make_keypair, public_key
+from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
 from fedsilo.tasks.run_state import Personalized, RoundOutcome, opaque
-from fedsilo.tasks.silo import SiloSource, load_silo, silo_schema
-from fedsilo.tasks.silo_privacy import make_keypair, public_key
+from fedsilo.tasks.silo.data import SiloSource, load_silo, silo_schema
+from fedsilo.tasks.store.checkpoints import CheckpointStore, MetricRow
 
 
 @dataclasses.dataclass(slots=True)

@@ -20,9 +20,9 @@ import pandas as pd
 
 from fedsilo.errors import FedsiloError
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks.messages import Evaluation
 from fedsilo.tasks.metrics import classification_scores, regression_scores
-from fedsilo.tasks.silo import (
+from fedsilo.tasks.protocol.messages import Evaluation
+from fedsilo.tasks.silo.data import (
     FitConfig,
     SiloData,
     SiloSource,

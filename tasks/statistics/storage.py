@@ -6,7 +6,7 @@ Layout::
     <root>/federation=<name>/stats=<stats_id>/_SUCCESS      (written last)
 
 Tables are those of ``FederatedStats.tables()``; each file is written atomically
-as checkpoints are (``tasks/checkpoint_store.py``) and carries the spec, the
+as checkpoints are (``tasks/store/checkpoints.py``) and carries the spec, the
 threshold and the bin count in its key-value metadata.
 """
 
@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedsilo.errors import CheckpointError
-from fedsilo.tasks.checkpoint_store import (
+from fedsilo.tasks.store.checkpoints import (
     _IO_ERRORS,
     SUCCESS_FILE,
     _check_name,

@@ -1,7 +1,7 @@
 """Tables, a markdown summary and a self-contained HTML report of a comparison.
 
 Everything here is computed from the comparison table as stored
-(``tasks/comparison.py``). The HTML page needs no network: its charts are SVG
+(``tasks/reports/comparison.py``). The HTML page needs no network: its charts are SVG
 drawn by the small script inlined below from the JSON data block embedded in
 the page; when they are drawn the page sets ``data-charts`` on ``<body>``
 (the number of charts) and ends its title with "(rendered)". Pure code.
@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from fedsilo.tasks import comparison
-from fedsilo.tasks.comparison import LABELS, TOTALS_ROUND, nan_to_none
+from fedsilo.tasks.reports import comparison
+from fedsilo.tasks.reports.comparison import LABELS, TOTALS_ROUND, nan_to_none
 
 DATA_ID = "fedsilo-data"
 

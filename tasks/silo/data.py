@@ -22,20 +22,20 @@ from fedsilo.connectors.schema import describe_columns
 from fedsilo.connectors.silo_config import worker_silo_config
 from fedsilo.connectors.sql import SqlSource, read_sql
 from fedsilo.errors import SiloDataError
-from fedsilo.tasks import sklearn_models
-from fedsilo.tasks.compression import SiloCompressor, quantization_rng
-from fedsilo.tasks.encoding import one_hot
-from fedsilo.tasks.messages import (
+from fedsilo.tasks.averaging import sklearn_models
+from fedsilo.tasks.averaging.compression import SiloCompressor, quantization_rng
+from fedsilo.tasks.metrics import classification_scores, regression_scores
+from fedsilo.tasks.privacy.secagg import KeyPair
+from fedsilo.tasks.privacy.silo_protect import STATE_TENSORS, PrivacyRequest, protect
+from fedsilo.tasks.protocol.messages import (
     Evaluation,
     FeatureMoments,
     LocalUpdate,
     SiloSchema,
     nbytes_of,
 )
-from fedsilo.tasks.metrics import classification_scores, regression_scores
-from fedsilo.tasks.privacy.secagg import KeyPair
-from fedsilo.tasks.silo_privacy import STATE_TENSORS, PrivacyRequest, protect
-from fedsilo.tasks.statistics import moments
+from fedsilo.tasks.statistics.categories import one_hot
+from fedsilo.tasks.statistics.moments import moments
 
 _log = logging.getLogger("fedsilo.silo")
 
@@ -244,7 +244,7 @@ def prepare_silo(
     """Order the features as the federation does and apply the global scaler.
 
     ``features`` are the numeric ones; with ``categories`` their one-hot columns
-    follow (``tasks/encoding.py``), the same at every silo.
+    follow (``tasks/statistics/categories.py``), the same at every silo.
     """
     X_train = _matrix(data.silo, data.train, features, "train")
     X_test = _matrix(data.silo, data.test, features, "test")
@@ -289,9 +289,9 @@ def silo_fit(
     """Train the global model on the silo's rows; return only its new arrays.
 
     With a privacy request the arrays are clipped and/or masked before they
-    leave (tasks/silo_privacy.py). With a compressor (this silo's, resident on
+    leave (tasks/privacy/silo_protect.py). With a compressor (this silo's, resident on
     its worker) only the encoded change from the global model leaves; the
-    error-feedback residual stays in the compressor (tasks/compression.py).
+    error-feedback residual stays in the compressor (tasks/averaging/compression.py).
     """
     started = time.perf_counter()
     estimator = _estimator(config, global_params)

@@ -11,8 +11,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from fedsilo.errors import CheckpointError
-from fedsilo.tasks import sklearn_models
-from fedsilo.tasks.checkpoint_store import CheckpointStore
+from fedsilo.tasks.averaging import sklearn_models
+from fedsilo.tasks.store.checkpoints import CheckpointStore
 
 
 def _scaler(mean: list[float], scale: list[float]) -> StandardScaler:
@@ -75,8 +75,9 @@ def _encoder(
 ) -> ColumnTransformer:
     """Return the federation's column transform: scaled numbers, then one-hot codes.
 
-    Categories are fixed (``tasks/encoding.py``); a value outside them encodes as
-    zeros. Fitting on one placeholder row per category only sets the encoder up;
+    Categories are fixed (``tasks/statistics/categories.py``); a value outside
+    them encodes as zeros. Fitting on one placeholder row per category only sets
+    the encoder up;
     the scaler's statistics are the federation's, set afterwards.
     """
     inputs: list[str] = list(encoding["inputs"])

@@ -3,7 +3,7 @@
 The strategy decides how: FedAvg, a robust aggregator over validated updates,
 secure aggregation (only the sum is ever decoded) and client-level DP (clipped
 changes, Gaussian noise on their sum); a server optimiser may then step on the
-result. Compressed updates (tasks/compression.py) are decoded first: global
+result. Compressed updates (tasks/averaging/compression.py) are decoded first: global
 model plus the decoded change. Everything here is plain arrays in, arrays out.
 """
 
@@ -16,9 +16,8 @@ import numpy as np
 
 from fedsilo.errors import InconsistentUpdatesError
 from fedsilo.spec import DPSpec, StrategySpec
-from fedsilo.tasks.aggregation import weighted_average
-from fedsilo.tasks.compression import EncodedUpdate, apply_change, decode
-from fedsilo.tasks.messages import LocalUpdate
+from fedsilo.tasks.averaging.compression import EncodedUpdate, apply_change, decode
+from fedsilo.tasks.averaging.weighted import weighted_average
 from fedsilo.tasks.privacy.dp import (
     AdaptiveClip,
     add_gaussian_noise,
@@ -28,9 +27,10 @@ from fedsilo.tasks.privacy.dp import (
 )
 from fedsilo.tasks.privacy.encoding import layout_of, unflatten
 from fedsilo.tasks.privacy.secagg import unmask_sum, unmask_weighted_average
+from fedsilo.tasks.privacy.silo_protect import STATE_TENSORS, dp_tensors
+from fedsilo.tasks.protocol.messages import LocalUpdate
 from fedsilo.tasks.robust.aggregation import robust_aggregate
 from fedsilo.tasks.robust.validation import Rejection, shapes_of, validate_updates
-from fedsilo.tasks.silo_privacy import STATE_TENSORS, dp_tensors
 
 Params = dict[str, np.ndarray]
 

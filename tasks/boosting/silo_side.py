@@ -24,25 +24,23 @@ import numpy as np
 import pandas as pd
 
 from fedsilo.errors import SiloDataError
+from fedsilo.tasks.boosting.worker import install_handler
 from fedsilo.tasks.gbdt.histogram import Backend, NodeHistograms
 from fedsilo.tasks.gbdt.model import Tree
 from fedsilo.tasks.gbdt.objective import Intercept, Objective, make_objective
-from fedsilo.tasks.gbdt.privacy import MaskedHistograms, mask_histograms
+from fedsilo.tasks.gbdt.private_histograms import MaskedHistograms, mask_histograms
 from fedsilo.tasks.gbdt.silo_state import (
     LossSum,
     NodeSplit,
     SiloTreeState,
+    TreeRows,
     prepare_silo_data,
 )
-from fedsilo.tasks.gbdt.silo_state import (
-    SiloData as GBDTData,
-)
 from fedsilo.tasks.gbdt.sketch import QuantileSummary, summarize
-from fedsilo.tasks.gbdt_worker import install_handler
-from fedsilo.tasks.messages import Evaluation
 from fedsilo.tasks.metrics import classification_scores, regression_scores
 from fedsilo.tasks.privacy.secagg import KeyPair, MaskContext
-from fedsilo.tasks.silo import SiloData, worker_name
+from fedsilo.tasks.protocol.messages import Evaluation
+from fedsilo.tasks.silo.data import SiloData, worker_name
 
 #: What a histogram exchange returns: plain, or masked under secure aggregation.
 Histograms = NodeHistograms | MaskedHistograms
@@ -87,7 +85,7 @@ class BoostingRows:
     """A silo's validated rows before binning (resident, freed once binned)."""
 
     silo: str
-    train: GBDTData
+    train: TreeRows
     X_test: np.ndarray  # float32, NaN for missing
     y_test: np.ndarray  # float64
 

@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsilo.tasks.encoding import plain, value_order
 from fedsilo.tasks.gbdt.sketch import QuantileSummary, empty_summary, summarize_column
+from fedsilo.tasks.statistics.categories import plain, value_order
 
 #: Entries a silo keeps in each column's quantile summary.
 SKETCH_SIZE = 256

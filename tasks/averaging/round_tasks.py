@@ -3,7 +3,7 @@
 Each runs in the coordinator's thread pool. The ones that touch silos run one
 per worker and phase (``fit-<worker>-rNNNN``; with one worker per silo the
 worker is named after its silo): each sends ONE request to that worker
-(tasks/silo_rpc.py), which fits or scores the worker's silos in turn, and
+(tasks/silo/rpc.py), which fits or scores the worker's silos in turn, and
 waits for the small per-silo replies. Silo workers need no Prefect API access.
 """
 
@@ -19,19 +19,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fedsilo.errors import FedsiloError, SiloFailedError, SiloLateError
-from fedsilo.tasks import silo_rpc
-from fedsilo.tasks.checkpoint_store import MetricRow
-from fedsilo.tasks.messages import Evaluation, LocalUpdate
+from fedsilo.tasks.averaging.combine import Combined, combine
 from fedsilo.tasks.metrics import global_metrics
 from fedsilo.tasks.privacy.accountant import epsilon_spent
 from fedsilo.tasks.privacy.secagg import MaskContext
+from fedsilo.tasks.privacy.silo_protect import PrivacyRequest
 from fedsilo.tasks.protocol.codec import RemoteError
-from fedsilo.tasks.round_aggregation import Combined, combine
-from fedsilo.tasks.silo_batch import SiloFault
-from fedsilo.tasks.silo_privacy import PrivacyRequest
+from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate
+from fedsilo.tasks.silo import rpc as silo_rpc
+from fedsilo.tasks.silo.batch import SiloFault
+from fedsilo.tasks.store.checkpoints import MetricRow
 
 if TYPE_CHECKING:
-    from fedsilo.tasks.averaging.family import AveragedRun
+    from fedsilo.tasks.averaging.averaged import AveragedRun
 
 
 def wait_silo(

@@ -12,11 +12,11 @@ four ways (:data:`TRANSPORTS`, chosen with ``FEDSILO_GBDT_TRANSPORT``):
 - ``"channel"`` (default): as ``"worker"``, but each request and answer travel
   over a socket of their own between the coordinator and the worker, opened
   through Dask when the silos' state is resident (TLS with the cluster's
-  certificates when it has them; :mod:`fedsilo.tasks.exchange_channel`). About
+  certificates when it has them; :mod:`fedsilo.tasks.silo.channel`). About
   1.5 ms less per exchange than Dask's comm here. When a worker cannot be
   reached that way (a firewall), the run says so in its log and uses ``worker``;
 - ``"worker"``: one request per worker and exchange to fedsilo's handler on
-  that worker (:mod:`fedsilo.tasks.gbdt_worker`), which runs the call for every
+  that worker (:mod:`fedsilo.tasks.boosting.worker`), which runs the call for every
   silo it hosts on the worker's event loop and answers once; plain histograms
   of silos sharing a worker (pool workers) are summed there;
 - ``"actor"``: one actor method call per silo (the actor's thread runs it);
@@ -46,28 +46,29 @@ from typing import Any, Literal
 from distributed import Actor, Client, Future
 
 from fedsilo.errors import FedsiloError, SiloFailedError
-from fedsilo.tasks import gbdt_silo, worker_rpc
-from fedsilo.tasks.exchange_channel import (
-    WATCH_SECONDS,
-    Channel,
-    ChannelError,
-    first_ready,
-    new_token,
-)
-from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
-from fedsilo.tasks.gbdt.model import Tree
-from fedsilo.tasks.gbdt.privacy import MaskedHistograms, unmask_histograms
-from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit, sum_losses
-from fedsilo.tasks.gbdt_worker import (
+from fedsilo.tasks.averaging.round_tasks import failure_of, wait_silo
+from fedsilo.tasks.boosting import silo_side as gbdt_silo
+from fedsilo.tasks.boosting.worker import (
     CHANNEL_HANDLER,
     EXCHANGE_CALLS,
     HANDLER,
     SiloCallFailed,
     payload_bytes,
 )
+from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
+from fedsilo.tasks.gbdt.model import Tree
+from fedsilo.tasks.gbdt.private_histograms import MaskedHistograms, unmask_histograms
+from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit, sum_losses
 from fedsilo.tasks.privacy.secagg import MaskContext
 from fedsilo.tasks.protocol.codec import RemoteError
-from fedsilo.tasks.round_tasks import failure_of, wait_silo
+from fedsilo.tasks.silo import worker_rpc
+from fedsilo.tasks.silo.channel import (
+    WATCH_SECONDS,
+    Channel,
+    ChannelError,
+    first_ready,
+    new_token,
+)
 
 Transport = Literal["channel", "worker", "actor", "submit"]
 TRANSPORTS: tuple[Transport, ...] = ("channel", "worker", "actor", "submit")
@@ -503,7 +504,7 @@ class SecureExchanges:
         )
 
 
-def combine(replies: Sequence[Any]) -> NodeHistograms:
+def sum_replies(replies: Sequence[Any]) -> NodeHistograms:
     """Return the sum of the silos' histograms, unmasking masked ones.
 
     The replies were received for this sum alone, so the first one's arrays
@@ -542,7 +543,7 @@ class DaskFederation:
             args: tuple[Any, ...] = (exponent,)
             if self.secure is not None:
                 args = (exponent, self.secure.next_tree())
-            ready = combine(self.calls.exchange("start_round", *args))
+            ready = sum_replies(self.calls.exchange("start_round", *args))
             self.exchanges += 1
         self._exponent = exponent
         self.seconds["start"] += time.perf_counter() - started
@@ -556,7 +557,7 @@ class DaskFederation:
         args: tuple[Any, ...] = (list(splits), list(nodes))
         if self.secure is not None:
             args = (*args, self.secure.next_level())
-        total = combine(self.calls.exchange("grow_level", *args))
+        total = sum_replies(self.calls.exchange("grow_level", *args))
         self.exchanges += 1
         self.seconds["level"] += time.perf_counter() - started
         return total
@@ -571,7 +572,7 @@ class DaskFederation:
                 args = (*args, self.secure.next_tree())
             replies = self.calls.exchange("finish_and_start", *args)
             total = sum_losses([r[0] for r in replies])
-            self._started = combine([h for _, h in replies])
+            self._started = sum_replies([h for _, h in replies])
         else:
             total = sum_losses(self.calls.exchange("finish_round", list(trees), loss))
         self.exchanges += 1

@@ -1,0 +1,1 @@
+"""Messages between silos and the coordinator."""

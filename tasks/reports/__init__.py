@@ -1,0 +1,1 @@
+"""What ``fedsilo compare`` computes and shows: variants, tables, reports."""

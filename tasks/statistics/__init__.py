@@ -1,0 +1,1 @@
+"""Federated statistics: what a silo may send and exact merges of it."""

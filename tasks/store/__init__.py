@@ -1,0 +1,1 @@
+"""The checkpoint store and what reads models back from it."""
