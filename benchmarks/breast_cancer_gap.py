@@ -42,9 +42,9 @@ def main() -> None:
     parser.add_argument("--silos", type=int, default=4)
     args = parser.parse_args()
 
-    from fedsilo.datasets.writer import write_federation
-    from fedsilo.flows.training import federated_training
+    from datasets.writer import write_federation
     from fedsilo.spec import FederationSpec, load_spec
+    from flows.training import federated_training
 
     quiet_dask_logs()
     print(f"{'split':<16} {'federated':>9} {'pooled LR':>9} {'gap':>7}")

@@ -3,7 +3,7 @@
 Times ``fedsilo.cluster.embedded_cluster`` (scheduler + one Nanny and worker
 process per silo, or ``--workers N`` pool workers, until every worker has
 joined) and then a first call on every worker of a function that imports what
-``fedsilo.tasks.silo.data`` imports (pandas, pyarrow, scikit-learn): what
+``tasks.silo.data`` imports (pandas, pyarrow, scikit-learn): what
 ``open_silos`` pays before it reads a row.
 
 Run from the repository root::
@@ -36,7 +36,7 @@ import dask
 
 
 def _import_silo_code() -> str:
-    import fedsilo.tasks.silo.data  # noqa: F401  (what every silo task needs)
+    import tasks.silo.data  # noqa: F401  (what every silo task needs)
 
     return "ok"
 

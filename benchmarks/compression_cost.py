@@ -63,7 +63,7 @@ def run_metrics(store: Path) -> dict[str, float]:
 
 def final_params(store: Path) -> np.ndarray:
     """Return the run's last model parameters as one vector (no state counters)."""
-    from fedsilo.tasks.store.checkpoints import CheckpointStore
+    from tasks.store.checkpoints import CheckpointStore
 
     (federation,) = [p.name.split("=", 1)[1] for p in store.glob("federation=*")]
     (run,) = [p.name.split("=", 1)[1] for p in store.glob("federation=*/run=*")]
@@ -79,10 +79,10 @@ def main() -> None:
     parser.add_argument("--mlp", action="store_true")
     args = parser.parse_args()
 
+    from datasets.writer import write_federation
     from fedsilo.cluster import embedded_cluster
-    from fedsilo.datasets.writer import write_federation
-    from fedsilo.flows.training import federated_training
     from fedsilo.spec import FederationSpec, load_spec
+    from flows.training import federated_training
 
     quiet_dask_logs()
     silos = [f"silo-{i}" for i in range(4)]

@@ -35,9 +35,9 @@ from distributed import Client, LocalCluster
 from distributed.protocol import to_serialize
 
 from fedsilo.prefect_env import quiet_dask_logs
-from fedsilo.tasks.gbdt.histogram import NodeHistograms
-from fedsilo.tasks.gbdt.silo_state import NodeSplit
-from fedsilo.tasks.silo.channel import Channel, listen, new_token
+from tasks.gbdt.histogram import NodeHistograms
+from tasks.gbdt.silo_state import NodeSplit
+from tasks.silo.channel import Channel, listen, new_token
 
 HANDLER = "fedsilo_bench_exchange"
 

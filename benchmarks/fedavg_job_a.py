@@ -169,8 +169,8 @@ def final_accuracy_from_checkpoint(
     spec: Any, run_id: str, round_number: int, X_test: np.ndarray, y_test: np.ndarray
 ) -> float:
     """Score the final checkpoint's model on the whole global test set."""
-    from fedsilo.tasks.averaging.sklearn_models import materialise
-    from fedsilo.tasks.store.checkpoints import CheckpointStore
+    from tasks.averaging.sklearn_models import materialise
+    from tasks.store.checkpoints import CheckpointStore
 
     store = CheckpointStore(spec.checkpoints, spec.name, run_id)
     params = store.read_params(round_number)
@@ -205,8 +205,8 @@ def instrument(marks: dict[str, float]) -> None:
     Wraps two names looked up at call time (the parent flow's cluster context
     manager and the averaged family's ``open_silos`` task) without changing them.
     """
-    from fedsilo.flows import training
-    from fedsilo.tasks.averaging import averaged as family
+    from flows import training
+    from tasks.averaging import averaged as family
 
     real_cluster, real_open = training.spec_cluster, family.open_silos
 
@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = build_spec(silos, args.kind, args.rounds, epochs, workdir, args.workers)
         marks = {"data_ready": elapsed()}
 
-        from fedsilo.flows.training import federated_training
-        from fedsilo.tasks import run_state
+        from flows.training import federated_training
+        from tasks import run_state
 
         quiet_dask_logs()
         instrument(marks)

@@ -33,14 +33,14 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 import numpy as np  # noqa: E402
 
 from fedsilo.spec import FederationSpec, load_spec  # noqa: E402
-from fedsilo.tasks import run_state  # noqa: E402
+from tasks import run_state  # noqa: E402
 
 SILOS = 4
 
 
 def run(spec: FederationSpec) -> dict[str, Any]:
     """Train once; return the final metrics and the median client drift."""
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     drift: list[float] = []
     previous: list[dict[str, np.ndarray]] = []
@@ -76,8 +76,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.3)
     args = parser.parse_args()
 
+    from datasets.writer import write_federation
     from fedsilo.cluster import embedded_cluster
-    from fedsilo.datasets.writer import write_federation
 
     quiet_dask_logs()
     with tempfile.TemporaryDirectory() as tmp:

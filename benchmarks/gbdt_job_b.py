@@ -65,7 +65,7 @@ from sklearn.datasets import load_digits, make_classification  # noqa: E402
 from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
-from fedsilo.datasets.partition import most_informative_column  # noqa: E402
+from datasets.partition import most_informative_column  # noqa: E402
 from fedsilo.spec import parse_spec  # noqa: E402
 
 TARGET = "label"
@@ -207,8 +207,8 @@ def run_fedsilo(spec: Any) -> tuple[float, dict[str, Any], list[Any]]:
     and Prefect's client side; the ephemeral API server runs in a subprocess
     and is not counted), the scheduler and the silo workers.
     """
-    from fedsilo.flows.training import federated_training
-    from fedsilo.tasks import run_state
+    from flows.training import federated_training
+    from tasks import run_state
 
     history: list[Any] = []
 
@@ -233,7 +233,7 @@ def run_fedsilo(spec: Any) -> tuple[float, dict[str, Any], list[Any]]:
 
 def final_booster(spec: Any, summary: dict[str, Any]) -> xgb.Booster:
     """Load the last checkpoint's model.json with stock xgboost."""
-    from fedsilo.tasks.store.checkpoints import CheckpointStore
+    from tasks.store.checkpoints import CheckpointStore
 
     store = CheckpointStore(spec.checkpoints, spec.name, summary["run_id"])
     text = store.read_model_json(summary["rounds"][-1])

@@ -19,18 +19,18 @@ from functools import partial
 
 import numpy as np
 
-from fedsilo.tasks.gbdt.binning import BinnedMatrix, bin_matrix
-from fedsilo.tasks.gbdt.histogram import (
+from tasks.gbdt.binning import BinnedMatrix, bin_matrix
+from tasks.gbdt.histogram import (
     Backend,
     NodeRows,
     build_histograms,
     gradient_exponent,
     numba_available,
 )
-from fedsilo.tasks.gbdt.learner import InMemoryFederation, federated_cuts, grow_round
-from fedsilo.tasks.gbdt.objective import BinaryLogistic
-from fedsilo.tasks.gbdt.silo_state import SiloTreeState, TreeRows
-from fedsilo.tasks.gbdt.split import TreeParams
+from tasks.gbdt.learner import InMemoryFederation, federated_cuts, grow_round
+from tasks.gbdt.objective import BinaryLogistic
+from tasks.gbdt.silo_state import SiloTreeState, TreeRows
+from tasks.gbdt.split import TreeParams
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:

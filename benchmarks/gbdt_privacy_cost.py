@@ -84,14 +84,14 @@ def write_synthetic(root: Path, rows: int) -> list[dict[str, str]]:
     frame["label"] = y.astype(np.int64)
     n_test = rows // 5
     train, test = frame.iloc[:-n_test], frame.iloc[-n_test:]
-    from fedsilo.datasets.writer import write_slices
+    from datasets.writer import write_slices
 
     return write_slices(train, test, SILOS, root)
 
 
 def write_breast_cancer(root: Path) -> list[dict[str, Any]]:
     """Write breast cancer over 4 iid silos; return the spec's silo entries."""
-    from fedsilo.datasets.writer import write_federation
+    from datasets.writer import write_federation
     from fedsilo.spec import load_spec
 
     path = write_federation("breast_cancer", n_silos=SILOS, partition="iid", out=root)
@@ -138,8 +138,8 @@ def make_spec(
 
 def run_variant(spec: FederationSpec) -> dict[str, Any]:
     """Train once; return metrics, epsilon, seconds and bytes per tree."""
-    from fedsilo.flows.training import federated_training
-    from fedsilo.tasks import run_state
+    from flows.training import federated_training
+    from tasks import run_state
 
     sent: list[int] = []
 
@@ -191,9 +191,9 @@ def masking_cost(n_silos: int = SILOS, repeat: int = 50) -> str:
     A depth-4 level of the synthetic set: 4 nodes built, 20 features, 33 slots
     (32 bins and missing), gradient and hessian plus 3 totals per node.
     """
-    from fedsilo.tasks.gbdt.histogram import NodeHistograms
-    from fedsilo.tasks.gbdt.private_histograms import mask_histograms, unmask_histograms
-    from fedsilo.tasks.privacy.secagg import MaskContext, generate_keypair
+    from tasks.gbdt.histogram import NodeHistograms
+    from tasks.gbdt.private_histograms import mask_histograms, unmask_histograms
+    from tasks.privacy.secagg import MaskContext, generate_keypair
 
     rng = np.random.default_rng(0)
     exponent = 30

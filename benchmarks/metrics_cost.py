@@ -2,7 +2,7 @@
 
 Every silo scores its train and test rows every round. scikit-learn's
 ``log_loss`` and ``roc_auc_score`` validate their inputs at a cost of
-milliseconds per call whatever the size; ``fedsilo.tasks.metrics`` computes the
+milliseconds per call whatever the size; ``tasks.metrics`` computes the
 same formulas in numpy (log loss with scikit-learn's clipping, AUC as the
 Mann-Whitney statistic with average ranks for ties). This script times both and
 checks that they give the same numbers.
@@ -22,7 +22,7 @@ import timeit
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
-from fedsilo.tasks.metrics import classification_scores
+from tasks.metrics import classification_scores
 
 
 def sklearn_scores(

@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from fedsilo.spec import FederationSpec, load_spec  # noqa: E402
-from fedsilo.tasks import run_state  # noqa: E402
+from tasks import run_state  # noqa: E402
 
 SILOS = 4
 DELTA = 1e-5
@@ -82,7 +82,7 @@ def variants(noise: list[float]) -> list[tuple[str, bool, float | None]]:
 
 def write_data(root: Path, synthetic_rows: int) -> dict[str, Path]:
     """Write both federations' silo files; return their spec paths."""
-    from fedsilo.datasets.writer import write_federation
+    from datasets.writer import write_federation
 
     return {
         "breast_cancer": write_federation(
@@ -149,7 +149,7 @@ def _norm(update: dict[str, np.ndarray], start: dict[str, np.ndarray]) -> float:
 
 def run_variant(spec: FederationSpec) -> dict[str, Any]:
     """Train once; return metrics, per-round seconds, bytes and update norms."""
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     stamps: list[float] = []
     cpu: list[float] = []

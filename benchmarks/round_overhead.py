@@ -139,9 +139,9 @@ def run_once(
     py_spy_children: bool = True,
 ) -> dict[str, Any]:
     """Train a tiny federation and return the figures of its steady rounds."""
-    from fedsilo.flows.training import federated_training
-    from fedsilo.tasks import run_state
-    from fedsilo.tasks.store.checkpoints import CheckpointStore
+    from flows.training import federated_training
+    from tasks import run_state
+    from tasks.store.checkpoints import CheckpointStore
 
     silos = write_tiny_silos(n_silos, workdir / f"data-{n_silos}")
     spec = parse_spec(

@@ -95,8 +95,8 @@ def write_silos(
 @contextlib.contextmanager
 def instrumented(marks: dict[str, float], started: float) -> Iterator[None]:
     """Record when the cluster is ready and when ``open_silos`` returns."""
-    from fedsilo.flows import training
-    from fedsilo.tasks.averaging import averaged as family
+    from flows import training
+    from tasks.averaging import averaged as family
 
     real_cluster, real_open = training.spec_cluster, family.open_silos
 
@@ -164,9 +164,9 @@ def run_one(args: argparse.Namespace, n_silos: int) -> dict[str, Any]:
 
     apply_defaults(quiet=True)
     quiet_dask_logs()
-    from fedsilo.flows.training import federated_training
     from fedsilo.spec import parse_spec
-    from fedsilo.tasks import run_state
+    from flows.training import federated_training
+    from tasks import run_state
 
     workdir = Path(tempfile.mkdtemp(prefix=f"scale-{n_silos}-"))
     silos = write_silos(n_silos, args.rows, args.features, workdir / "data")

@@ -8,7 +8,7 @@ from typing import Literal
 import pandas as pd
 
 from fedsilo.errors import SiloDataError
-from fedsilo.tasks.protocol.messages import ColumnInfo, SiloSchema
+from tasks.protocol.messages import ColumnInfo, SiloSchema
 
 
 def column_kind(series: pd.Series) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from distributed import WorkerPlugin
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsilo.connectors.sql import SqlSource, mask_url
+from connectors.sql import SqlSource, mask_url
 from fedsilo.errors import ClusterError, SpecError
 from fedsilo.spec import DataSource, read_yaml, resolve_sources, validate_mapping
 

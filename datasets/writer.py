@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from fedsilo.datasets.bundled import Dataset, load_dataset
-from fedsilo.datasets.partition import partition as make_partition
+from datasets.bundled import Dataset, load_dataset
+from datasets.partition import partition as make_partition
 from fedsilo.spec import parse_spec
 
 SPEC_FILE = "federation.yaml"
@@ -99,7 +99,7 @@ def write_federation(
     """Split a data set into silos, write their files and a spec; return its path.
 
     Rows are partitioned into ``n_silos`` silos (see
-    ``fedsilo.datasets.partition.partition``), then each silo's rows are split
+    ``datasets.partition.partition``), then each silo's rows are split
     into train and test, stratified by class for classification (a class with a
     single row in a silo stays in train). Everything is seeded by ``seed``.
     Nothing is written until the arguments, data and spec have been checked.
@@ -107,7 +107,7 @@ def write_federation(
     Parameters
     ----------
     dataset : str
-        A name from ``fedsilo.datasets.bundled.DATASET_NAMES``.
+        A name from ``datasets.bundled.DATASET_NAMES``.
     n_silos : int
         Number of silos, named ``silo-0`` .. ``silo-{n_silos - 1}``.
     partition : str

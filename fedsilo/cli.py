@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     run_id = args.run_id
     if run_id is not None:  # before any silo is read or cluster started
-        from fedsilo.tasks.store.checkpoints import check_run_id
+        from tasks.store.checkpoints import check_run_id
 
         check_run_id(run_id)
     if args.resume:
@@ -119,11 +119,11 @@ def _train(spec: Any, run_id: str | None, resume: bool) -> int:
     from fedsilo.prefect_env import warm_up
 
     warmed = warm_up(embedded_cluster=spec.cluster.address is None)
-    from fedsilo.flows.training import federated_training
     from fedsilo.locking import federation_lock
     from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
-    from fedsilo.tasks import run_state
-    from fedsilo.tasks.store.checkpoints import new_run_id
+    from flows.training import federated_training
+    from tasks import run_state
+    from tasks.store.checkpoints import new_run_id
 
     quiet_dask_logs()
     history: list[Any] = []
@@ -151,17 +151,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     if args.personalize_epochs < 1:
         raise FedsiloError("--personalize-epochs must be at least 1")
-    from fedsilo.flows.compare import federated_comparison
     from fedsilo.locking import federation_lock
     from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
-    from fedsilo.tasks.reports import comparison
-    from fedsilo.tasks.reports.compare_report import (
+    from flows.compare import federated_comparison
+    from tasks.reports import comparison
+    from tasks.reports.compare_report import (
         metric_table,
         report_data,
         text_table,
     )
-    from fedsilo.tasks.reports.compare_report import traffic_table as traffic
-    from fedsilo.tasks.store.checkpoints import new_run_id
+    from tasks.reports.compare_report import traffic_table as traffic
+    from tasks.store.checkpoints import new_run_id
 
     quiet_dask_logs()
     compare_id = new_run_id()
@@ -209,9 +209,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         raise FedsiloError(f"--min-count {args.min_count}: give at least 1")
     if args.bins is not None and not 2 <= args.bins <= 1000:
         raise FedsiloError(f"--bins {args.bins}: give 2 to 1000")
-    from fedsilo.flows.stats import federated_stats
     from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
-    from fedsilo.tasks.statistics.report import text_report
+    from flows.stats import federated_stats
+    from tasks.statistics.report import text_report
 
     quiet_dask_logs()
     with unwatched_heartbeats_off():
@@ -225,7 +225,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_datasets_split(args: argparse.Namespace) -> int:
     """Split a bundled data set over silos and write files plus a spec."""
-    from fedsilo.datasets.writer import write_federation
+    from datasets.writer import write_federation
 
     try:
         spec_path = write_federation(
@@ -252,7 +252,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
     import re
 
-    from fedsilo.connectors.silo_config import load_silo_config, serve_silo_worker
+    from connectors.silo_config import load_silo_config, serve_silo_worker
     from fedsilo.spec import NAME_PATTERN
 
     if re.match(NAME_PATTERN, args.silo) is None:
@@ -262,7 +262,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = load_silo_config(args.data)
     # Load the silo-side code (pandas, scikit-learn) before joining, so that the
     # federation's first task is not slowed down by imports.
-    import fedsilo.tasks.silo.data  # noqa: F401
+    import tasks.silo.data  # noqa: F401
 
     if not args.verbose:
         from fedsilo.prefect_env import quiet_dask_logs

@@ -29,8 +29,16 @@ if TYPE_CHECKING:
     from fedsilo.spec import FederationSpec, TlsSpec
 
 #: What the fork server imports once, so that every embedded worker forked from
-#: it starts with Dask, pandas, pyarrow and scikit-learn already loaded.
-FORKSERVER_PRELOAD = ("distributed", "fedsilo.tasks.silo.batch")
+#: it starts with Dask, pandas, pyarrow and scikit-learn already loaded (the
+#: libraries the silo code needs; named directly, they are the same modules in
+#: a checkout and in an installed wheel).
+FORKSERVER_PRELOAD = (
+    "distributed",
+    "pandas",
+    "pyarrow.parquet",
+    "sklearn.linear_model",
+    "sklearn.neural_network",
+)
 #: Dask settings of the embedded workers: a 1 s admin tick (default 20 ms)
 #: halves what an idle worker costs in CPU (docs/benchmarks.md).
 #: Embedded workers: a 1 s admin tick (idle workers wake less), and no

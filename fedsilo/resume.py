@@ -9,7 +9,7 @@ from typing import Any
 
 from fedsilo.errors import CheckpointError, SpecError
 from fedsilo.spec import FederationSpec, parse_spec
-from fedsilo.tasks.store.checkpoints import (
+from tasks.store.checkpoints import (
     CheckpointStore,
     federations_of_run,
     list_runs,

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from fedsilo.connectors.sql import SqlSource, resolve_sqlite_url, url_password
+from connectors.sql import SqlSource, resolve_sqlite_url, url_password
 from fedsilo.errors import FedsiloError, SpecError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -49,7 +49,7 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _xgboost_params(self) -> ModelSpec:
         if self.kind == "xgboost":
-            from fedsilo.tasks.gbdt.params import GBDTParams
+            from tasks.gbdt.params import GBDTParams
 
             try:
                 GBDTParams.from_dict(self.params)
@@ -127,7 +127,7 @@ def _source_kind(value: Any) -> str:
 
 
 #: Where a silo's rows are: a Parquet/CSV path or fsspec URL, or an SQL source
-#: ``{url, table}`` / ``{url, query}`` (``fedsilo.connectors.sql.SqlSource``).
+#: ``{url, table}`` / ``{url, query}`` (``connectors.sql.SqlSource``).
 DataSource = Annotated[
     Annotated[str, Tag("path")] | Annotated[SqlSource, Tag("sql")],
     Discriminator(_source_kind),
@@ -440,7 +440,7 @@ def _check_proximal(model: ModelSpec) -> None:
             "local.proximal_mu: kind 'xgboost' does no local optimisation (the "
             "coordinator grows every tree from summed histograms); set it to 0"
         )
-    from fedsilo.tasks.averaging.sklearn_models import proximal_refusal
+    from tasks.averaging.sklearn_models import proximal_refusal
 
     refusal = proximal_refusal(model.kind, model.params)
     if refusal is not None:

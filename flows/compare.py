@@ -36,23 +36,23 @@ from prefect.artifacts import create_markdown_artifact
 
 from fedsilo.cluster import SiloCluster, spec_cluster
 from fedsilo.errors import FedsiloError
-from fedsilo.flows.reporting import artifact_key
-from fedsilo.flows.training import federated_training
 from fedsilo.spec import FederationSpec, PrivacySpec, SiloSpec, StrategySpec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.metrics import global_metrics
-from fedsilo.tasks.protocol.messages import Evaluation
-from fedsilo.tasks.reports import comparison
-from fedsilo.tasks.reports.compare_report import markdown_summary, render_html
-from fedsilo.tasks.reports.pooled import (
+from flows.reporting import artifact_key
+from flows.training import federated_training
+from tasks import run_state
+from tasks.metrics import global_metrics
+from tasks.protocol.messages import Evaluation
+from tasks.reports import comparison
+from tasks.reports.compare_report import markdown_summary, render_html
+from tasks.reports.pooled import (
     pooled_silo_name,
     read_silos,
     score_linear,
     score_trees,
     write_pooled,
 )
-from fedsilo.tasks.silo.data import FitConfig, SiloData
-from fedsilo.tasks.store.checkpoints import CheckpointStore, new_run_id
+from tasks.silo.data import FitConfig, SiloData
+from tasks.store.checkpoints import CheckpointStore, new_run_id
 
 _MAX_NAME = 63
 _SUFFIX = ".compare"
@@ -237,7 +237,7 @@ def _centralized(
     store = _store(variant, run_id)
     rounds = store.complete_rounds()
     if spec.model.kind == "xgboost":
-        from fedsilo.tasks.gbdt.xgb_export import model_from_json
+        from tasks.gbdt.xgb_export import model_from_json
 
         models = {r: model_from_json(store.read_model_json(r) or "") for r in rounds}
         scored = score_trees(silos, spec.task, spec.target, models)

@@ -8,8 +8,8 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate
-from fedsilo.tasks.run_state import RoundResult
+from tasks.protocol.messages import Evaluation, LocalUpdate
+from tasks.run_state import RoundResult
 
 
 def artifact_key(*parts: str) -> str:

@@ -11,9 +11,9 @@ import time
 
 from prefect import flow, get_run_logger
 
-from fedsilo.flows.reporting import format_metrics, publish_round, round_table
-from fedsilo.tasks import run_state
-from fedsilo.tasks.metrics import global_metrics
+from flows.reporting import format_metrics, publish_round, round_table
+from tasks import run_state
+from tasks.metrics import global_metrics
 
 
 @flow(

@@ -16,23 +16,23 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from connectors.schema import categorical_features, check_schemas
 from fedsilo.cluster import SiloCluster, spec_cluster
-from fedsilo.connectors.schema import categorical_features, check_schemas
-from fedsilo.flows.reporting import artifact_key
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks.averaging.averaged import read_silos
-from fedsilo.tasks.averaging.round_tasks import wait_silo
-from fedsilo.tasks.protocol.messages import SiloSchema
-from fedsilo.tasks.statistics.federated import (
+from flows.reporting import artifact_key
+from tasks.averaging.averaged import read_silos
+from tasks.averaging.round_tasks import wait_silo
+from tasks.protocol.messages import SiloSchema
+from tasks.statistics.federated import (
     FederatedStats,
     SiloProfile,
     build_tables,
     shared_edges,
 )
-from fedsilo.tasks.statistics.report import markdown_report
-from fedsilo.tasks.statistics.silo_side import silo_histograms, silo_profile
-from fedsilo.tasks.statistics.storage import write_stats
-from fedsilo.tasks.store.checkpoints import new_run_id
+from tasks.statistics.report import markdown_report
+from tasks.statistics.silo_side import silo_histograms, silo_profile
+from tasks.statistics.storage import write_stats
+from tasks.store.checkpoints import new_run_id
 
 
 @dataclass(frozen=True, slots=True)

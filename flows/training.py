@@ -14,12 +14,12 @@ from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from fedsilo.cluster import spec_cluster
-from fedsilo.flows.reporting import finish_run
-from fedsilo.flows.round import federated_round
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.families import family_of
-from fedsilo.tasks.store.checkpoints import new_run_id
+from flows.reporting import finish_run
+from flows.round import federated_round
+from tasks import run_state
+from tasks.families import family_of
+from tasks.store.checkpoints import new_run_id
 
 
 def run_rounds(run: run_state.Run, rounds: range, logger: Any) -> str | None:

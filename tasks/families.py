@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from fedsilo.cluster import SiloCluster
     from fedsilo.spec import FederationSpec
-    from fedsilo.tasks.run_state import FamilyRun
+    from tasks.run_state import FamilyRun
 
 
 class ModelFamily(Protocol):
@@ -39,9 +39,9 @@ class ModelFamily(Protocol):
 def family_of(kind: str) -> ModelFamily:
     """Return the family that trains model ``kind``."""
     if kind == "xgboost":
-        from fedsilo.tasks.boosting.boosted import BoostedFamily
+        from tasks.boosting.boosted import BoostedFamily
 
         return BoostedFamily
-    from fedsilo.tasks.averaging.averaged import AveragedFamily
+    from tasks.averaging.averaged import AveragedFamily
 
     return AveragedFamily

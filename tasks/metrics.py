@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import rankdata
 
-from fedsilo.tasks.protocol.messages import Evaluation
+from tasks.protocol.messages import Evaluation
 
 CLASSIFICATION = ("accuracy", "log_loss", "roc_auc")
 REGRESSION = ("rmse", "mae", "r2")

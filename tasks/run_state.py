@@ -21,8 +21,8 @@ from prefect.utilities.annotations import quote
 if TYPE_CHECKING:
     from fedsilo.cluster import SiloCluster
     from fedsilo.spec import FederationSpec
-    from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate
-    from fedsilo.tasks.store.checkpoints import CheckpointStore
+    from tasks.protocol.messages import Evaluation, LocalUpdate
+    from tasks.store.checkpoints import CheckpointStore
 
 
 T = TypeVar("T")

@@ -40,7 +40,7 @@ def shared_cluster() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def breast_cancer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Breast cancer split iid over the four shared silos, as Parquet files."""
-    from fedsilo.datasets.writer import write_federation
+    from datasets.writer import write_federation
 
     out = tmp_path_factory.mktemp("breast-cancer") / "iid"
     write_federation("breast_cancer", n_silos=4, partition="iid", out=out, rounds=3)

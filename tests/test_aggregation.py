@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
-from fedsilo.tasks.averaging.weighted import check_compatible, weighted_average
+from tasks.averaging.weighted import check_compatible, weighted_average
 
 Update = tuple[dict[str, np.ndarray], float]
 

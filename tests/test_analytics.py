@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from fedsilo.spec import FederationSpec, load_spec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks import run_state
+from tasks.store.checkpoints import CheckpointStore
 
 pytestmark = pytest.mark.integration
 
@@ -107,8 +107,8 @@ curve = (
 """
 
 LOAD_SNIPPET = """\
-from fedsilo.tasks.store.checkpoints import CheckpointStore, list_runs
-from fedsilo.tasks.store.model_io import load_estimator
+from tasks.store.checkpoints import CheckpointStore, list_runs
+from tasks.store.model_io import load_estimator
 
 run_id = list_runs("checkpoints", "breast-cancer")[-1]
 model = load_estimator(CheckpointStore("checkpoints", "breast-cancer", run_id))
@@ -172,7 +172,7 @@ def federation(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Federation:
     """Two runs (seeds 0 and 1) of one federation into ``<base>/checkpoints``."""
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     base = tmp_path_factory.mktemp("analytics")
     spec = load_spec(breast_cancer_dir / "federation.yaml")

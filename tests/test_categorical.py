@@ -12,15 +12,15 @@ import yaml
 from sklearn.metrics import accuracy_score, log_loss
 from sklearn.preprocessing import OneHotEncoder
 
-from fedsilo.connectors.schema import (
+from connectors.schema import (
     categorical_features,
     check_schemas,
     describe_columns,
 )
 from fedsilo.errors import SiloDataError, SpecError
 from fedsilo.spec import parse_spec
-from fedsilo.tasks.protocol.messages import SiloSchema
-from fedsilo.tasks.statistics.categories import (
+from tasks.protocol.messages import SiloSchema
+from tasks.statistics.categories import (
     frequent_values,
     global_categories,
     one_hot,
@@ -227,10 +227,10 @@ def test_spec_refuses_bad_preprocessing(changes: dict[str, Any], message: str) -
 def test_string_column_trains_and_the_checkpoint_predicts_the_same(
     tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.training import federated_training
     from fedsilo.spec import load_spec
-    from fedsilo.tasks.store.checkpoints import CheckpointStore
-    from fedsilo.tasks.store.model_io import load_estimator
+    from flows.training import federated_training
+    from tasks.store.checkpoints import CheckpointStore
+    from tasks.store.model_io import load_estimator
 
     spec = load_spec(write_federation(tmp_path, shared_cluster))
 
@@ -324,9 +324,9 @@ def test_compare_scores_every_variant_of_a_categorical_federation(
     """Centralized scoring re-encodes raw columns with the checkpoint's categories."""
     import duckdb
 
-    from fedsilo.flows.compare import federated_comparison
     from fedsilo.spec import load_spec
-    from fedsilo.tasks.reports import comparison
+    from flows.compare import federated_comparison
+    from tasks.reports import comparison
 
     spec = load_spec(write_federation(tmp_path, shared_cluster, rounds=2))
 

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from fedsilo.errors import CheckpointError
-from fedsilo.tasks.store import checkpoints as checkpoint_store
-from fedsilo.tasks.store.checkpoints import (
+from tasks.store import checkpoints as checkpoint_store
+from tasks.store.checkpoints import (
     METRICS_SCHEMA,
     CheckpointStore,
     MetricRow,

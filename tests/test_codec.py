@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsilo.tasks.gbdt.histogram import NodeHistograms
-from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
-from fedsilo.tasks.privacy.secagg import MaskContext, generate_keypair
-from fedsilo.tasks.protocol import codec
-from fedsilo.tasks.protocol.codec import CodecError, RemoteError
-from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate, Resident
-from fedsilo.tasks.silo import channel as exchange_channel
-from fedsilo.tasks.silo.channel import Channel, ChannelError, listen, new_token
+from tasks.gbdt.histogram import NodeHistograms
+from tasks.gbdt.silo_state import LossSum, NodeSplit
+from tasks.privacy.secagg import MaskContext, generate_keypair
+from tasks.protocol import codec
+from tasks.protocol.codec import CodecError, RemoteError
+from tasks.protocol.messages import Evaluation, LocalUpdate, Resident
+from tasks.silo import channel as exchange_channel
+from tasks.silo.channel import Channel, ChannelError, listen, new_token
 
 HOST = "127.0.0.1"
 

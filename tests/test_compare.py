@@ -23,10 +23,10 @@ import pytest
 from fedsilo.cli import EXIT_USER_ERROR, main
 from fedsilo.errors import CheckpointError, FedsiloError
 from fedsilo.spec import FederationSpec, load_spec
-from fedsilo.tasks.reports import comparison
-from fedsilo.tasks.reports.compare_report import embedded_data, render_html, report_data
-from fedsilo.tasks.reports.pooled import pooled_refusal, pooled_silo_name, read_silos
-from fedsilo.tasks.store.checkpoints import CheckpointStore, list_runs
+from tasks.reports import comparison
+from tasks.reports.compare_report import embedded_data, render_html, report_data
+from tasks.reports.pooled import pooled_refusal, pooled_silo_name, read_silos
+from tasks.store.checkpoints import CheckpointStore, list_runs
 
 ROUNDS = 3
 ARTIFACTS = Path(
@@ -59,9 +59,9 @@ def test_rounds_to_reach_is_the_first_round_within_five_percent() -> None:
 def test_local_only_global_rows_equal_the_pooled_metrics(task: str) -> None:
     from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, r2_score
 
-    from fedsilo.flows.compare import local_overall
-    from fedsilo.tasks.metrics import classification_scores, regression_scores
-    from fedsilo.tasks.protocol.messages import Evaluation
+    from flows.compare import local_overall
+    from tasks.metrics import classification_scores, regression_scores
+    from tasks.protocol.messages import Evaluation
 
     rng = np.random.default_rng(0)
     # Silos whose label means differ: a row-weighted mean of their R² is not
@@ -160,7 +160,7 @@ def compared(
     shared_cluster: str,
     prefect_api: None,
 ) -> dict[str, Any]:
-    from fedsilo.flows.compare import federated_comparison
+    from flows.compare import federated_comparison
 
     store = tmp_path_factory.mktemp("compare") / "store"
     spec = make_spec(
@@ -200,7 +200,7 @@ def test_every_variant_has_rows_for_every_silo(compared: dict[str, Any]) -> None
 def test_variant_runs_are_in_the_store_under_the_normal_layout(
     compared: dict[str, Any],
 ) -> None:
-    from fedsilo.flows.compare import variant_federation
+    from flows.compare import variant_federation
 
     spec, store = compared["spec"], compared["store"]
     runs = compared["runs"]
@@ -387,7 +387,7 @@ def test_centralized_is_refused_when_rows_cannot_be_read_here_and_the_rest_runs(
     from distributed import Client
 
     from fedsilo.cluster import silo_workers
-    from fedsilo.flows.compare import federated_comparison
+    from flows.compare import federated_comparison
 
     spec = make_spec(breast_cancer_dir, tmp_path / "store")
     rows = (breast_cancer_dir / "silo-1" / "train.parquet").read_bytes()
@@ -432,7 +432,7 @@ def test_prefect_artifact_summarises_the_stored_comparison(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from fedsilo.flows.reporting import artifact_key
+    from flows.reporting import artifact_key
 
     key = artifact_key(compared["spec"].name, "comparison")
     with get_client(sync_client=True) as client:
@@ -459,7 +459,7 @@ def test_a_one_class_silo_trains_alone_with_the_federations_classes(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
     from fedsilo.errors import SiloDataError
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     spec = make_spec(breast_cancer_dir, tmp_path / "store")
     for split in ("train", "test"):
@@ -540,7 +540,7 @@ def test_cli_prints_the_table_and_where_the_report_is(
 def test_tree_models_personalize_with_extra_trees_grown_at_each_silo(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.compare import federated_comparison
+    from flows.compare import federated_comparison
 
     spec = make_spec(breast_cancer_dir, tmp_path / "store")
     trees = make_spec(

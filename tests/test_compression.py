@@ -18,9 +18,9 @@ from hypothesis.extra import numpy as hnp
 
 from fedsilo.errors import InconsistentUpdatesError, SpecError
 from fedsilo.spec import FederationSpec, StrategySpec, load_spec, parse_spec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.averaging.combine import combine
-from fedsilo.tasks.averaging.compression import (
+from tasks import run_state
+from tasks.averaging.combine import combine
+from tasks.averaging.compression import (
     LEVELS,
     EncodedTensor,
     EncodedUpdate,
@@ -33,8 +33,8 @@ from fedsilo.tasks.averaging.compression import (
     encode_float16,
     encode_int8,
 )
-from fedsilo.tasks.protocol.messages import LocalUpdate
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks.protocol.messages import LocalUpdate
+from tasks.store.checkpoints import CheckpointStore
 
 finite = st.floats(
     min_value=-1e100, max_value=1e100, allow_nan=False, allow_subnormal=False
@@ -358,7 +358,7 @@ def _scheduler_keys(address: str, marker: str) -> list[str]:
 def test_int8_cuts_bytes_up_keeps_accuracy_and_the_residual_at_the_silo(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     store = tmp_path / "store"
     plain = _spec(breast_cancer_dir, store, shared_cluster)
@@ -422,7 +422,7 @@ def test_int8_cuts_bytes_up_keeps_accuracy_and_the_residual_at_the_silo(
 def test_int8_without_feedback_resumes_to_the_same_model(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     store = tmp_path / "store"
     spec = _spec(breast_cancer_dir, store, shared_cluster, compression={"kind": "int8"})
@@ -457,7 +457,7 @@ def test_int8_without_feedback_resumes_to_the_same_model(
 def test_every_model_kind_records_traffic_per_silo_and_round(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str, model: Any
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     spec = _spec(
         breast_cancer_dir, tmp_path / "store", shared_cluster, rounds=2, model=model

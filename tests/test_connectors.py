@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsilo.connectors.files import detect_format, read_table
-from fedsilo.connectors.schema import check_schemas, column_kind, describe_columns
+from connectors.files import detect_format, read_table
+from connectors.schema import check_schemas, column_kind, describe_columns
 from fedsilo.errors import SiloDataError
-from fedsilo.tasks.protocol.messages import SiloSchema
+from tasks.protocol.messages import SiloSchema
 
 TARGET = "label"
 

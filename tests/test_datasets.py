@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from fedsilo.datasets import partition as P
-from fedsilo.datasets.bundled import DATASET_NAMES, column_name, load_dataset
+from datasets import partition as P
+from datasets.bundled import DATASET_NAMES, column_name, load_dataset
 
 KINDS = ["iid", "dirichlet", "quantity", "feature"]
 

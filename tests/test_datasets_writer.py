@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from fedsilo.datasets.bundled import load_dataset
-from fedsilo.datasets.writer import split_command, train_test_rows, write_federation
+from datasets.bundled import load_dataset
+from datasets.writer import split_command, train_test_rows, write_federation
 from fedsilo.errors import SpecError
 from fedsilo.spec import NAME_PATTERN, load_spec
 

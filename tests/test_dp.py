@@ -17,8 +17,8 @@ from scipy.optimize import brentq
 from scipy.stats import norm
 
 from fedsilo.errors import InconsistentUpdatesError
-from fedsilo.tasks.privacy import accountant
-from fedsilo.tasks.privacy.dp import (
+from tasks.privacy import accountant
+from tasks.privacy.dp import (
     AdaptiveClip,
     add_gaussian_noise,
     clip_by_l2,
@@ -32,7 +32,7 @@ from fedsilo.tasks.privacy.dp import (
     update_clip,
     update_noise_multiplier,
 )
-from fedsilo.tasks.privacy.errors import PrivacyBudgetExceededError
+from tasks.privacy.errors import PrivacyBudgetExceededError
 
 VALUES = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
 
@@ -249,8 +249,8 @@ def test_a_run_stops_before_it_would_exceed_its_budget() -> None:
 
 
 def test_histogram_sensitivity_is_the_largest_change_one_row_makes() -> None:
-    from fedsilo.tasks.gbdt.binning import bin_matrix
-    from fedsilo.tasks.gbdt.histogram import build_histograms
+    from tasks.gbdt.binning import bin_matrix
+    from tasks.gbdt.histogram import build_histograms
 
     rng = np.random.default_rng(3)
     n, features, g_bound, h_bound = 300, 4, 1.0, 0.25
@@ -286,7 +286,7 @@ def test_histogram_sensitivity_is_the_largest_change_one_row_makes() -> None:
 
 
 def test_noise_histograms_adds_noise_of_the_stated_std() -> None:
-    from fedsilo.tasks.gbdt.histogram import NodeHistograms
+    from tasks.gbdt.histogram import NodeHistograms
 
     hist = NodeHistograms.from_parts(
         nodes=np.array([[0, 0]]),

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsilo.tasks.protocol.codec import RemoteError
-from fedsilo.tasks.silo.channel import (
+from tasks.protocol.codec import RemoteError
+from tasks.silo.channel import (
     Channel,
     ChannelError,
     first_ready,
@@ -170,7 +170,7 @@ def test_nobody_connecting_ends_the_listener(no_threads_left: None) -> None:
 
 
 def test_a_peer_that_dies_mid_exchange_is_a_channel_error() -> None:
-    from fedsilo.tasks.silo import channel as exchange_channel
+    from tasks.silo import channel as exchange_channel
 
     server = socket.create_server((HOST, 0))
     token = new_token()

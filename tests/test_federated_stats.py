@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from fedsilo.datasets.bundled import load_dataset
-from fedsilo.datasets.partition import partition
-from fedsilo.tasks.gbdt.sketch import summarize_column
-from fedsilo.tasks.statistics.federated import (
+from datasets.bundled import load_dataset
+from datasets.partition import partition
+from tasks.gbdt.sketch import summarize_column
+from tasks.statistics.federated import (
     POOLED,
     FederatedStats,
     build_tables,
@@ -282,7 +282,7 @@ def test_cli_stats_on_a_cluster_matches_pandas(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from fedsilo.cli import main
-    from fedsilo.tasks.statistics.storage import read_stats
+    from tasks.statistics.storage import read_stats
 
     spec_path = write_spec(
         breast_cancer_dir, tmp_path, cluster={"address": shared_cluster}
@@ -325,8 +325,8 @@ def test_cli_stats_on_a_cluster_matches_pandas(
 def test_flow_threshold_withholds_small_bins_at_every_silo(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.stats import federated_stats
     from fedsilo.spec import load_spec
+    from flows.stats import federated_stats
 
     spec = load_spec(
         write_spec(
@@ -364,10 +364,10 @@ def test_flow_threshold_withholds_small_bins_at_every_silo(
 def test_silo_side_code_imports_neither_prefect_nor_dask_maths() -> None:
     code = (
         "import sys\n"
-        "import fedsilo.tasks.statistics.federated\n"
-        "import fedsilo.tasks.statistics.categories\n"
+        "import tasks.statistics.federated\n"
+        "import tasks.statistics.categories\n"
         "assert not {'prefect', 'dask', 'distributed'} & set(sys.modules)\n"
-        "import fedsilo.tasks.statistics.silo_side\n"
+        "import tasks.statistics.silo_side\n"
         "assert 'prefect' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

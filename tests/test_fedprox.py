@@ -12,8 +12,8 @@ import pytest
 
 from fedsilo.errors import SpecError
 from fedsilo.spec import FederationSpec, load_spec, parse_spec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.averaging.sklearn_models import (
+from tasks import run_state
+from tasks.averaging.sklearn_models import (
     extract_params,
     materialise,
     mlp_step_sizes,
@@ -21,7 +21,7 @@ from fedsilo.tasks.averaging.sklearn_models import (
     sgd_step_sizes,
     train_local,
 )
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks.store.checkpoints import CheckpointStore
 
 N_FEATURES = 4
 MODELS: dict[str, dict[str, Any]] = {
@@ -261,7 +261,7 @@ def test_logistic_with_mu_is_refused_by_local_training_too() -> None:
 @pytest.fixture(scope="module")
 def dirichlet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Breast cancer dealt to the four shared silos with Dirichlet(0.3) label skew."""
-    from fedsilo.datasets.writer import write_federation
+    from datasets.writer import write_federation
 
     out = tmp_path_factory.mktemp("breast-cancer") / "dirichlet"
     write_federation(
@@ -271,7 +271,7 @@ def dirichlet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(spec: FederationSpec, run_id: str) -> tuple[dict[str, Any], list[Any]]:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     seen: list[Any] = []
 

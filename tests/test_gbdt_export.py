@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from fedsilo.tasks.gbdt.binning import bin_matrix
-from fedsilo.tasks.gbdt.learner import train_in_memory
-from fedsilo.tasks.gbdt.model import GBDTModel
-from fedsilo.tasks.gbdt.xgb_export import (
+from tasks.gbdt.binning import bin_matrix
+from tasks.gbdt.learner import train_in_memory
+from tasks.gbdt.model import GBDTModel
+from tasks.gbdt.xgb_export import (
     dumps,
     model_from_json,
     predict,
@@ -190,7 +190,7 @@ def test_json_round_trip_is_exact(trained) -> None:
 
 
 def test_cached_export_equals_a_fresh_one_as_the_model_grows(trained) -> None:
-    from fedsilo.tasks.gbdt.xgb_export import ExportCache, model_to_json
+    from tasks.gbdt.xgb_export import ExportCache, model_to_json
 
     _, _, _, model, _ = trained
     named = dataclasses.replace(

@@ -17,14 +17,14 @@ import pytest
 import xgboost as xgb
 import yaml
 
-from fedsilo.datasets.writer import write_slices
+from datasets.writer import write_slices
 from fedsilo.errors import SiloDataError, SpecError
 from fedsilo.spec import parse_spec
-from fedsilo.tasks.gbdt.histogram import NodeHistograms
-from fedsilo.tasks.gbdt.learner import federated_cuts, train_in_memory
-from fedsilo.tasks.gbdt.objective import make_objective
-from fedsilo.tasks.gbdt.xgb_export import dumps, model_from_json, predict
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks.gbdt.histogram import NodeHistograms
+from tasks.gbdt.learner import federated_cuts, train_in_memory
+from tasks.gbdt.objective import make_objective
+from tasks.gbdt.xgb_export import dumps, model_from_json, predict
+from tasks.store.checkpoints import CheckpointStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -93,7 +93,7 @@ def make_spec(
 
 
 def run(spec: Any, **kwargs: Any) -> dict[str, Any]:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     return federated_training(spec, **kwargs)
 
@@ -105,7 +105,7 @@ def store_of(spec: Any, summary: dict[str, Any]) -> CheckpointStore:
 @pytest.fixture
 def payloads() -> Iterator[list[tuple[str, str, Any]]]:
     """Every (silo, call, (sent, reply)) of the boosting exchanges."""
-    from fedsilo.tasks.boosting import federation as gbdt_federation
+    from tasks.boosting import federation as gbdt_federation
 
     seen: list[tuple[str, str, Any]] = []
 
@@ -410,7 +410,7 @@ def test_cli_reports_max_bin_below_two_in_one_line(tmp_path: Path) -> None:
 def test_every_transport_grows_the_same_model(
     tmp_path: Path, shared_cluster: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedsilo.tasks.boosting.federation import TRANSPORT_ENV, TRANSPORTS
+    from tasks.boosting.federation import TRANSPORT_ENV, TRANSPORTS
 
     frame = make_data("reg:squarederror", n=600)
     silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
@@ -434,8 +434,8 @@ def test_a_worker_out_of_reach_of_a_channel_falls_back_to_dask(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from fedsilo.tasks.boosting import federation as gbdt_federation
-    from fedsilo.tasks.silo.channel import ChannelError
+    from tasks.boosting import federation as gbdt_federation
+    from tasks.silo.channel import ChannelError
 
     frame = make_data("binary:logistic", n=600)
     silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
@@ -494,9 +494,9 @@ def two_silo_calls(client: Any, run_key: str, transport: str) -> tuple[Any, Any]
 
     ``open_all()`` makes both silos' boosting state resident (200 rows each).
     """
-    from fedsilo.tasks.boosting import silo_side as gbdt_silo
-    from fedsilo.tasks.boosting.federation import SiloCalls
-    from fedsilo.tasks.silo.data import SiloData
+    from tasks.boosting import silo_side as gbdt_silo
+    from tasks.boosting.federation import SiloCalls
+    from tasks.silo.data import SiloData
 
     frame = make_data("binary:logistic", n=200)
     setup = gbdt_silo.BoostingSetup(
@@ -538,7 +538,7 @@ def test_a_channel_closed_by_a_sharer_sends_the_exchanges_through_dask(
 ) -> None:
     from distributed import Client
 
-    from fedsilo.tasks.boosting.federation import sum_replies
+    from tasks.boosting.federation import sum_replies
 
     with Client(shared_cluster, set_as_default=False) as client:
         calls, open_all = two_silo_calls(client, "shared-channel", "channel")

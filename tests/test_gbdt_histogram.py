@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
-from fedsilo.tasks.gbdt.binning import BinnedMatrix, bin_matrix
-from fedsilo.tasks.gbdt.histogram import (
+from tasks.gbdt.binning import BinnedMatrix, bin_matrix
+from tasks.gbdt.histogram import (
     NodeHistograms,
     NodeRows,
     build_histograms,
@@ -17,9 +17,9 @@ from fedsilo.tasks.gbdt.histogram import (
     subtract,
     sum_histograms,
 )
-from fedsilo.tasks.gbdt.learner import federated_cuts
-from fedsilo.tasks.gbdt.objective import BinaryLogistic
-from fedsilo.tasks.gbdt.silo_state import NodeSplit, SiloTreeState, TreeRows
+from tasks.gbdt.learner import federated_cuts
+from tasks.gbdt.objective import BinaryLogistic
+from tasks.gbdt.silo_state import NodeSplit, SiloTreeState, TreeRows
 
 
 def make_binned(
@@ -203,7 +203,7 @@ def test_freed_silo_state_refuses_work() -> None:
 
 
 def test_silo_histograms_of_interleaved_trees_and_into_another_silos() -> None:
-    from fedsilo.tasks.gbdt.objective import make_objective
+    from tasks.gbdt.objective import make_objective
 
     obj = make_objective("multi:softprob", 3)
     cuts = [np.float32([-1.0, 0.0, 1.0, 9.0])] * 3
@@ -251,7 +251,7 @@ def node_of_rows(rows: NodeRows) -> np.ndarray:
 @pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 @pytest.mark.parametrize("nan", [True, False])
 def test_grouped_rows_equal_the_scan_of_positions(nan: bool) -> None:
-    from fedsilo.tasks.gbdt.model import Tree
+    from tasks.gbdt.model import Tree
 
     # Prepare: two levels of splits, applied to grouped rows and to positions.
     binned, X = make_binned(n=900, f=5, seed=3)
@@ -323,7 +323,7 @@ def test_grouped_rows_equal_the_scan_of_positions(nan: bool) -> None:
 
 @pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 def test_silo_state_numba_equals_numpy_level_by_level() -> None:
-    from fedsilo.tasks.gbdt.objective import make_objective
+    from tasks.gbdt.objective import make_objective
 
     # Prepare: the same multi-class silo on both backends, with missing values.
     obj = make_objective("multi:softprob", 3)
@@ -371,7 +371,7 @@ def test_column_copy_is_made_once_and_matches_the_rows() -> None:
 @pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 @pytest.mark.parametrize("nan", [True, False])
 def test_leaf_values_of_a_deep_tree_from_the_root(nan: bool) -> None:
-    from fedsilo.tasks.gbdt.model import Tree
+    from tasks.gbdt.model import Tree
 
     # Prepare: no split applied, a tree two levels deep (the walk, not one step).
     binned, X = make_binned(n=700, f=4, seed=9)
@@ -407,7 +407,7 @@ def test_leaf_values_of_a_deep_tree_from_the_root(nan: bool) -> None:
 def test_fused_gradients_equal_objective_then_quantize(
     name: str, exponent: int
 ) -> None:
-    from fedsilo.tasks.gbdt.objective import make_objective
+    from tasks.gbdt.objective import make_objective
 
     # Prepare: labels and margins on a coarse grid (ties for rint at exponent
     # 3), extreme margins (hessian floor), both backends and a clipped silo.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsilo.tasks.gbdt.binning import bin_matrix
-from fedsilo.tasks.gbdt.histogram import numba_available
-from fedsilo.tasks.gbdt.learner import train_in_memory
-from fedsilo.tasks.gbdt.split import TreeParams, find_splits
+from tasks.gbdt.binning import bin_matrix
+from tasks.gbdt.histogram import numba_available
+from tasks.gbdt.learner import train_in_memory
+from tasks.gbdt.split import TreeParams, find_splits
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba not installed")
 

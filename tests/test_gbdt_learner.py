@@ -14,17 +14,17 @@ from sklearn.datasets import make_classification
 from sklearn.metrics import roc_auc_score
 
 from fedsilo.errors import SiloDataError, SpecError
-from fedsilo.tasks.gbdt.histogram import numba_available
-from fedsilo.tasks.gbdt.learner import (
+from tasks.gbdt.histogram import numba_available
+from tasks.gbdt.learner import (
     InMemoryFederation,
     federated_cuts,
     train,
     train_in_memory,
 )
-from fedsilo.tasks.gbdt.objective import make_objective
-from fedsilo.tasks.gbdt.params import GBDTParams
-from fedsilo.tasks.gbdt.silo_state import SiloTreeState, prepare_silo_data
-from fedsilo.tasks.gbdt.xgb_export import dumps, model_from_json, predict
+from tasks.gbdt.objective import make_objective
+from tasks.gbdt.params import GBDTParams
+from tasks.gbdt.silo_state import SiloTreeState, prepare_silo_data
+from tasks.gbdt.xgb_export import dumps, model_from_json, predict
 
 
 def data(

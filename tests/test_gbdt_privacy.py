@@ -16,15 +16,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fedsilo.datasets.writer import write_slices
+from datasets.writer import write_slices
 from fedsilo.errors import SiloFailedError, SpecError
 from fedsilo.spec import parse_spec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
-from fedsilo.tasks.gbdt.learner import InMemoryFederation, federated_cuts, train
-from fedsilo.tasks.gbdt.objective import make_objective
-from fedsilo.tasks.gbdt.params import GBDTParams
-from fedsilo.tasks.gbdt.private_histograms import (
+from tasks import run_state
+from tasks.gbdt.histogram import NodeHistograms, sum_histograms
+from tasks.gbdt.learner import InMemoryFederation, federated_cuts, train
+from tasks.gbdt.objective import make_objective
+from tasks.gbdt.params import GBDTParams
+from tasks.gbdt.private_histograms import (
     HistogramDP,
     NoisyFederation,
     gradient_bounds,
@@ -32,13 +32,13 @@ from fedsilo.tasks.gbdt.private_histograms import (
     mask_histograms,
     unmask_histograms,
 )
-from fedsilo.tasks.gbdt.silo_state import SiloTreeState, prepare_silo_data
-from fedsilo.tasks.gbdt.xgb_export import dumps, model_from_json, predict
-from fedsilo.tasks.privacy.accountant import gbdt_epsilon
-from fedsilo.tasks.privacy.encoding import FixedPoint
-from fedsilo.tasks.privacy.errors import SecureAggregationError, SiloDropoutError
-from fedsilo.tasks.privacy.secagg import MaskContext, generate_keypair
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks.gbdt.silo_state import SiloTreeState, prepare_silo_data
+from tasks.gbdt.xgb_export import dumps, model_from_json, predict
+from tasks.privacy.accountant import gbdt_epsilon
+from tasks.privacy.encoding import FixedPoint
+from tasks.privacy.errors import SecureAggregationError, SiloDropoutError
+from tasks.privacy.secagg import MaskContext, generate_keypair
+from tasks.store.checkpoints import CheckpointStore
 
 FEATURES = [f"x{j}" for j in range(5)]
 
@@ -357,7 +357,7 @@ def flow_spec(
 
 
 def run(spec: Any) -> dict[str, Any]:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     return federated_training(spec)
 
@@ -369,7 +369,7 @@ def store_of(spec: Any, summary: dict[str, Any]) -> CheckpointStore:
 @pytest.fixture
 def payloads() -> Iterator[list[tuple[str, str, Any]]]:
     """Every (silo, call, (sent, reply)) of the boosting exchanges."""
-    from fedsilo.tasks.boosting import federation as gbdt_federation
+    from tasks.boosting import federation as gbdt_federation
 
     seen: list[tuple[str, str, Any]] = []
 
@@ -415,7 +415,7 @@ def test_a_secure_run_grows_the_plain_runs_trees_from_masked_histograms(
     payloads.clear()
     b = run(secure)
 
-    from fedsilo.tasks.gbdt.private_histograms import MaskedHistograms
+    from tasks.gbdt.private_histograms import MaskedHistograms
 
     for round_number in (1, 2):
         assert store_of(secure, b).read_model_json(round_number) == store_of(
@@ -438,7 +438,7 @@ def test_a_secure_run_grows_the_plain_runs_trees_from_masked_histograms(
         assert abs(r) < 5 / np.sqrt(vector.size) + 0.05
     assert len(contexts) == len(sent)  # a fresh mask for every exchange
     # The same through the other transport (a pinned task per silo and call).
-    from fedsilo.tasks.boosting.federation import TRANSPORT_ENV
+    from tasks.boosting.federation import TRANSPORT_ENV
 
     monkeypatch.setenv(TRANSPORT_ENV, "submit")
     c = run(secure)
@@ -477,7 +477,7 @@ def test_a_silo_lost_mid_tree_makes_the_round_grow_again_without_it(
                 (run,) = run_state.running()
                 run.family.calls.actors["silo-3"].free().result(timeout=30)
 
-    from fedsilo.tasks.boosting import federation as gbdt_federation
+    from tasks.boosting import federation as gbdt_federation
 
     gbdt_federation.observers.append(lose_silo_3)
     try:
@@ -593,7 +593,7 @@ def test_a_dp_run_records_epsilon_every_round_and_stops_at_its_budget(
 def test_a_lost_silo_fails_the_run_clearly_below_min_silos(
     tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.tasks.boosting import federation as gbdt_federation
+    from tasks.boosting import federation as gbdt_federation
 
     silos = four_silos(make_data(600), 100, tmp_path / "data")
     spec = flow_spec(

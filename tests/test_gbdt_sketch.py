@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsilo.tasks.gbdt.binning import bin_matrix
-from fedsilo.tasks.gbdt.sketch import (
+from tasks.gbdt.binning import bin_matrix
+from tasks.gbdt.sketch import (
     QuantileSummary,
     combine,
     cut_points,

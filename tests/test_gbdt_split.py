@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsilo.tasks.gbdt.binning import bin_matrix
-from fedsilo.tasks.gbdt.histogram import build_histograms
-from fedsilo.tasks.gbdt.learner import federated_cuts
-from fedsilo.tasks.gbdt.split import TreeParams, find_splits, leaf_weight, node_gain
+from tasks.gbdt.binning import bin_matrix
+from tasks.gbdt.histogram import build_histograms
+from tasks.gbdt.learner import federated_cuts
+from tasks.gbdt.split import TreeParams, find_splits, leaf_weight, node_gain
 
 
 def score(g: float, h: float, p: TreeParams) -> float:

@@ -15,12 +15,12 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from fedsilo.tasks.metrics import (
+from tasks.metrics import (
     classification_scores,
     global_metrics,
     regression_scores,
 )
-from fedsilo.tasks.protocol.messages import Evaluation
+from tasks.protocol.messages import Evaluation
 
 SIZES = [1, 7, 23, 40]  # includes a one-row silo
 

@@ -28,8 +28,8 @@ from test_analytics import COMPLETE_ROUNDS_ONLY, DESIGN_QUERY, LATEST_COMPLETE_R
 
 from fedsilo.errors import CheckpointError
 from fedsilo.spec import FederationSpec, load_spec
-from fedsilo.tasks.store.checkpoints import CheckpointStore, MetricRow, list_runs
-from fedsilo.tasks.store.model_io import load_estimator
+from tasks.store.checkpoints import CheckpointStore, MetricRow, list_runs
+from tasks.store.model_io import load_estimator
 
 FED = "fed-s3"
 RUN = "20261129T150102Z-3fa9c1"
@@ -346,7 +346,7 @@ def spec_credentials_run(
     prefect_api: None,
 ) -> tuple[FederationSpec, dict[str, Any]]:
     """Run (b): credentials only in the spec, silos on the shared cluster."""
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     # The shared silo workers hold no AWS credentials of their own.
     assert not any(_worker_aws_variables(shared_cluster).values())
@@ -462,7 +462,7 @@ def test_run_with_credentials_from_aws_variables_only(
     # Prepare: the standard variables only; no storage_options anywhere. The
     # silo workers are processes of a small embedded cluster the flow starts
     # now, so they inherit these variables (the shared cluster started without).
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     bucket = new_bucket(moto_s3)
     _upload_silos(moto_s3, breast_cancer_dir, bucket)

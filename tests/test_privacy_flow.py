@@ -11,8 +11,8 @@ import pytest
 from distributed import Client
 
 from fedsilo.spec import FederationSpec, load_spec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks import run_state
+from tasks.store.checkpoints import CheckpointStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -31,7 +31,7 @@ def _spec(data: Path, store: Path, address: str, **changes: Any) -> FederationSp
 
 
 def _run(spec: FederationSpec, **kwargs: Any) -> tuple[dict[str, Any], list[Any]]:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     seen: list[Any] = []
 
@@ -79,7 +79,7 @@ def test_secure_aggregation_gives_fedavg_and_hides_every_update(
 def test_dp_accounts_epsilon_every_round_and_stops_at_the_budget(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.tasks.privacy.accountant import epsilon_spent
+    from tasks.privacy.accountant import epsilon_spent
 
     dp = {"clip": 1.0, "noise_multiplier": 1.0, "delta": 1e-5}
     budget = epsilon_spent(1.0, 1.0, 2, 1e-5, sampling="fixed", population=4) + 1e-9

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from fedsilo.cli import main
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks.store.checkpoints import CheckpointStore
 
 ROUNDS = 8
 CLI = (sys.executable, "-m", "fedsilo.cli")

@@ -12,8 +12,8 @@ from hypothesis.extra import numpy as hnp
 from scipy.special import expit
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
-from fedsilo.tasks.averaging.weighted import weighted_average
-from fedsilo.tasks.robust.aggregation import (
+from tasks.averaging.weighted import weighted_average
+from tasks.robust.aggregation import (
     coordinate_median,
     krum,
     krum_scores,
@@ -22,7 +22,7 @@ from fedsilo.tasks.robust.aggregation import (
     robust_aggregate,
     trimmed_mean,
 )
-from fedsilo.tasks.robust.validation import Rejection, shapes_of, validate_updates
+from tasks.robust.validation import Rejection, shapes_of, validate_updates
 
 Params = dict[str, np.ndarray]
 SHAPES = {"coef_": (2, 3), "intercept_": (2,)}

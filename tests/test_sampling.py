@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedsilo.tasks.averaging.sampling import sample_silos
+from tasks.averaging.sampling import sample_silos
 
 SILOS = [f"s{i}" for i in range(10)]
 

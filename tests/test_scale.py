@@ -16,8 +16,8 @@ import pytest
 from fedsilo.cluster import assign_silos
 from fedsilo.errors import SiloFailedError, SpecError
 from fedsilo.spec import parse_spec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks import run_state
+from tasks.store.checkpoints import CheckpointStore
 
 FEATURES = ["x0", "x1", "x2"]
 
@@ -96,7 +96,7 @@ def test_spec_refuses_workers_with_an_address(tmp_path: Path) -> None:
 
 def _resident_silos(dask_worker: Any) -> list[str]:
     """On a worker: the silos whose prepared rows this worker process holds."""
-    from fedsilo.tasks.silo.data import PreparedSilo
+    from tasks.silo.data import PreparedSilo
 
     data = dask_worker.data
     return sorted(v.silo for v in data.values() if isinstance(v, PreparedSilo))
@@ -105,7 +105,7 @@ def _resident_silos(dask_worker: Any) -> list[str]:
 @pytest.mark.integration
 @pytest.mark.usefixtures("prefect_api")
 def test_many_silos_on_two_workers_train_where_their_rows_are(tmp_path: Path) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     silos = write_silos(tmp_path, 40)
     spec = make_spec(
@@ -151,7 +151,7 @@ def test_many_silos_on_two_workers_train_where_their_rows_are(tmp_path: Path) ->
 @pytest.mark.integration
 @pytest.mark.usefixtures("prefect_api")
 def test_a_bad_silo_fails_alone_on_a_shared_worker(tmp_path: Path) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     silos = write_silos(tmp_path, 12, bad="silo-04")
     spec = make_spec(tmp_path, silos, strategy={"min_silos": 11})
@@ -184,7 +184,7 @@ def test_a_bad_silo_fails_alone_on_a_shared_worker(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.usefixtures("prefect_api")
 def test_a_late_pool_worker_makes_all_its_silos_late(tmp_path: Path) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     silos = write_silos(tmp_path, 6)
     spec = make_spec(tmp_path, silos, strategy={"min_silos": 3, "deadline": 2.0})
@@ -208,7 +208,7 @@ def test_a_late_pool_worker_makes_all_its_silos_late(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.usefixtures("prefect_api")
 def test_secure_aggregation_on_pool_workers_gives_fedavg(tmp_path: Path) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     silos = write_silos(tmp_path, 6)
     plain = make_spec(tmp_path, silos, strategy={"fraction": 0.5, "min_silos": 2})
@@ -251,7 +251,7 @@ def test_workers_use_the_coordinators_fedsilo_not_one_in_the_cwd(
             from fedsilo.cluster import silo_cluster
 
             def where():
-                import fedsilo, fedsilo.tasks.silo.data
+                import fedsilo, tasks.silo.data
                 return fedsilo.__file__
 
             if __name__ == "__main__":

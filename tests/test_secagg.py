@@ -9,14 +9,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
-from fedsilo.tasks.averaging.weighted import weighted_average
-from fedsilo.tasks.privacy.encoding import FixedPoint, flatten, layout_of, unflatten
-from fedsilo.tasks.privacy.errors import (
+from tasks.averaging.weighted import weighted_average
+from tasks.privacy.encoding import FixedPoint, flatten, layout_of, unflatten
+from tasks.privacy.errors import (
     FixedPointRangeError,
     SecureAggregationError,
     SiloDropoutError,
 )
-from fedsilo.tasks.privacy.secagg import (
+from tasks.privacy.secagg import (
     KeyPair,
     MaskContext,
     MaskedUpdate,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedsilo.errors import InconsistentUpdatesError
-from fedsilo.tasks.averaging.server_optimizers import (
+from tasks.averaging.server_optimizers import (
     OPTIMIZERS,
     FedAdagrad,
     FedAdam,

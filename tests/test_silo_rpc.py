@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from fedsilo.tasks.protocol.codec import RemoteError
-from fedsilo.tasks.silo import rpc as silo_rpc
-from fedsilo.tasks.silo.batch import SiloFault
+from tasks.protocol.codec import RemoteError
+from tasks.silo import rpc as silo_rpc
+from tasks.silo.batch import SiloFault
 
 
 def test_futures_travel_as_keys() -> None:
@@ -42,7 +42,7 @@ def _worker(client: Client) -> str:
 
 @pytest.mark.integration
 def test_a_batch_runs_on_the_worker_with_its_resident_rows(client: Client) -> None:
-    from fedsilo.tasks.silo.data import FitConfig, PreparedSilo
+    from tasks.silo.data import FitConfig, PreparedSilo
 
     address = _worker(client)
     name = client.scheduler_info(n_workers=-1)["workers"][address]["name"]

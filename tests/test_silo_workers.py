@@ -26,19 +26,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from fedsilo.connectors.silo_config import (
+from connectors.silo_config import (
     SiloConfig,
     SiloConfigError,
     SiloConfigPlugin,
     load_silo_config,
     worker_silo_config,
 )
-from fedsilo.connectors.sql import SqlSource
+from connectors.sql import SqlSource
 from fedsilo.errors import ClusterError, SiloDataError, SiloFailedError
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.silo.data import SiloSource, load_silo, silo_schema
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks import run_state
+from tasks.silo.data import SiloSource, load_silo, silo_schema
+from tasks.store.checkpoints import CheckpointStore
 
 SILOS = ("silo-0", "silo-1", "silo-2")
 TOKEN = "tok-Only-At-The-Silo-77"  # a credential that must never leave silo-0
@@ -115,7 +115,7 @@ def test_no_train_source_and_no_config_names_the_silo() -> None:
 def test_silos_named_only_on_plain_workers_fail_naming_the_silo(
     tmp_path: Path, shared_cluster: str, prefect_api: None
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     spec = FederationSpec.model_validate(
         {
@@ -381,7 +381,7 @@ def test_workers_read_their_own_config_and_the_coordinator_never_sees_it(
     from distributed import Client
 
     from fedsilo.cluster import wait_for_silos
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     seen: list[tuple[Any, list[Any]]] = []
 
@@ -450,7 +450,7 @@ def kill_after(federation: SiloFederation, silo: str, round_number: int) -> Any:
 def test_a_killed_worker_fails_the_round_naming_its_silo(
     silo_federation: SiloFederation, tmp_path: Path, prefect_api: None
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     store = tmp_path / "store"
     spec = names_only_spec(silo_federation, store, rounds=5)
@@ -483,7 +483,7 @@ def test_a_killed_worker_fails_the_round_naming_its_silo(
 def test_a_killed_worker_is_left_out_where_min_silos_allows(
     silo_federation: SiloFederation, tmp_path: Path, prefect_api: None
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     seen: list[Any] = []
     spec = names_only_spec(

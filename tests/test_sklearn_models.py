@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedsilo.errors import SpecError
-from fedsilo.tasks.averaging.sklearn_models import (
+from tasks.averaging.sklearn_models import (
     build_estimator,
     extract_params,
     init_params,

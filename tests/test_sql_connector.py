@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fedsilo.connectors.sql import (
+from connectors.sql import (
     SqlSource,
     iter_sql,
     mask_url,
@@ -257,7 +257,7 @@ def sql_federation(
 def test_federation_reads_sqlite_silos_with_the_file_schema_checks(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str, prefect_api: None
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     path = tmp_path / "silos.db"
     connection = sqlite3.connect(path)
@@ -463,7 +463,7 @@ def test_federation_reads_postgres_silos(
     shared_cluster: str,
     prefect_api: None,
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     def to_db(data: pd.DataFrame, table: str) -> None:
         pg_write(postgres["url"], data, table)

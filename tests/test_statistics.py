@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.preprocessing import StandardScaler
 
-from fedsilo.tasks.statistics.moments import merge_moments, moments, standard_scaler
+from tasks.statistics.moments import merge_moments, moments, standard_scaler
 
 
 def _split(X: np.ndarray, sizes: list[int]) -> list[np.ndarray]:

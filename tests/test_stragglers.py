@@ -11,8 +11,8 @@ from distributed import Client
 
 from fedsilo.errors import SiloFailedError
 from fedsilo.spec import FederationSpec, load_spec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks import run_state
+from tasks.store.checkpoints import CheckpointStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -44,7 +44,7 @@ def _stall(address: str, silo: str, seconds: float) -> None:
 def test_late_silo_is_recorded_and_the_round_goes_on(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     seen: list[Any] = []
 
@@ -72,7 +72,7 @@ def test_late_silo_is_recorded_and_the_round_goes_on(
 def test_too_few_answers_fail_naming_the_silo_and_keep_earlier_rounds(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     def listener(result: Any, state: Any) -> None:
         if result.round == 1:

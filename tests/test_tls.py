@@ -30,7 +30,7 @@ from fedsilo.certs import CertError, tls_security
 from fedsilo.cli import main
 from fedsilo.errors import ClusterError, SpecError
 from fedsilo.spec import FederationSpec, TlsSpec, load_spec, parse_spec
-from fedsilo.tasks import run_state
+from tasks import run_state
 
 SILOS = ("silo-0", "silo-1")
 NAMES = ("scheduler", "coordinator", *SILOS)
@@ -265,7 +265,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def two_silos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Breast cancer split iid over two silos, with its federation.yaml."""
-    from fedsilo.datasets.writer import write_federation
+    from datasets.writer import write_federation
 
     out = tmp_path_factory.mktemp("breast-cancer-2") / "iid"
     write_federation("breast_cancer", n_silos=2, partition="iid", out=out, rounds=2)
@@ -430,7 +430,7 @@ def test_a_federation_runs_over_tls_with_certified_silo_workers(
     tmp_path: Path,
     prefect_api: None,
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     for silo in SILOS:
         processes.worker(tls_scheduler, silo, two_silos / silo, pki)
@@ -466,7 +466,7 @@ def test_a_federation_runs_over_tls_with_certified_silo_workers(
 def test_an_embedded_cluster_with_tls_listens_on_tls_only(
     pki: Path, two_silos: Path, tmp_path: Path, prefect_api: None
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     data = yaml.safe_load((two_silos / "federation.yaml").read_text())
     data["cluster"] = {
@@ -500,8 +500,8 @@ def test_an_embedded_cluster_with_tls_listens_on_tls_only(
 def test_boosting_exchanges_reach_the_workers_over_tls(
     pki: Path, two_silos: Path, tmp_path: Path, prefect_api: None
 ) -> None:
-    from fedsilo.flows.training import federated_training
-    from fedsilo.tasks.store.checkpoints import CheckpointStore
+    from flows.training import federated_training
+    from tasks.store.checkpoints import CheckpointStore
 
     data = yaml.safe_load((two_silos / "federation.yaml").read_text())
     data["cluster"] = {"tls": tls_files(pki, "coordinator")}

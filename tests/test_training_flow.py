@@ -16,8 +16,8 @@ import yaml
 
 from fedsilo.errors import ClusterError
 from fedsilo.spec import FederationSpec, load_spec
-from fedsilo.tasks import run_state
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks import run_state
+from tasks.store.checkpoints import CheckpointStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -43,7 +43,7 @@ def recorded() -> Iterator[list[tuple[Any, list[Any]]]]:
 def test_embedded_run_pins_silos_and_checkpoints_every_round(
     breast_cancer_dir: Path, tmp_path: Path, recorded: list
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     spec = make_spec(breast_cancer_dir, tmp_path / "store", rounds=3)
 
@@ -61,7 +61,7 @@ def test_embedded_run_pins_silos_and_checkpoints_every_round(
 def test_duckdb_reads_every_run_of_a_store(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     store = tmp_path / "store"
     spec = make_spec(
@@ -87,7 +87,7 @@ def test_duckdb_reads_every_run_of_a_store(
 def test_payloads_hold_no_training_rows(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str, recorded: list
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     spec = make_spec(
         breast_cancer_dir,
@@ -120,7 +120,7 @@ def test_payloads_hold_no_training_rows(
 def test_resumed_run_ends_with_the_same_model(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     store = tmp_path / "store"
     spec = make_spec(
@@ -141,7 +141,7 @@ def test_resumed_run_ends_with_the_same_model(
 def test_missing_silo_worker_is_named(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     spec = make_spec(
         breast_cancer_dir,
@@ -176,8 +176,8 @@ def test_breast_cancer_fedavg_is_within_two_points_of_pooled_logistic(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from fedsilo.flows.training import federated_training
-    from fedsilo.tasks.store.model_io import load_estimator
+    from flows.training import federated_training
+    from tasks.store.model_io import load_estimator
 
     spec = make_spec(
         breast_cancer_dir,
@@ -224,8 +224,8 @@ def test_every_model_kind_trains_across_silos(
     tmp_path: Path,
     shared_cluster: str,
 ) -> None:
-    from fedsilo.datasets.writer import write_federation
-    from fedsilo.flows.training import federated_training
+    from datasets.writer import write_federation
+    from flows.training import federated_training
 
     spec_path = write_federation(
         dataset,
@@ -262,7 +262,7 @@ def test_every_model_kind_trains_across_silos(
 def test_fraction_samples_trainers_and_every_silo_scores(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
-    from fedsilo.flows.training import federated_training
+    from flows.training import federated_training
 
     seen: list[Any] = []
     spec = make_spec(
@@ -294,8 +294,8 @@ def test_prefect_records_round_flow_runs_and_artifacts(
         FlowRunFilterParentFlowRunId,
     )
 
-    from fedsilo.flows.reporting import artifact_key
-    from fedsilo.flows.training import federated_training
+    from flows.reporting import artifact_key
+    from flows.training import federated_training
 
     spec = make_spec(
         breast_cancer_dir,

@@ -19,8 +19,8 @@ from distributed import Future
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from connectors.schema import categorical_features, check_schemas
 from fedsilo.cluster import SiloCluster
-from fedsilo.connectors.schema import categorical_features, check_schemas
 from fedsilo.errors import (
     CheckpointError,
     SiloDataError,
@@ -28,24 +28,24 @@ from fedsilo.errors import (
     SiloLateError,
 )
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks.averaging import sklearn_models
-from fedsilo.tasks.averaging.compression import SiloCompressor
-from fedsilo.tasks.averaging.personalize import personalize_silo
-from fedsilo.tasks.averaging.round_tasks import (
+from tasks.averaging import sklearn_models
+from tasks.averaging.compression import SiloCompressor
+from tasks.averaging.personalize import personalize_silo
+from tasks.averaging.round_tasks import (
     aggregate,
     checkpoint,
     evaluate_local,
     fit_local,
     wait_silo,
 )
-from fedsilo.tasks.averaging.sampling import sample_silos
-from fedsilo.tasks.averaging.server_optimizers import make_server_optimizer
-from fedsilo.tasks.privacy.accountant import would_exceed
-from fedsilo.tasks.privacy.silo_protect import STATE_TENSORS, make_keypair, public_key
-from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate
-from fedsilo.tasks.run_state import Personalized, RoundOutcome, opaque
-from fedsilo.tasks.silo import rpc as silo_rpc
-from fedsilo.tasks.silo.data import (
+from tasks.averaging.sampling import sample_silos
+from tasks.averaging.server_optimizers import make_server_optimizer
+from tasks.privacy.accountant import would_exceed
+from tasks.privacy.silo_protect import STATE_TENSORS, make_keypair, public_key
+from tasks.protocol.messages import Evaluation, LocalUpdate
+from tasks.run_state import Personalized, RoundOutcome, opaque
+from tasks.silo import rpc as silo_rpc
+from tasks.silo.data import (
     FitConfig,
     SiloSource,
     load_silo,
@@ -54,10 +54,10 @@ from fedsilo.tasks.silo.data import (
     silo_moments,
     silo_schema,
 )
-from fedsilo.tasks.statistics.categories import Encoding, global_categories
-from fedsilo.tasks.statistics.moments import standard_scaler
-from fedsilo.tasks.statistics.silo_side import silo_categories
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks.statistics.categories import Encoding, global_categories
+from tasks.statistics.moments import standard_scaler
+from tasks.statistics.silo_side import silo_categories
+from tasks.store.checkpoints import CheckpointStore
 
 #: A secure round is masked again at most this many times when silos drop out.
 MAX_SECURE_ATTEMPTS = 3

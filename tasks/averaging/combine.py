@@ -16,21 +16,21 @@ import numpy as np
 
 from fedsilo.errors import InconsistentUpdatesError
 from fedsilo.spec import DPSpec, StrategySpec
-from fedsilo.tasks.averaging.compression import EncodedUpdate, apply_change, decode
-from fedsilo.tasks.averaging.weighted import weighted_average
-from fedsilo.tasks.privacy.dp import (
+from tasks.averaging.compression import EncodedUpdate, apply_change, decode
+from tasks.averaging.weighted import weighted_average
+from tasks.privacy.dp import (
     AdaptiveClip,
     add_gaussian_noise,
     dp_mean,
     update_clip,
     update_noise_multiplier,
 )
-from fedsilo.tasks.privacy.encoding import layout_of, unflatten
-from fedsilo.tasks.privacy.secagg import unmask_sum, unmask_weighted_average
-from fedsilo.tasks.privacy.silo_protect import STATE_TENSORS, dp_tensors
-from fedsilo.tasks.protocol.messages import LocalUpdate
-from fedsilo.tasks.robust.aggregation import robust_aggregate
-from fedsilo.tasks.robust.validation import Rejection, shapes_of, validate_updates
+from tasks.privacy.encoding import layout_of, unflatten
+from tasks.privacy.secagg import unmask_sum, unmask_weighted_average
+from tasks.privacy.silo_protect import STATE_TENSORS, dp_tensors
+from tasks.protocol.messages import LocalUpdate
+from tasks.robust.aggregation import robust_aggregate
+from tasks.robust.validation import Rejection, shapes_of, validate_updates
 
 Params = dict[str, np.ndarray]
 

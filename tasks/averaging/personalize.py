@@ -10,8 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from fedsilo.tasks.protocol.messages import Evaluation
-from fedsilo.tasks.silo.data import FitConfig, PreparedSilo, silo_evaluate, silo_fit
+from tasks.protocol.messages import Evaluation
+from tasks.silo.data import FitConfig, PreparedSilo, silo_evaluate, silo_fit
 
 
 def personalize_silo(

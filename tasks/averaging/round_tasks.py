@@ -19,19 +19,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fedsilo.errors import FedsiloError, SiloFailedError, SiloLateError
-from fedsilo.tasks.averaging.combine import Combined, combine
-from fedsilo.tasks.metrics import global_metrics
-from fedsilo.tasks.privacy.accountant import epsilon_spent
-from fedsilo.tasks.privacy.secagg import MaskContext
-from fedsilo.tasks.privacy.silo_protect import PrivacyRequest
-from fedsilo.tasks.protocol.codec import RemoteError
-from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate
-from fedsilo.tasks.silo import rpc as silo_rpc
-from fedsilo.tasks.silo.batch import SiloFault
-from fedsilo.tasks.store.checkpoints import MetricRow
+from tasks.averaging.combine import Combined, combine
+from tasks.metrics import global_metrics
+from tasks.privacy.accountant import epsilon_spent
+from tasks.privacy.secagg import MaskContext
+from tasks.privacy.silo_protect import PrivacyRequest
+from tasks.protocol.codec import RemoteError
+from tasks.protocol.messages import Evaluation, LocalUpdate
+from tasks.silo import rpc as silo_rpc
+from tasks.silo.batch import SiloFault
+from tasks.store.checkpoints import MetricRow
 
 if TYPE_CHECKING:
-    from fedsilo.tasks.averaging.averaged import AveragedRun
+    from tasks.averaging.averaged import AveragedRun
 
 
 def wait_silo(

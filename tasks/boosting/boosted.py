@@ -23,44 +23,44 @@ from distributed import Future
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from connectors.schema import check_schemas
 from fedsilo.cluster import SiloCluster
-from fedsilo.connectors.schema import check_schemas
 from fedsilo.errors import CheckpointError, SiloDataError, SiloFailedError
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks.averaging.averaged import MAX_SECURE_ATTEMPTS
-from fedsilo.tasks.averaging.round_tasks import metric_rows
-from fedsilo.tasks.boosting import silo_side as gbdt_silo
-from fedsilo.tasks.boosting.federation import (
+from tasks.averaging.averaged import MAX_SECURE_ATTEMPTS
+from tasks.averaging.round_tasks import metric_rows
+from tasks.boosting import silo_side as gbdt_silo
+from tasks.boosting.federation import (
     DaskFederation,
     SecureExchanges,
     SiloCalls,
     Traffic,
     default_transport,
 )
-from fedsilo.tasks.gbdt.learner import Federation, train
-from fedsilo.tasks.gbdt.model import GBDTModel
-from fedsilo.tasks.gbdt.objective import Intercept
-from fedsilo.tasks.gbdt.params import GBDTParams
-from fedsilo.tasks.gbdt.private_histograms import (
+from tasks.gbdt.learner import Federation, train
+from tasks.gbdt.model import GBDTModel
+from tasks.gbdt.objective import Intercept
+from tasks.gbdt.params import GBDTParams
+from tasks.gbdt.private_histograms import (
     HistogramDP,
     NoisyFederation,
     gradient_bounds,
     noisy_label_stats,
 )
-from fedsilo.tasks.gbdt.sketch import cut_points, merge_sketches, sketch_size
-from fedsilo.tasks.gbdt.xgb_export import (
+from tasks.gbdt.sketch import cut_points, merge_sketches, sketch_size
+from tasks.gbdt.xgb_export import (
     ExportCache,
     dumps,
     model_from_json,
     trees_dataframe,
 )
-from fedsilo.tasks.privacy.accountant import gbdt_epsilon
-from fedsilo.tasks.privacy.errors import PrivacyBudgetExceededError
-from fedsilo.tasks.privacy.silo_protect import make_keypair, public_key
-from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
-from fedsilo.tasks.run_state import Personalized, RoundOutcome, opaque
-from fedsilo.tasks.silo.data import SiloSource, load_silo, silo_schema
-from fedsilo.tasks.store.checkpoints import CheckpointStore, MetricRow
+from tasks.privacy.accountant import gbdt_epsilon
+from tasks.privacy.errors import PrivacyBudgetExceededError
+from tasks.privacy.silo_protect import make_keypair, public_key
+from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
+from tasks.run_state import Personalized, RoundOutcome, opaque
+from tasks.silo.data import SiloSource, load_silo, silo_schema
+from tasks.store.checkpoints import CheckpointStore, MetricRow
 
 
 @dataclasses.dataclass(slots=True)
@@ -634,7 +634,7 @@ def personalize_trees(
     state: BoostingRun, epochs: int, round_number: int
 ) -> Personalized:
     """Grow ``epochs`` extra trees from each silo's histograms alone; score them."""
-    from fedsilo.tasks.gbdt.learner import train as grow
+    from tasks.gbdt.learner import train as grow
 
     calls = state.calls
     params = dataclasses.replace(state.params, num_boost_round=epochs)

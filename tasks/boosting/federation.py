@@ -12,11 +12,11 @@ four ways (:data:`TRANSPORTS`, chosen with ``FEDSILO_GBDT_TRANSPORT``):
 - ``"channel"`` (default): as ``"worker"``, but each request and answer travel
   over a socket of their own between the coordinator and the worker, opened
   through Dask when the silos' state is resident (TLS with the cluster's
-  certificates when it has them; :mod:`fedsilo.tasks.silo.channel`). About
+  certificates when it has them; :mod:`tasks.silo.channel`). About
   1.5 ms less per exchange than Dask's comm here. When a worker cannot be
   reached that way (a firewall), the run says so in its log and uses ``worker``;
 - ``"worker"``: one request per worker and exchange to fedsilo's handler on
-  that worker (:mod:`fedsilo.tasks.boosting.worker`), which runs the call for every
+  that worker (:mod:`tasks.boosting.worker`), which runs the call for every
   silo it hosts on the worker's event loop and answers once; plain histograms
   of silos sharing a worker (pool workers) are summed there;
 - ``"actor"``: one actor method call per silo (the actor's thread runs it);
@@ -46,23 +46,23 @@ from typing import Any, Literal
 from distributed import Actor, Client, Future
 
 from fedsilo.errors import FedsiloError, SiloFailedError
-from fedsilo.tasks.averaging.round_tasks import failure_of, wait_silo
-from fedsilo.tasks.boosting import silo_side as gbdt_silo
-from fedsilo.tasks.boosting.worker import (
+from tasks.averaging.round_tasks import failure_of, wait_silo
+from tasks.boosting import silo_side as gbdt_silo
+from tasks.boosting.worker import (
     CHANNEL_HANDLER,
     EXCHANGE_CALLS,
     HANDLER,
     SiloCallFailed,
     payload_bytes,
 )
-from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
-from fedsilo.tasks.gbdt.model import Tree
-from fedsilo.tasks.gbdt.private_histograms import MaskedHistograms, unmask_histograms
-from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit, sum_losses
-from fedsilo.tasks.privacy.secagg import MaskContext
-from fedsilo.tasks.protocol.codec import RemoteError
-from fedsilo.tasks.silo import worker_rpc
-from fedsilo.tasks.silo.channel import (
+from tasks.gbdt.histogram import NodeHistograms, sum_histograms
+from tasks.gbdt.model import Tree
+from tasks.gbdt.private_histograms import MaskedHistograms, unmask_histograms
+from tasks.gbdt.silo_state import LossSum, NodeSplit, sum_losses
+from tasks.privacy.secagg import MaskContext
+from tasks.protocol.codec import RemoteError
+from tasks.silo import worker_rpc
+from tasks.silo.channel import (
     WATCH_SECONDS,
     Channel,
     ChannelError,

@@ -24,23 +24,23 @@ import numpy as np
 import pandas as pd
 
 from fedsilo.errors import SiloDataError
-from fedsilo.tasks.boosting.worker import install_handler
-from fedsilo.tasks.gbdt.histogram import Backend, NodeHistograms
-from fedsilo.tasks.gbdt.model import Tree
-from fedsilo.tasks.gbdt.objective import Intercept, Objective, make_objective
-from fedsilo.tasks.gbdt.private_histograms import MaskedHistograms, mask_histograms
-from fedsilo.tasks.gbdt.silo_state import (
+from tasks.boosting.worker import install_handler
+from tasks.gbdt.histogram import Backend, NodeHistograms
+from tasks.gbdt.model import Tree
+from tasks.gbdt.objective import Intercept, Objective, make_objective
+from tasks.gbdt.private_histograms import MaskedHistograms, mask_histograms
+from tasks.gbdt.silo_state import (
     LossSum,
     NodeSplit,
     SiloTreeState,
     TreeRows,
     prepare_silo_data,
 )
-from fedsilo.tasks.gbdt.sketch import QuantileSummary, summarize
-from fedsilo.tasks.metrics import classification_scores, regression_scores
-from fedsilo.tasks.privacy.secagg import KeyPair, MaskContext
-from fedsilo.tasks.protocol.messages import Evaluation
-from fedsilo.tasks.silo.data import SiloData, worker_name
+from tasks.gbdt.sketch import QuantileSummary, summarize
+from tasks.metrics import classification_scores, regression_scores
+from tasks.privacy.secagg import KeyPair, MaskContext
+from tasks.protocol.messages import Evaluation
+from tasks.silo.data import SiloData, worker_name
 
 #: What a histogram exchange returns: plain, or masked under secure aggregation.
 Histograms = NodeHistograms | MaskedHistograms

@@ -3,11 +3,11 @@
 With the ``channel`` transport (the default) and the ``worker`` transport the
 coordinator sends every tree level to each worker once, naming the silos that
 worker hosts, and gets one answer. The call installed here runs each silo's
-method on its resident :class:`~fedsilo.tasks.boosting.silo_side.BoostingSilo` (the Dask
+method on its resident :class:`~tasks.boosting.silo_side.BoostingSilo` (the Dask
 actor made when the silo opened): on the worker's event loop when the request
 comes through Dask (``worker``), in the channel's thread when it comes over the
 worker's own socket to the coordinator (``channel``, see
-:mod:`fedsilo.tasks.silo.channel`). When the worker hosts several silos
+:mod:`tasks.silo.channel`). When the worker hosts several silos
 (pool workers in a simulation), their plain histograms are summed here before
 they leave: each silo after the first adds its rows to the first one's
 histograms (``into``), which is exact (every cell is a multiple of the silos'
@@ -28,12 +28,12 @@ from typing import Any
 
 from distributed.comm.addressing import get_address_host
 
-from fedsilo.tasks.gbdt.histogram import NodeHistograms, sum_histograms
-from fedsilo.tasks.gbdt.private_histograms import MaskedHistograms
-from fedsilo.tasks.gbdt.silo_state import LossSum, sum_losses
-from fedsilo.tasks.protocol import codec
-from fedsilo.tasks.silo import channel as exchange_channel
-from fedsilo.tasks.silo import worker_rpc
+from tasks.gbdt.histogram import NodeHistograms, sum_histograms
+from tasks.gbdt.private_histograms import MaskedHistograms
+from tasks.gbdt.silo_state import LossSum, sum_losses
+from tasks.protocol import codec
+from tasks.silo import channel as exchange_channel
+from tasks.silo import worker_rpc
 
 #: The worker RPC operation that serves boosting exchanges.
 HANDLER = "fedsilo_gbdt_exchange"

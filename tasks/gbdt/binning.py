@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedsilo.tasks.gbdt.jit import kernels
+from tasks.gbdt.jit import kernels
 
 MAX_BINS = 65_536
 #: Equal-width buckets per feature that start the numba kernel's search.

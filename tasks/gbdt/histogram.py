@@ -31,9 +31,9 @@ from typing import Literal
 import numpy as np
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
-from fedsilo.tasks.gbdt.binning import BinnedMatrix, kernel_missing
-from fedsilo.tasks.gbdt.jit import kernels
-from fedsilo.tasks.gbdt.model import Tree
+from tasks.gbdt.binning import BinnedMatrix, kernel_missing
+from tasks.gbdt.jit import kernels
+from tasks.gbdt.model import Tree
 
 Backend = Literal["auto", "numpy", "numba"]
 

@@ -18,25 +18,25 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedsilo.errors import SiloDataError
-from fedsilo.tasks.gbdt.histogram import (
+from tasks.gbdt.histogram import (
     Backend,
     NodeHistograms,
     gradient_exponent,
     subtract,
     sum_histograms,
 )
-from fedsilo.tasks.gbdt.model import ROOT_PARENT, GBDTModel, Tree
-from fedsilo.tasks.gbdt.objective import Intercept, make_objective
-from fedsilo.tasks.gbdt.params import GBDTParams
-from fedsilo.tasks.gbdt.silo_state import (
+from tasks.gbdt.model import ROOT_PARENT, GBDTModel, Tree
+from tasks.gbdt.objective import Intercept, make_objective
+from tasks.gbdt.params import GBDTParams
+from tasks.gbdt.silo_state import (
     LossSum,
     NodeSplit,
     SiloTreeState,
     prepare_silo_data,
     sum_losses,
 )
-from fedsilo.tasks.gbdt.sketch import cut_points, merge_sketches, sketch_size, summarize
-from fedsilo.tasks.gbdt.split import SplitInfo, TreeParams, find_splits, leaf_weight
+from tasks.gbdt.sketch import cut_points, merge_sketches, sketch_size, summarize
+from tasks.gbdt.split import SplitInfo, TreeParams, find_splits, leaf_weight
 
 #: Histograms of some frontier nodes: sums (m, F, W, 2) and their (tree, node) keys.
 _Block = tuple[np.ndarray, list[tuple[int, int]]]

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsilo.tasks.gbdt.binning import BinnedMatrix, kernel_missing
-from fedsilo.tasks.gbdt.jit import kernels
-from fedsilo.tasks.gbdt.objective import Objective, make_objective
+from tasks.gbdt.binning import BinnedMatrix, kernel_missing
+from tasks.gbdt.jit import kernels
+from tasks.gbdt.objective import Objective, make_objective
 
 ROOT_PARENT = 2_147_483_647
 

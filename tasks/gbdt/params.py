@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedsilo.errors import SpecError
-from fedsilo.tasks.gbdt.binning import MAX_BINS
-from fedsilo.tasks.gbdt.split import TreeParams
+from tasks.gbdt.binning import MAX_BINS
+from tasks.gbdt.split import TreeParams
 
 OBJECTIVES = ("binary:logistic", "reg:squarederror", "multi:softprob")
 ALIASES = {

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
-from fedsilo.tasks.gbdt.histogram import NodeHistograms
-from fedsilo.tasks.gbdt.learner import Federation
-from fedsilo.tasks.gbdt.model import Tree
-from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
-from fedsilo.tasks.privacy.dp import histogram_sensitivity, noise_histograms
-from fedsilo.tasks.privacy.encoding import FixedPoint
-from fedsilo.tasks.privacy.secagg import (
+from tasks.gbdt.histogram import NodeHistograms
+from tasks.gbdt.learner import Federation
+from tasks.gbdt.model import Tree
+from tasks.gbdt.silo_state import LossSum, NodeSplit
+from tasks.privacy.dp import histogram_sensitivity, noise_histograms
+from tasks.privacy.encoding import FixedPoint
+from tasks.privacy.secagg import (
     MaskContext,
     MaskedUpdate,
     mask_update,

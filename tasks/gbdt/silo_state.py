@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from fedsilo.errors import SiloDataError
-from fedsilo.tasks.gbdt.binning import BinnedMatrix, bin_matrix
-from fedsilo.tasks.gbdt.histogram import (
+from tasks.gbdt.binning import BinnedMatrix, bin_matrix
+from tasks.gbdt.histogram import (
     Backend,
     NodeHistograms,
     NodeRows,
@@ -38,16 +38,16 @@ from fedsilo.tasks.gbdt.histogram import (
     quantize,
     zero_histograms,
 )
-from fedsilo.tasks.gbdt.jit import kernels
-from fedsilo.tasks.gbdt.model import Tree
-from fedsilo.tasks.gbdt.objective import (
+from tasks.gbdt.jit import kernels
+from tasks.gbdt.model import Tree
+from tasks.gbdt.objective import (
     HESS_EPS,
     BinaryLogistic,
     Intercept,
     Objective,
     SquaredError,
 )
-from fedsilo.tasks.privacy.dp import clip_gradients
+from tasks.privacy.dp import clip_gradients
 
 
 @dataclass(frozen=True, slots=True)

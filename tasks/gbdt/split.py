@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsilo.tasks.gbdt.jit import kernels
+from tasks.gbdt.jit import kernels
 
 #: XGBoost's ``kRtEps``: a loss change at or below it is no split.
 RT_EPS = 1e-6

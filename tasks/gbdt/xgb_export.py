@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsilo.tasks.gbdt.model import GBDTModel, Tree, predict, predict_margin
+from tasks.gbdt.model import GBDTModel, Tree, predict, predict_margin
 
 __all__ = [
     "ExportCache",

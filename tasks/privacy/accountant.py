@@ -15,7 +15,7 @@ loosens very large epsilons.
 Sampling: ``"poisson"`` (each silo independently with probability q; the
 analysis of McMahan et al., neighbouring = add or remove one silo) or
 ``"fixed"`` (exactly ``round(q * population)`` silos without replacement, as
-``fedsilo.tasks.averaging.sampling.sample_silos`` does; RDP only, neighbouring = replace
+``tasks.averaging.sampling.sample_silos`` does; RDP only, neighbouring = replace
 one silo, whose L2 sensitivity of the clipped sum is ``2 * clip``, so the
 mechanism's multiplier is z / 2). With q = 1 (every silo every round) both are
 plain composition of Gaussian mechanisms.
@@ -37,7 +37,7 @@ import numpy as np
 from dp_accounting import rdp as dp_rdp
 from dp_accounting.pld import PLDAccountant
 
-from fedsilo.tasks.privacy.errors import PrivacyBudgetExceededError
+from tasks.privacy.errors import PrivacyBudgetExceededError
 
 Accountant = Literal["rdp", "pld"]
 Sampling = Literal["poisson", "fixed"]

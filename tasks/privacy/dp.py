@@ -64,7 +64,7 @@ import numpy as np
 from fedsilo.errors import InconsistentUpdatesError
 
 if TYPE_CHECKING:  # no runtime import: the GBDT package pulls in numba
-    from fedsilo.tasks.gbdt.histogram import NodeHistograms
+    from tasks.gbdt.histogram import NodeHistograms
 
 Params = Mapping[str, np.ndarray]
 

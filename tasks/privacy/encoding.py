@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsilo.errors import InconsistentUpdatesError
-from fedsilo.tasks.privacy.errors import FixedPointRangeError
+from tasks.privacy.errors import FixedPointRangeError
 
 Params = Mapping[str, np.ndarray]
 

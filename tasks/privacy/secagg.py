@@ -68,8 +68,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedsilo.errors import EmptyAggregationError
-from fedsilo.tasks.privacy.encoding import FixedPoint
-from fedsilo.tasks.privacy.errors import SecureAggregationError, SiloDropoutError
+from tasks.privacy.encoding import FixedPoint
+from tasks.privacy.errors import SecureAggregationError, SiloDropoutError
 
 PROTOCOL = "fedsilo/secagg/v1"
 SEED_BYTES = 32

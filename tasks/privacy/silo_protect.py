@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsilo.tasks.privacy.dp import clip_by_l2, clip_vote, params_delta
-from fedsilo.tasks.privacy.encoding import flatten, layout_of
-from fedsilo.tasks.privacy.secagg import (
+from tasks.privacy.dp import clip_by_l2, clip_vote, params_delta
+from tasks.privacy.encoding import flatten, layout_of
+from tasks.privacy.secagg import (
     KeyPair,
     MaskContext,
     MaskedUpdate,

@@ -73,17 +73,17 @@ def message_types() -> dict[str, type]:
 
     Built on first use: the modules that define them import this one.
     """
-    from fedsilo.tasks.averaging.compression import EncodedTensor, EncodedUpdate
-    from fedsilo.tasks.boosting import silo_side as gbdt_silo
-    from fedsilo.tasks.boosting import worker as gbdt_worker
-    from fedsilo.tasks.gbdt.histogram import NodeHistograms
-    from fedsilo.tasks.gbdt.model import Tree
-    from fedsilo.tasks.gbdt.private_histograms import MaskedHistograms
-    from fedsilo.tasks.gbdt.silo_state import LossSum, NodeSplit
-    from fedsilo.tasks.gbdt.sketch import QuantileSummary
-    from fedsilo.tasks.privacy import silo_protect as silo_privacy
-    from fedsilo.tasks.privacy.secagg import MaskContext, MaskedUpdate
-    from fedsilo.tasks.protocol.messages import (
+    from tasks.averaging.compression import EncodedTensor, EncodedUpdate
+    from tasks.boosting import silo_side as gbdt_silo
+    from tasks.boosting import worker as gbdt_worker
+    from tasks.gbdt.histogram import NodeHistograms
+    from tasks.gbdt.model import Tree
+    from tasks.gbdt.private_histograms import MaskedHistograms
+    from tasks.gbdt.silo_state import LossSum, NodeSplit
+    from tasks.gbdt.sketch import QuantileSummary
+    from tasks.privacy import silo_protect as silo_privacy
+    from tasks.privacy.secagg import MaskContext, MaskedUpdate
+    from tasks.protocol.messages import (
         ColumnInfo,
         Evaluation,
         FeatureMoments,
@@ -91,8 +91,8 @@ def message_types() -> dict[str, type]:
         Resident,
         SiloSchema,
     )
-    from fedsilo.tasks.silo import batch as silo_batch
-    from fedsilo.tasks.silo import data as silo
+    from tasks.silo import batch as silo_batch
+    from tasks.silo import data as silo
 
     types: list[type] = [
         ColumnInfo,

@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from fedsilo.tasks.reports import comparison
-from fedsilo.tasks.reports.comparison import LABELS, TOTALS_ROUND, nan_to_none
+from tasks.reports import comparison
+from tasks.reports.comparison import LABELS, TOTALS_ROUND, nan_to_none
 
 DATA_ID = "fedsilo-data"
 

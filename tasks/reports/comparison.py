@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedsilo.errors import CheckpointError
-from fedsilo.tasks.store.checkpoints import METRICS_SCHEMA, put_file, required_fields
+from tasks.store.checkpoints import METRICS_SCHEMA, put_file, required_fields
 
 #: The variants in the order reports show them.
 VARIANTS = ("federated", "personalized", "local", "centralized")

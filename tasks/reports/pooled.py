@@ -20,9 +20,9 @@ import pandas as pd
 
 from fedsilo.errors import FedsiloError
 from fedsilo.spec import FederationSpec
-from fedsilo.tasks.metrics import classification_scores, regression_scores
-from fedsilo.tasks.protocol.messages import Evaluation
-from fedsilo.tasks.silo.data import (
+from tasks.metrics import classification_scores, regression_scores
+from tasks.protocol.messages import Evaluation
+from tasks.silo.data import (
     FitConfig,
     SiloData,
     SiloSource,
@@ -130,7 +130,7 @@ def score_trees(
     models: dict[int, Any],
 ) -> list[Evaluation]:
     """Score each round's tree model (``tasks.gbdt.model.GBDTModel``) per silo."""
-    from fedsilo.tasks.gbdt.model import predict
+    from tasks.gbdt.model import predict
 
     out = []
     for silo, data in silos.items():

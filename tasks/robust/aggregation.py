@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
-from fedsilo.tasks.averaging.weighted import Params, check_compatible
+from tasks.averaging.weighted import Params, check_compatible
 
 Method = Literal["median", "trimmed-mean", "krum", "multi-krum"]
 _TIE = 1e-12  # relative slack when comparing cumulative weights with half the total

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsilo.errors import FedsiloError
-from fedsilo.tasks.averaging.compression import SiloCompressor
-from fedsilo.tasks.privacy.secagg import KeyPair
-from fedsilo.tasks.privacy.silo_protect import PrivacyRequest
-from fedsilo.tasks.protocol.messages import Evaluation, LocalUpdate
-from fedsilo.tasks.silo.data import FitConfig, PreparedSilo, silo_evaluate, silo_fit
+from tasks.averaging.compression import SiloCompressor
+from tasks.privacy.secagg import KeyPair
+from tasks.privacy.silo_protect import PrivacyRequest
+from tasks.protocol.messages import Evaluation, LocalUpdate
+from tasks.silo.data import FitConfig, PreparedSilo, silo_evaluate, silo_fit
 
 _log = logging.getLogger("fedsilo.silo")
 

@@ -10,7 +10,7 @@ closed when the run frees it.
 Wire format: the connection opens with the 32-byte token, raw. Then each
 frame is a header (``uint32`` count, then ``count`` ``uint64`` sizes), a
 message header and its array buffers, encoded by the silo boundary's codec
-(:mod:`fedsilo.tasks.protocol.codec`: msgpack plus numpy buffers, never a
+(:mod:`tasks.protocol.codec`: msgpack plus numpy buffers, never a
 pickle), so arrays cross without a copy. Replies are ``("ok", value)`` or
 ``("error", exception)``, the exception as a ``RemoteError``.
 
@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fedsilo.tasks.protocol import codec
+from tasks.protocol import codec
 
 logger = logging.getLogger(__name__)
 

@@ -17,25 +17,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsilo.connectors.files import read_table
-from fedsilo.connectors.schema import describe_columns
-from fedsilo.connectors.silo_config import worker_silo_config
-from fedsilo.connectors.sql import SqlSource, read_sql
+from connectors.files import read_table
+from connectors.schema import describe_columns
+from connectors.silo_config import worker_silo_config
+from connectors.sql import SqlSource, read_sql
 from fedsilo.errors import SiloDataError
-from fedsilo.tasks.averaging import sklearn_models
-from fedsilo.tasks.averaging.compression import SiloCompressor, quantization_rng
-from fedsilo.tasks.metrics import classification_scores, regression_scores
-from fedsilo.tasks.privacy.secagg import KeyPair
-from fedsilo.tasks.privacy.silo_protect import STATE_TENSORS, PrivacyRequest, protect
-from fedsilo.tasks.protocol.messages import (
+from tasks.averaging import sklearn_models
+from tasks.averaging.compression import SiloCompressor, quantization_rng
+from tasks.metrics import classification_scores, regression_scores
+from tasks.privacy.secagg import KeyPair
+from tasks.privacy.silo_protect import STATE_TENSORS, PrivacyRequest, protect
+from tasks.protocol.messages import (
     Evaluation,
     FeatureMoments,
     LocalUpdate,
     SiloSchema,
     nbytes_of,
 )
-from fedsilo.tasks.statistics.categories import one_hot
-from fedsilo.tasks.statistics.moments import moments
+from tasks.statistics.categories import one_hot
+from tasks.statistics.moments import moments
 
 _log = logging.getLogger("fedsilo.silo")
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from distributed import Future
 
-from fedsilo.tasks.protocol.messages import Resident
-from fedsilo.tasks.silo import worker_rpc
-from fedsilo.tasks.silo.batch import evaluate_silos, fit_silos
+from tasks.protocol.messages import Resident
+from tasks.silo import worker_rpc
+from tasks.silo.batch import evaluate_silos, fit_silos
 
 #: The worker RPC operation that serves a round's per-worker batches.
 HANDLER = "fedsilo_silo_batch"

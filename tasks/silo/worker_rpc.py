@@ -6,9 +6,9 @@ included). The round's fit and scoring (tasks/silo/rpc.py) and the boosting
 exchanges (tasks/boosting/worker.py) both go this way.
 
 Requests and replies are encoded with the silo boundary's codec
-(:mod:`fedsilo.tasks.protocol.codec`): one bytes object each way, which Dask
+(:mod:`tasks.protocol.codec`): one bytes object each way, which Dask
 carries as it is. Neither side unpickles the other's payload; a handler's
-exception comes back as a :class:`~fedsilo.tasks.protocol.codec.RemoteError`
+exception comes back as a :class:`~tasks.protocol.codec.RemoteError`
 inside the reply, never as a pickled exception of Dask's.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from distributed import get_worker
 
-from fedsilo.tasks.protocol import codec
+from tasks.protocol import codec
 
 #: While a request is out, how often the scheduler is asked if its worker lives.
 WATCH_SECONDS = 0.5

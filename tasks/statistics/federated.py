@@ -6,7 +6,7 @@ replies; no row moves.
 Pass 1 (:func:`profile_frame`) per column: the count of present and of missing
 values; for numeric columns the mean and the sum of squared deviations (merged
 exactly with Chan et al.'s formula) and a quantile summary
-(``fedsilo.tasks.gbdt.sketch``); for categorical columns and class labels the
+(``tasks.gbdt.sketch``); for categorical columns and class labels the
 count of every value. Pass 2 (:func:`histogram_counts`) counts a numeric
 column's rows in bins whose edges the coordinator derived from the merged
 summaries, so every silo counts on the same edges.
@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsilo.tasks.gbdt.sketch import QuantileSummary, empty_summary, summarize_column
-from fedsilo.tasks.statistics.categories import plain, value_order
+from tasks.gbdt.sketch import QuantileSummary, empty_summary, summarize_column
+from tasks.statistics.categories import plain, value_order
 
 #: Entries a silo keeps in each column's quantile summary.
 SKETCH_SIZE = 256

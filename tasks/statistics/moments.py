@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedsilo.tasks.protocol.messages import FeatureMoments
+from tasks.protocol.messages import FeatureMoments
 
 
 def moments(silo: str, X: np.ndarray) -> FeatureMoments:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedsilo.tasks.statistics.federated import POOLED, FederatedStats
+from tasks.statistics.federated import POOLED, FederatedStats
 
 WITHHELD = "supp"
 

@@ -1,7 +1,7 @@
 """Statistics and category lists computed at a silo, on its own Dask worker.
 
 Like ``tasks.silo``, this module never imports Prefect: it runs in the silo's
-worker process on the :class:`~fedsilo.tasks.silo.data.SiloData` held there, and
+worker process on the :class:`~tasks.silo.data.SiloData` held there, and
 returns only what ``tasks.federated_stats`` allows to leave (small cells
 withheld before the reply is built).
 """
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from fedsilo.tasks.silo.data import SiloData
-from fedsilo.tasks.statistics.categories import frequent_values
-from fedsilo.tasks.statistics.federated import (
+from tasks.silo.data import SiloData
+from tasks.statistics.categories import frequent_values
+from tasks.statistics.federated import (
     SKETCH_SIZE,
     SiloHistograms,
     SiloProfile,

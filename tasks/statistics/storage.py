@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedsilo.errors import CheckpointError
-from fedsilo.tasks.store.checkpoints import (
+from tasks.store.checkpoints import (
     _IO_ERRORS,
     SUCCESS_FILE,
     _check_name,

@@ -11,8 +11,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from fedsilo.errors import CheckpointError
-from fedsilo.tasks.averaging import sklearn_models
-from fedsilo.tasks.store.checkpoints import CheckpointStore
+from tasks.averaging import sklearn_models
+from tasks.store.checkpoints import CheckpointStore
 
 
 def _scaler(mean: list[float], scale: list[float]) -> StandardScaler:
