@@ -19,6 +19,7 @@ from functools import partial
 
 import numpy as np
 
+from fedsilo.gbdt_params import TreeParams
 from tasks.gbdt.binning import BinnedMatrix, bin_matrix
 from tasks.gbdt.histogram import (
     Backend,
@@ -30,7 +31,6 @@ from tasks.gbdt.histogram import (
 from tasks.gbdt.learner import InMemoryFederation, federated_cuts, grow_round
 from tasks.gbdt.objective import BinaryLogistic
 from tasks.gbdt.silo_state import SiloTreeState, TreeRows
-from tasks.gbdt.split import TreeParams
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:

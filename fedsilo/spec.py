@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -19,8 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from connectors.sql import SqlSource, resolve_sqlite_url, url_password
 from fedsilo.errors import FedsiloError, SpecError
+from fedsilo.sources import SqlSource, resolve_sqlite_url, url_password
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 CLASSIFIERS = frozenset({"sgd-logistic", "logistic", "mlp-classifier"})
@@ -49,7 +50,7 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _xgboost_params(self) -> ModelSpec:
         if self.kind == "xgboost":
-            from tasks.gbdt.params import GBDTParams
+            from fedsilo.gbdt_params import GBDTParams
 
             try:
                 GBDTParams.from_dict(self.params)
@@ -127,7 +128,7 @@ def _source_kind(value: Any) -> str:
 
 
 #: Where a silo's rows are: a Parquet/CSV path or fsspec URL, or an SQL source
-#: ``{url, table}`` / ``{url, query}`` (``connectors.sql.SqlSource``).
+#: ``{url, table}`` / ``{url, query}`` (``fedsilo.sources.SqlSource``).
 DataSource = Annotated[
     Annotated[str, Tag("path")] | Annotated[SqlSource, Tag("sql")],
     Discriminator(_source_kind),
@@ -440,8 +441,6 @@ def _check_proximal(model: ModelSpec) -> None:
             "local.proximal_mu: kind 'xgboost' does no local optimisation (the "
             "coordinator grows every tree from summed histograms); set it to 0"
         )
-    from tasks.averaging.sklearn_models import proximal_refusal
-
     refusal = proximal_refusal(model.kind, model.params)
     if refusal is not None:
         raise ValueError(refusal)
@@ -551,3 +550,46 @@ def with_changes(spec: FederationSpec, source: str, **changes: Any) -> Federatio
         return FederationSpec.model_validate({**spec.model_dump(), **changes})
     except ValidationError as error:
         raise SpecError(format_errors(source, error)) from None
+
+
+#: Learning-rate schedules of SGD estimators that have a step size per batch.
+_SGD_RATES = frozenset({"constant", "optimal", "invscaling", "adaptive"})
+
+
+def proximal_refusal(kind: str, model_params: Mapping[str, Any]) -> str | None:
+    """Return why FedProx's proximal step cannot train this model, or None if it can.
+
+    The step needs the step size the estimator used on each mini-batch; see
+    docs/strategies.md for the models and the reasons.
+    """
+    if kind == "logistic":
+        return (
+            "local.proximal_mu: model kind 'logistic' trains with "
+            "LogisticRegression.fit (full-batch L-BFGS), whose objective cannot "
+            "be given a term pulling toward the global model; use sgd-logistic "
+            "or mlp-classifier for FedProx, or set local.proximal_mu to 0"
+        )
+    if kind.startswith("sgd"):
+        rate = model_params.get(
+            "learning_rate", "optimal" if kind == "sgd-logistic" else "invscaling"
+        )
+        if rate not in _SGD_RATES:
+            return (
+                f"local.proximal_mu: model.params.learning_rate {rate!r} has no "
+                "step size to scale the proximal step by; use one of "
+                f"{sorted(_SGD_RATES)}"
+            )
+        if model_params.get("average"):
+            return (
+                "local.proximal_mu: model.params.average reports averaged weights, "
+                "not the iterate the proximal step applies to; leave average off"
+            )
+    if kind.startswith("mlp") and model_params.get("solver", "adam") not in {
+        "adam",
+        "sgd",
+    }:
+        return (
+            f"local.proximal_mu: model.params.solver {model_params['solver']!r} "
+            "cannot train by mini-batches; use 'adam' or 'sgd'"
+        )
+    return None

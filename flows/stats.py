@@ -16,13 +16,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from connectors.schema import categorical_features, check_schemas
 from fedsilo.cluster import SiloCluster, spec_cluster
 from fedsilo.spec import FederationSpec
 from flows.reporting import artifact_key
 from tasks.averaging.averaged import read_silos
 from tasks.averaging.round_tasks import wait_silo
 from tasks.protocol.messages import SiloSchema
+from tasks.silo.schema import categorical_features, check_schemas
 from tasks.statistics.federated import (
     FederatedStats,
     SiloProfile,

@@ -31,7 +31,7 @@ ROUNDS = 3
 
 # --- the queries and snippets of docs/checkpoints.md ---------------------------
 
-DESIGN_QUERY = """\
+WHOLE_STORE_QUERY = """\
 SELECT federation, run, round, silo, metric, value
 FROM read_parquet('checkpoints/**/metrics.parquet', hive_partitioning = true)
 WHERE silo = 'global' AND split = 'test' ORDER BY round;
@@ -107,8 +107,7 @@ curve = (
 """
 
 LOAD_SNIPPET = """\
-from tasks.store.checkpoints import CheckpointStore, list_runs
-from tasks.store.model_io import load_estimator
+from fedsilo.api import CheckpointStore, list_runs, load_estimator
 
 run_id = list_runs("checkpoints", "breast-cancer")[-1]
 model = load_estimator(CheckpointStore("checkpoints", "breast-cancer", run_id))
@@ -117,7 +116,7 @@ accuracy = model.score(features, test["label"].to_numpy())
 """
 
 DOCUMENTED = {
-    "DESIGN_QUERY": DESIGN_QUERY,
+    "WHOLE_STORE_QUERY": WHOLE_STORE_QUERY,
     "LEARNING_CURVE": LEARNING_CURVE,
     "LAST_ROUND_PER_SILO": LAST_ROUND_PER_SILO,
     "LATEST_COMPLETE_ROUND": LATEST_COMPLETE_ROUND,
@@ -241,8 +240,8 @@ def test_runs_wrote_every_round(federation: Federation) -> None:
         assert federation.results[run_id][-1].metrics == summary["final_metrics"]
 
 
-def test_design_query_reads_round_as_varchar(in_base: Federation) -> None:
-    relation = _sql(DESIGN_QUERY)
+def test_whole_store_query_reads_round_as_varchar(in_base: Federation) -> None:
+    relation = _sql(WHOLE_STORE_QUERY)
 
     rows = relation.df()
 
@@ -350,7 +349,7 @@ def test_latest_complete_round_ignores_a_torn_round(
     shutil.copy(run_dir / "round=00003" / "metrics.parquet", torn)
     # Execute
     latest = _sql(LATEST_COMPLETE_ROUND).fetchall()
-    everything = _sql(DESIGN_QUERY).df()
+    everything = _sql(WHOLE_STORE_QUERY).df()
     complete = _sql(COMPLETE_ROUNDS_ONLY).df()
     # Assert
     assert latest == [(NAME, run, ROUNDS) for run in sorted(federation.summaries)]

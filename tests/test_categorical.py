@@ -12,14 +12,14 @@ import yaml
 from sklearn.metrics import accuracy_score, log_loss
 from sklearn.preprocessing import OneHotEncoder
 
-from connectors.schema import (
+from fedsilo.errors import SiloDataError, SpecError
+from fedsilo.spec import parse_spec
+from tasks.protocol.messages import SiloSchema
+from tasks.silo.schema import (
     categorical_features,
     check_schemas,
     describe_columns,
 )
-from fedsilo.errors import SiloDataError, SpecError
-from fedsilo.spec import parse_spec
-from tasks.protocol.messages import SiloSchema
 from tasks.statistics.categories import (
     frequent_values,
     global_categories,

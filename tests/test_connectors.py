@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from connectors.files import detect_format, read_table
-from connectors.schema import check_schemas, column_kind, describe_columns
 from fedsilo.errors import SiloDataError
 from tasks.protocol.messages import SiloSchema
+from tasks.silo.schema import check_schemas, column_kind, describe_columns
 
 TARGET = "label"
 

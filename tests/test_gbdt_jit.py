@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedsilo.gbdt_params import TreeParams
 from tasks.gbdt.binning import bin_matrix
 from tasks.gbdt.histogram import numba_available
 from tasks.gbdt.learner import train_in_memory
-from tasks.gbdt.split import TreeParams, find_splits
+from tasks.gbdt.split import find_splits
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba not installed")
 

@@ -14,6 +14,7 @@ from sklearn.datasets import make_classification
 from sklearn.metrics import roc_auc_score
 
 from fedsilo.errors import SiloDataError, SpecError
+from fedsilo.gbdt_params import GBDTParams
 from tasks.gbdt.histogram import numba_available
 from tasks.gbdt.learner import (
     InMemoryFederation,
@@ -22,7 +23,6 @@ from tasks.gbdt.learner import (
     train_in_memory,
 )
 from tasks.gbdt.objective import make_objective
-from tasks.gbdt.params import GBDTParams
 from tasks.gbdt.silo_state import SiloTreeState, prepare_silo_data
 from tasks.gbdt.xgb_export import dumps, model_from_json, predict
 

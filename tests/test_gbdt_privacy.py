@@ -18,12 +18,12 @@ from sklearn.metrics import roc_auc_score
 
 from datasets.writer import write_slices
 from fedsilo.errors import SiloFailedError, SpecError
+from fedsilo.gbdt_params import GBDTParams
 from fedsilo.spec import parse_spec
 from tasks import run_state
 from tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from tasks.gbdt.learner import InMemoryFederation, federated_cuts, train
 from tasks.gbdt.objective import make_objective
-from tasks.gbdt.params import GBDTParams
 from tasks.gbdt.private_histograms import (
     HistogramDP,
     NoisyFederation,

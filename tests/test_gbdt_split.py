@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedsilo.gbdt_params import TreeParams
 from tasks.gbdt.binning import bin_matrix
 from tasks.gbdt.histogram import build_histograms
 from tasks.gbdt.learner import federated_cuts
-from tasks.gbdt.split import TreeParams, find_splits, leaf_weight, node_gain
+from tasks.gbdt.split import find_splits, leaf_weight, node_gain
 
 
 def score(g: float, h: float, p: TreeParams) -> float:

@@ -24,7 +24,7 @@ import pytest
 import s3fs
 from _moto import MotoS3, free_port, moto_server
 from distributed import Client
-from test_analytics import COMPLETE_ROUNDS_ONLY, DESIGN_QUERY, LATEST_COMPLETE_ROUND
+from test_analytics import COMPLETE_ROUNDS_ONLY, WHOLE_STORE_QUERY, LATEST_COMPLETE_ROUND
 
 from fedsilo.errors import CheckpointError
 from fedsilo.spec import FederationSpec, load_spec
@@ -411,7 +411,7 @@ def test_duckdb_and_polars_read_the_s3_store(
         "aws_allow_http": "true",
     }
     # Execute
-    rows = con.sql(_on(DESIGN_QUERY, spec.checkpoints)).df()
+    rows = con.sql(_on(WHOLE_STORE_QUERY, spec.checkpoints)).df()
     latest = con.sql(_on(LATEST_COMPLETE_ROUND, spec.checkpoints)).fetchall()
     complete = con.sql(_on(COMPLETE_ROUNDS_ONLY, spec.checkpoints)).df()
     frame = (
@@ -474,7 +474,7 @@ def test_run_with_credentials_from_aws_variables_only(
     # Execute
     summary = federated_training(spec)
     store = CheckpointStore(spec.checkpoints, spec.name, summary["run_id"])
-    rows = _duckdb_on(s3fs.S3FileSystem()).sql(_on(DESIGN_QUERY, spec.checkpoints)).df()
+    rows = _duckdb_on(s3fs.S3FileSystem()).sql(_on(WHOLE_STORE_QUERY, spec.checkpoints)).df()
     frame = (
         pl.scan_parquet(
             f"{spec.checkpoints}/**/metrics.parquet", hive_partitioning=True

@@ -19,7 +19,6 @@ from distributed import Future
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from connectors.schema import categorical_features, check_schemas
 from fedsilo.cluster import SiloCluster
 from fedsilo.errors import (
     CheckpointError,
@@ -54,6 +53,7 @@ from tasks.silo.data import (
     silo_moments,
     silo_schema,
 )
+from tasks.silo.schema import categorical_features, check_schemas
 from tasks.statistics.categories import Encoding, global_categories
 from tasks.statistics.moments import standard_scaler
 from tasks.statistics.silo_side import silo_categories

@@ -20,6 +20,7 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 
 from fedsilo.errors import SpecError
+from fedsilo.spec import proximal_refusal
 
 Params = dict[str, np.ndarray]
 Labels = Sequence[Any]
@@ -220,45 +221,6 @@ def train_local(
                     _proximal_step(
                         kind, estimator, anchor, proximal_shrink(steps, proximal_mu)
                     )
-
-
-def proximal_refusal(kind: str, model_params: Mapping[str, Any]) -> str | None:
-    """Return why FedProx's proximal step cannot train this model, or None if it can.
-
-    The step needs the step size the estimator used on each mini-batch; see
-    docs/strategies.md for the models and the reasons.
-    """
-    if kind == "logistic":
-        return (
-            "local.proximal_mu: model kind 'logistic' trains with "
-            "LogisticRegression.fit (full-batch L-BFGS), whose objective cannot "
-            "be given a term pulling toward the global model; use sgd-logistic "
-            "or mlp-classifier for FedProx, or set local.proximal_mu to 0"
-        )
-    if kind.startswith("sgd"):
-        rate = model_params.get(
-            "learning_rate", "optimal" if kind == "sgd-logistic" else "invscaling"
-        )
-        if rate not in _SGD_RATES:
-            return (
-                f"local.proximal_mu: model.params.learning_rate {rate!r} has no "
-                "step size to scale the proximal step by; use one of "
-                f"{sorted(_SGD_RATES)}"
-            )
-        if model_params.get("average"):
-            return (
-                "local.proximal_mu: model.params.average reports averaged weights, "
-                "not the iterate the proximal step applies to; leave average off"
-            )
-    if is_mlp(kind) and model_params.get("solver", "adam") not in {"adam", "sgd"}:
-        return (
-            f"local.proximal_mu: model.params.solver {model_params['solver']!r} "
-            "cannot train by mini-batches; use 'adam' or 'sgd'"
-        )
-    return None
-
-
-_SGD_RATES = frozenset({"constant", "optimal", "invscaling", "adaptive"})
 
 
 def sgd_step_sizes(estimator: Any, n_rows: int) -> np.ndarray:

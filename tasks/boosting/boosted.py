@@ -23,9 +23,9 @@ from distributed import Future
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from connectors.schema import check_schemas
 from fedsilo.cluster import SiloCluster
 from fedsilo.errors import CheckpointError, SiloDataError, SiloFailedError
+from fedsilo.gbdt_params import GBDTParams
 from fedsilo.spec import FederationSpec
 from tasks.averaging.averaged import MAX_SECURE_ATTEMPTS
 from tasks.averaging.round_tasks import metric_rows
@@ -40,7 +40,6 @@ from tasks.boosting.federation import (
 from tasks.gbdt.learner import Federation, train
 from tasks.gbdt.model import GBDTModel
 from tasks.gbdt.objective import Intercept
-from tasks.gbdt.params import GBDTParams
 from tasks.gbdt.private_histograms import (
     HistogramDP,
     NoisyFederation,
@@ -60,6 +59,7 @@ from tasks.privacy.silo_protect import make_keypair, public_key
 from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
 from tasks.run_state import Personalized, RoundOutcome, opaque
 from tasks.silo.data import SiloSource, load_silo, silo_schema
+from tasks.silo.schema import check_schemas
 from tasks.store.checkpoints import CheckpointStore, MetricRow
 
 

@@ -27,7 +27,7 @@ from fedsilo.errors import SiloDataError
 from tasks.boosting.worker import install_handler
 from tasks.gbdt.histogram import Backend, NodeHistograms
 from tasks.gbdt.model import Tree
-from tasks.gbdt.objective import Intercept, Objective, make_objective
+from tasks.gbdt.objective import Intercept
 from tasks.gbdt.private_histograms import MaskedHistograms, mask_histograms
 from tasks.gbdt.silo_state import (
     LossSum,
@@ -36,48 +36,14 @@ from tasks.gbdt.silo_state import (
     TreeRows,
     prepare_silo_data,
 )
-from tasks.gbdt.sketch import QuantileSummary, summarize
+from tasks.gbdt.sketch import summarize
 from tasks.metrics import classification_scores, regression_scores
 from tasks.privacy.secagg import KeyPair, MaskContext
-from tasks.protocol.messages import Evaluation
+from tasks.protocol.messages import BoostingSetup, Evaluation, SiloSketch
 from tasks.silo.data import SiloData, worker_name
 
 #: What a histogram exchange returns: plain, or masked under secure aggregation.
 Histograms = NodeHistograms | MaskedHistograms
-
-
-@dataclass(frozen=True, slots=True)
-class BoostingSetup:
-    """What every silo needs to know to validate and bin its rows."""
-
-    features: tuple[str, ...]
-    target: str
-    task: str  # "classification" or "regression"
-    objective: str
-    num_class: int
-    backend: Backend = "auto"
-    #: DP: per-row (gradient, hessian) bounds the silo clips to; None: no DP.
-    gradient_clip: tuple[float, float] | None = None
-
-    def make_objective(self) -> Objective:
-        """Return the objective being boosted."""
-        return make_objective(self.objective, self.num_class)
-
-    @property
-    def classes(self) -> np.ndarray:
-        """Return the class labels (0..K-1) of a classification federation."""
-        return np.arange(max(self.num_class, 2))
-
-
-@dataclass(frozen=True, slots=True)
-class SiloSketch:
-    """A silo's reply at setup: column summaries, row count and label sums."""
-
-    silo: str
-    summaries: tuple[QuantileSummary, ...]
-    n_rows: int
-    label_stats: np.ndarray
-    label_bound: float
 
 
 @dataclass(frozen=True, slots=True)

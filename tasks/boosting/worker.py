@@ -23,7 +23,6 @@ what each silo sends when it has a worker of its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from distributed.comm.addressing import get_address_host
@@ -32,6 +31,7 @@ from tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from tasks.gbdt.private_histograms import MaskedHistograms
 from tasks.gbdt.silo_state import LossSum, sum_losses
 from tasks.protocol import codec
+from tasks.protocol.messages import SiloCallFailed
 from tasks.silo import channel as exchange_channel
 from tasks.silo import worker_rpc
 
@@ -46,14 +46,6 @@ EXCHANGE_CALLS = frozenset(
 )
 #: Exchange calls that can add their histograms to a co-hosted silo's (``into``).
 ACCUMULATING = frozenset({"start_round", "grow_level", "finish_and_start"})
-
-
-@dataclass(frozen=True, slots=True)
-class SiloCallFailed:
-    """A hosted silo's call raised: which silo, and the error."""
-
-    silo: str
-    error: BaseException
 
 
 def install_handler() -> None:

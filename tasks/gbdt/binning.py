@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedsilo.gbdt_params import MAX_BINS
 from tasks.gbdt.jit import kernels
 
-MAX_BINS = 65_536
 #: Equal-width buckets per feature that start the numba kernel's search.
 BUCKETS = 1024
 

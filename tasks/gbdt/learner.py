@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedsilo.errors import SiloDataError
+from fedsilo.gbdt_params import GBDTParams, TreeParams
 from tasks.gbdt.histogram import (
     Backend,
     NodeHistograms,
@@ -27,7 +28,6 @@ from tasks.gbdt.histogram import (
 )
 from tasks.gbdt.model import ROOT_PARENT, GBDTModel, Tree
 from tasks.gbdt.objective import Intercept, make_objective
-from tasks.gbdt.params import GBDTParams
 from tasks.gbdt.silo_state import (
     LossSum,
     NodeSplit,
@@ -36,7 +36,7 @@ from tasks.gbdt.silo_state import (
     sum_losses,
 )
 from tasks.gbdt.sketch import cut_points, merge_sketches, sketch_size, summarize
-from tasks.gbdt.split import SplitInfo, TreeParams, find_splits, leaf_weight
+from tasks.gbdt.split import SplitInfo, find_splits, leaf_weight
 
 #: Histograms of some frontier nodes: sums (m, F, W, 2) and their (tree, node) keys.
 _Block = tuple[np.ndarray, list[tuple[int, int]]]

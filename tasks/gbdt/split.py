@@ -15,22 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from fedsilo.gbdt_params import TreeParams
 from tasks.gbdt.jit import kernels
 
 #: XGBoost's ``kRtEps``: a loss change at or below it is no split.
 RT_EPS = 1e-6
-
-
-@dataclass(frozen=True, slots=True)
-class TreeParams:
-    """Regularisation of one tree (XGBoost's names without aliases)."""
-
-    eta: float = 0.3
-    max_depth: int = 6
-    reg_lambda: float = 1.0
-    reg_alpha: float = 0.0
-    gamma: float = 0.0
-    min_child_weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,40 +7,22 @@ resolves); only its public half is sent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from tasks.privacy.dp import clip_by_l2, clip_vote, params_delta
 from tasks.privacy.encoding import flatten, layout_of
 from tasks.privacy.secagg import (
     KeyPair,
-    MaskContext,
     MaskedUpdate,
     generate_keypair,
     mask_update,
     mask_weighted_update,
 )
+from tasks.protocol.messages import PrivacyRequest
 
 #: Counters that are state, not parameters: never clipped, noised or averaged
 #: under DP (the global value is kept).
 STATE_TENSORS = frozenset({"t_"})
-
-
-@dataclass(frozen=True, slots=True)
-class PrivacyRequest:
-    """How one silo must protect one round's update."""
-
-    clip: float | None = None  # DP: send the update's change clipped to this norm
-    vote: bool = False  # adaptive clipping: append the clip vote
-    silo_index: int | None = None  # secure aggregation: my place in the roster
-    peers_public: dict[int, bytes] | None = None
-    context: MaskContext | None = None
-
-    @property
-    def secure(self) -> bool:
-        """Return whether the update is masked."""
-        return self.silo_index is not None
 
 
 def make_keypair() -> KeyPair:

@@ -17,7 +17,6 @@ dtype, shape and size against its buffer before it makes the array.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import struct
 from collections.abc import Sequence
 from typing import Any, cast
@@ -26,6 +25,27 @@ import msgpack
 import numpy as np
 
 from fedsilo.errors import FedsiloError
+from tasks.averaging.compression import EncodedTensor, EncodedUpdate
+from tasks.gbdt.histogram import NodeHistograms
+from tasks.gbdt.model import Tree
+from tasks.gbdt.private_histograms import MaskedHistograms
+from tasks.gbdt.silo_state import LossSum, NodeSplit
+from tasks.gbdt.sketch import QuantileSummary
+from tasks.privacy.secagg import MaskContext, MaskedUpdate
+from tasks.protocol.messages import (
+    BoostingSetup,
+    ColumnInfo,
+    Evaluation,
+    FeatureMoments,
+    FitConfig,
+    LocalUpdate,
+    PrivacyRequest,
+    Resident,
+    SiloCallFailed,
+    SiloFault,
+    SiloSchema,
+    SiloSketch,
+)
 
 #: Arrays smaller than this travel inside the header, larger ones as buffers.
 INBAND_BYTES = 64 * 1024
@@ -67,60 +87,39 @@ class RemoteError(FedsiloError):
         self.message = message
 
 
-@functools.cache
-def message_types() -> dict[str, type]:
-    """Return the dataclasses that may cross the boundary, by name.
-
-    Built on first use: the modules that define them import this one.
-    """
-    from tasks.averaging.compression import EncodedTensor, EncodedUpdate
-    from tasks.boosting import silo_side as gbdt_silo
-    from tasks.boosting import worker as gbdt_worker
-    from tasks.gbdt.histogram import NodeHistograms
-    from tasks.gbdt.model import Tree
-    from tasks.gbdt.private_histograms import MaskedHistograms
-    from tasks.gbdt.silo_state import LossSum, NodeSplit
-    from tasks.gbdt.sketch import QuantileSummary
-    from tasks.privacy import silo_protect as silo_privacy
-    from tasks.privacy.secagg import MaskContext, MaskedUpdate
-    from tasks.protocol.messages import (
+#: The dataclasses that may cross the boundary, by name.
+MESSAGE_TYPES: dict[str, type] = {
+    t.__name__: t
+    for t in (
+        BoostingSetup,
         ColumnInfo,
-        Evaluation,
-        FeatureMoments,
-        LocalUpdate,
-        Resident,
-        SiloSchema,
-    )
-    from tasks.silo import batch as silo_batch
-    from tasks.silo import data as silo
-
-    types: list[type] = [
-        ColumnInfo,
-        SiloSchema,
-        FeatureMoments,
-        LocalUpdate,
-        Evaluation,
-        Resident,
         EncodedTensor,
         EncodedUpdate,
+        Evaluation,
+        FeatureMoments,
+        FitConfig,
+        LocalUpdate,
+        LossSum,
         MaskContext,
+        MaskedHistograms,
         MaskedUpdate,
         NodeHistograms,
-        MaskedHistograms,
-        Tree,
         NodeSplit,
-        LossSum,
-        silo.FitConfig,
-        silo_batch.SiloFault,
-        silo_privacy.PrivacyRequest,
-        gbdt_silo.BoostingSetup,
-        gbdt_silo.SiloSketch,
+        PrivacyRequest,
         QuantileSummary,
-        gbdt_worker.SiloCallFailed,
-    ]
-    by_name = {t.__name__: t for t in types}
-    assert len(by_name) == len(types), "message type names must be unique"
-    return by_name
+        Resident,
+        SiloCallFailed,
+        SiloFault,
+        SiloSchema,
+        SiloSketch,
+        Tree,
+    )
+}
+
+
+def message_types() -> dict[str, type]:
+    """Return the dataclasses that may cross the boundary, by name."""
+    return MESSAGE_TYPES
 
 
 def encode(value: Any) -> tuple[bytes, list[memoryview]]:

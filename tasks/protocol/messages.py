@@ -10,6 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from tasks.gbdt.histogram import Backend
+from tasks.gbdt.objective import Objective, make_objective
+from tasks.gbdt.sketch import QuantileSummary
+from tasks.privacy.secagg import MaskContext
+
 
 def nbytes_of(params: dict[str, np.ndarray]) -> int:
     """Return the bytes of the arrays' buffers (what a transfer costs, roughly)."""
@@ -85,3 +90,84 @@ class Resident:
     """Stands for a value already in the silo worker's memory under ``key``."""
 
     key: str
+
+
+@dataclass(frozen=True, slots=True)
+class FitConfig:
+    """What a silo needs to know to train and score the global model."""
+
+    kind: str
+    model_params: dict[str, Any]
+    task: str
+    classes: tuple[Any, ...]
+    n_features: int
+    epochs: int
+    batch_size: int | None
+    seed: int
+    proximal_mu: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SiloFault:
+    """A silo's work raised: which silo, and the error in one line."""
+
+    silo: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyRequest:
+    """How one silo must protect one round's update."""
+
+    clip: float | None = None  # DP: send the update's change clipped to this norm
+    vote: bool = False  # adaptive clipping: append the clip vote
+    silo_index: int | None = None  # secure aggregation: my place in the roster
+    peers_public: dict[int, bytes] | None = None
+    context: MaskContext | None = None
+
+    @property
+    def secure(self) -> bool:
+        """Return whether the update is masked."""
+        return self.silo_index is not None
+
+
+@dataclass(frozen=True, slots=True)
+class BoostingSetup:
+    """What every silo needs to know to validate and bin its rows."""
+
+    features: tuple[str, ...]
+    target: str
+    task: str  # "classification" or "regression"
+    objective: str
+    num_class: int
+    backend: Backend = "auto"
+    #: DP: per-row (gradient, hessian) bounds the silo clips to; None: no DP.
+    gradient_clip: tuple[float, float] | None = None
+
+    def make_objective(self) -> Objective:
+        """Return the objective being boosted."""
+        return make_objective(self.objective, self.num_class)
+
+    @property
+    def classes(self) -> np.ndarray:
+        """Return the class labels (0..K-1) of a classification federation."""
+        return np.arange(max(self.num_class, 2))
+
+
+@dataclass(frozen=True, slots=True)
+class SiloSketch:
+    """A silo's reply at setup: column summaries, row count and label sums."""
+
+    silo: str
+    summaries: tuple[QuantileSummary, ...]
+    n_rows: int
+    label_stats: np.ndarray
+    label_bound: float
+
+
+@dataclass(frozen=True, slots=True)
+class SiloCallFailed:
+    """A hosted silo's call raised: which silo, and the error."""
+
+    silo: str
+    error: BaseException

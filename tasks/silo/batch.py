@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,18 +18,10 @@ from fedsilo.errors import FedsiloError
 from tasks.averaging.compression import SiloCompressor
 from tasks.privacy.secagg import KeyPair
 from tasks.privacy.silo_protect import PrivacyRequest
-from tasks.protocol.messages import Evaluation, LocalUpdate
+from tasks.protocol.messages import Evaluation, LocalUpdate, SiloFault
 from tasks.silo.data import FitConfig, PreparedSilo, silo_evaluate, silo_fit
 
 _log = logging.getLogger("fedsilo.silo")
-
-
-@dataclass(frozen=True, slots=True)
-class SiloFault:
-    """A silo's work raised: which silo, and the error in one line."""
-
-    silo: str
-    reason: str
 
 
 def fault(silo: str, error: Exception) -> SiloFault:

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from connectors.files import read_table
-from connectors.schema import describe_columns
 from connectors.silo_config import worker_silo_config
 from connectors.sql import SqlSource, read_sql
 from fedsilo.errors import SiloDataError
@@ -30,10 +29,12 @@ from tasks.privacy.silo_protect import STATE_TENSORS, PrivacyRequest, protect
 from tasks.protocol.messages import (
     Evaluation,
     FeatureMoments,
+    FitConfig,
     LocalUpdate,
     SiloSchema,
     nbytes_of,
 )
+from tasks.silo.schema import describe_columns
 from tasks.statistics.categories import one_hot
 from tasks.statistics.moments import moments
 
@@ -84,21 +85,6 @@ class PreparedSilo:
     y_train: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
-
-
-@dataclass(frozen=True, slots=True)
-class FitConfig:
-    """What a silo needs to know to train and score the global model."""
-
-    kind: str
-    model_params: dict[str, Any]
-    task: str
-    classes: tuple[Any, ...]
-    n_features: int
-    epochs: int
-    batch_size: int | None
-    seed: int
-    proximal_mu: float = 0.0
 
 
 def silo_seed(seed: int, round_number: int, silo: str) -> np.random.Generator:

@@ -1,4 +1,8 @@
-"""Training parameters under XGBoost's names, validated into one frozen object."""
+"""Boosting parameters under XGBoost's names, validated into one frozen object.
+
+Part of the spec: ``model.params`` of kind ``xgboost`` is checked here when
+the spec is parsed, before any silo or cluster is touched.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedsilo.errors import SpecError
-from tasks.gbdt.binning import MAX_BINS
-from tasks.gbdt.split import TreeParams
 
+#: The most bins a feature may have (bins are stored as uint16).
+MAX_BINS = 65_536
 OBJECTIVES = ("binary:logistic", "reg:squarederror", "multi:softprob")
 ALIASES = {
     "learning_rate": "eta",
@@ -23,6 +27,18 @@ IGNORED = frozenset({"nthread", "n_jobs", "seed", "random_state", "verbosity"})
 FIXED = {"tree_method": "hist", "grow_policy": "depthwise", "booster": "gbtree"}
 _FLOATS = ("eta", "reg_lambda", "reg_alpha", "gamma", "min_child_weight")
 _INTS = ("max_depth", "max_bin", "num_class", "num_boost_round")
+
+
+@dataclass(frozen=True, slots=True)
+class TreeParams:
+    """Regularisation of one tree (XGBoost's names without aliases)."""
+
+    eta: float = 0.3
+    max_depth: int = 6
+    reg_lambda: float = 1.0
+    reg_alpha: float = 0.0
+    gamma: float = 0.0
+    min_child_weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
