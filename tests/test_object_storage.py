@@ -24,7 +24,11 @@ import pytest
 import s3fs
 from _moto import MotoS3, free_port, moto_server
 from distributed import Client
-from test_analytics import COMPLETE_ROUNDS_ONLY, WHOLE_STORE_QUERY, LATEST_COMPLETE_ROUND
+from test_analytics import (
+    COMPLETE_ROUNDS_ONLY,
+    LATEST_COMPLETE_ROUND,
+    WHOLE_STORE_QUERY,
+)
 
 from fedsilo.errors import CheckpointError
 from fedsilo.spec import FederationSpec, load_spec
