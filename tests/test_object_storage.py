@@ -478,7 +478,11 @@ def test_run_with_credentials_from_aws_variables_only(
     # Execute
     summary = federated_training(spec)
     store = CheckpointStore(spec.checkpoints, spec.name, summary["run_id"])
-    rows = _duckdb_on(s3fs.S3FileSystem()).sql(_on(WHOLE_STORE_QUERY, spec.checkpoints)).df()
+    rows = (
+        _duckdb_on(s3fs.S3FileSystem())
+        .sql(_on(WHOLE_STORE_QUERY, spec.checkpoints))
+        .df()
+    )
     frame = (
         pl.scan_parquet(
             f"{spec.checkpoints}/**/metrics.parquet", hive_partitioning=True
