@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import tasks.boosting.messages  # noqa: F401  (registers the boosting messages)
 from tasks.gbdt.histogram import NodeHistograms
 from tasks.gbdt.silo_state import LossSum, NodeSplit
 from tasks.privacy.secagg import MaskContext, generate_keypair
@@ -211,3 +212,18 @@ def test_the_coordinator_refuses_a_pickle_from_a_fake_worker(tmp_path: Path) -> 
         server.close()
         thread.join(5)
     assert not marker.exists()
+
+
+def test_averaged_runs_accept_no_boosting_messages_and_load_no_kernels() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import tasks.averaging.averaged, tasks.protocol.codec as codec\n"
+        "assert 'numba' not in sys.modules\n"
+        "assert 'NodeHistograms' not in codec.message_types()\n"
+        "import tasks.boosting.federation\n"
+        "assert 'NodeHistograms' in codec.message_types()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

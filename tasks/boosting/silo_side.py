@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fedsilo.errors import SiloDataError
+from tasks.boosting.messages import BoostingSetup, SiloSketch
 from tasks.boosting.worker import install_handler
 from tasks.gbdt.histogram import Backend, NodeHistograms
 from tasks.gbdt.model import Tree
@@ -39,7 +40,7 @@ from tasks.gbdt.silo_state import (
 from tasks.gbdt.sketch import summarize
 from tasks.metrics import classification_scores, regression_scores
 from tasks.privacy.secagg import KeyPair, MaskContext
-from tasks.protocol.messages import BoostingSetup, Evaluation, SiloSketch
+from tasks.protocol.messages import Evaluation
 from tasks.silo.data import SiloData, worker_name
 
 #: What a histogram exchange returns: plain, or masked under secure aggregation.

@@ -27,11 +27,11 @@ from typing import Any
 
 from distributed.comm.addressing import get_address_host
 
+from tasks.boosting.messages import SiloCallFailed
 from tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from tasks.gbdt.private_histograms import MaskedHistograms
 from tasks.gbdt.silo_state import LossSum, sum_losses
 from tasks.protocol import codec
-from tasks.protocol.messages import SiloCallFailed
 from tasks.silo import channel as exchange_channel
 from tasks.silo import worker_rpc
 

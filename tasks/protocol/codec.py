@@ -26,14 +26,8 @@ import numpy as np
 
 from fedsilo.errors import FedsiloError
 from tasks.averaging.compression import EncodedTensor, EncodedUpdate
-from tasks.gbdt.histogram import NodeHistograms
-from tasks.gbdt.model import Tree
-from tasks.gbdt.private_histograms import MaskedHistograms
-from tasks.gbdt.silo_state import LossSum, NodeSplit
-from tasks.gbdt.sketch import QuantileSummary
 from tasks.privacy.secagg import MaskContext, MaskedUpdate
 from tasks.protocol.messages import (
-    BoostingSetup,
     ColumnInfo,
     Evaluation,
     FeatureMoments,
@@ -41,10 +35,8 @@ from tasks.protocol.messages import (
     LocalUpdate,
     PrivacyRequest,
     Resident,
-    SiloCallFailed,
     SiloFault,
     SiloSchema,
-    SiloSketch,
 )
 
 #: Arrays smaller than this travel inside the header, larger ones as buffers.
@@ -87,39 +79,44 @@ class RemoteError(FedsiloError):
         self.message = message
 
 
-#: The dataclasses that may cross the boundary, by name.
-MESSAGE_TYPES: dict[str, type] = {
-    t.__name__: t
-    for t in (
-        BoostingSetup,
-        ColumnInfo,
-        EncodedTensor,
-        EncodedUpdate,
-        Evaluation,
-        FeatureMoments,
-        FitConfig,
-        LocalUpdate,
-        LossSum,
-        MaskContext,
-        MaskedHistograms,
-        MaskedUpdate,
-        NodeHistograms,
-        NodeSplit,
-        PrivacyRequest,
-        QuantileSummary,
-        Resident,
-        SiloCallFailed,
-        SiloFault,
-        SiloSchema,
-        SiloSketch,
-        Tree,
-    )
-}
+_TYPES: dict[str, type] = {}
+
+
+def register(*types: type) -> None:
+    """Allow these frozen dataclasses across the boundary, by their names.
+
+    The core messages are registered here; a model family registers its own
+    in its messages module, so a process accepts them once it runs that
+    family. A name stays bound to one class.
+    """
+    for cls in types:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} is not a dataclass")
+        known = _TYPES.setdefault(cls.__name__, cls)
+        if known is not cls:
+            raise TypeError(f"another message type is already named {cls.__name__}")
 
 
 def message_types() -> dict[str, type]:
     """Return the dataclasses that may cross the boundary, by name."""
-    return MESSAGE_TYPES
+    return dict(_TYPES)
+
+
+register(
+    ColumnInfo,
+    EncodedTensor,
+    EncodedUpdate,
+    Evaluation,
+    FeatureMoments,
+    FitConfig,
+    LocalUpdate,
+    MaskContext,
+    MaskedUpdate,
+    PrivacyRequest,
+    Resident,
+    SiloFault,
+    SiloSchema,
+)
 
 
 def encode(value: Any) -> tuple[bytes, list[memoryview]]:
@@ -158,7 +155,7 @@ def _to_ext(obj: Any, buffers: list[memoryview], default: Any) -> Any:
         return msgpack.ExtType(_ERROR, _pack([kind, text], default))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         name = type(obj).__name__
-        if message_types().get(name) is not type(obj):
+        if _TYPES.get(name) is not type(obj):
             raise TypeError(f"{name} is not a message type")
         values = {
             f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init
@@ -230,7 +227,7 @@ def _from_ext(code: int, data: bytes, views: list[memoryview], hook: Any) -> Any
         return RemoteError(str(kind), str(text))
     if code == _MESSAGE:
         name, values = items
-        cls = message_types().get(name)
+        cls = _TYPES.get(name)
         if cls is None or not isinstance(values, dict):
             raise CodecError(f"{name!r} is not a message type")
         return cls(**values)

@@ -10,9 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from tasks.gbdt.histogram import Backend
-from tasks.gbdt.objective import Objective, make_objective
-from tasks.gbdt.sketch import QuantileSummary
 from tasks.privacy.secagg import MaskContext
 
 
@@ -129,45 +126,3 @@ class PrivacyRequest:
     def secure(self) -> bool:
         """Return whether the update is masked."""
         return self.silo_index is not None
-
-
-@dataclass(frozen=True, slots=True)
-class BoostingSetup:
-    """What every silo needs to know to validate and bin its rows."""
-
-    features: tuple[str, ...]
-    target: str
-    task: str  # "classification" or "regression"
-    objective: str
-    num_class: int
-    backend: Backend = "auto"
-    #: DP: per-row (gradient, hessian) bounds the silo clips to; None: no DP.
-    gradient_clip: tuple[float, float] | None = None
-
-    def make_objective(self) -> Objective:
-        """Return the objective being boosted."""
-        return make_objective(self.objective, self.num_class)
-
-    @property
-    def classes(self) -> np.ndarray:
-        """Return the class labels (0..K-1) of a classification federation."""
-        return np.arange(max(self.num_class, 2))
-
-
-@dataclass(frozen=True, slots=True)
-class SiloSketch:
-    """A silo's reply at setup: column summaries, row count and label sums."""
-
-    silo: str
-    summaries: tuple[QuantileSummary, ...]
-    n_rows: int
-    label_stats: np.ndarray
-    label_bound: float
-
-
-@dataclass(frozen=True, slots=True)
-class SiloCallFailed:
-    """A hosted silo's call raised: which silo, and the error."""
-
-    silo: str
-    error: BaseException
