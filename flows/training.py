@@ -18,7 +18,7 @@ from fedsilo.spec import FederationSpec
 from flows.reporting import finish_run
 from flows.round import federated_round
 from tasks import run_state
-from tasks.families import family_of
+from tasks.families import Opening, family_of
 from tasks.store.checkpoints import new_run_id
 
 
@@ -64,7 +64,9 @@ def federated_training(
     family = family_of(spec.model.kind)
     family.check(spec)
     with spec_cluster(spec) as cluster:
-        opened = family.open(spec, cluster, run_id, resume, tuple(known_classes))
+        opened = family.open(
+            Opening(spec, cluster, run_id, resume, tuple(known_classes))
+        )
         run = run_state.Run(
             spec=spec,
             run_id=run_id,

@@ -1,19 +1,32 @@
 """Model families by model kind: what the one engine opens for a run.
 
 A family is a class with ``check(spec)`` (refuse bad model parameters before
-any silo work) and ``open(spec, cluster, run_id, resume, known_classes)``,
-which returns a :class:`tasks.run_state.FamilyRun`. ``xgboost`` grows boosted
-trees; every other kind averages scikit-learn parameters.
+any silo work) and ``open(opening)``, which returns a
+:class:`tasks.run_state.FamilyRun`. ``xgboost`` grows boosted trees; every
+other kind averages scikit-learn parameters.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from fedsilo.cluster import SiloCluster
     from fedsilo.spec import FederationSpec
     from tasks.run_state import FamilyRun
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What a family needs to open a run's silos."""
+
+    spec: FederationSpec
+    cluster: SiloCluster
+    run_id: str
+    resume: bool = False
+    #: Labels the model must know even if no silo holds them (averaged kinds).
+    known_classes: tuple[Any, ...] = ()
 
 
 class ModelFamily(Protocol):
@@ -25,13 +38,7 @@ class ModelFamily(Protocol):
         ...
 
     @staticmethod
-    def open(
-        spec: FederationSpec,
-        cluster: SiloCluster,
-        run_id: str,
-        resume: bool,
-        known_classes: tuple[Any, ...],
-    ) -> FamilyRun:
+    def open(opening: Opening) -> FamilyRun:
         """Open the silos' state for a run and return the run's family state."""
         ...
 

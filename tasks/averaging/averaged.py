@@ -39,6 +39,7 @@ from tasks.averaging.round_tasks import (
 )
 from tasks.averaging.sampling import sample_silos
 from tasks.averaging.server_optimizers import make_server_optimizer
+from tasks.families import Opening
 from tasks.privacy.accountant import would_exceed
 from tasks.privacy.silo_protect import STATE_TENSORS, make_keypair, public_key
 from tasks.protocol.messages import Evaluation, LocalUpdate
@@ -46,7 +47,7 @@ from tasks.run_state import Personalized, RoundOutcome, opaque
 from tasks.silo import rpc as silo_rpc
 from tasks.silo.data import (
     FitConfig,
-    SiloSource,
+    load_arguments,
     load_silo,
     prepare_silo,
     row_count,
@@ -83,11 +84,7 @@ def read_silos(
         s.name: cluster.submit(
             s.name,
             load_silo,
-            SiloSource(
-                s.name, s.train, s.test, s.test_fraction, dict(s.storage_options)
-            ),
-            spec.target,
-            spec.seed,
+            *load_arguments(spec, s),
             key=f"{prefix}silo-data-{s.name}-{suffix}",
         )
         for s in spec.silos
@@ -559,14 +556,10 @@ class AveragedFamily:
         sklearn_models.check_params(spec.model.kind, spec.model.params)
 
     @staticmethod
-    def open(
-        spec: FederationSpec,
-        cluster: SiloCluster,
-        run_id: str,
-        resume: bool,
-        known_classes: tuple[Any, ...],
-    ) -> AveragedRun:
+    def open(opening: Opening) -> AveragedRun:
         """Open the silos, then start from the latest checkpoint or a new model."""
+        spec, cluster, run_id = opening.spec, opening.cluster, opening.run_id
+        resume, known_classes = opening.resume, opening.known_classes
         logger = get_run_logger()
         opened = open_silos(spec, cluster, run_id, known_classes)
         store = CheckpointStore(

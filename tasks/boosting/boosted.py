@@ -37,6 +37,7 @@ from tasks.boosting.federation import (
     Traffic,
     default_transport,
 )
+from tasks.families import Opening
 from tasks.gbdt.learner import Federation, train
 from tasks.gbdt.model import GBDTModel
 from tasks.gbdt.objective import Intercept
@@ -58,7 +59,7 @@ from tasks.privacy.errors import PrivacyBudgetExceededError
 from tasks.privacy.silo_protect import make_keypair, public_key
 from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
 from tasks.run_state import Personalized, RoundOutcome, opaque
-from tasks.silo.data import SiloSource, load_silo, silo_schema
+from tasks.silo.data import load_arguments, load_silo, silo_schema
 from tasks.silo.schema import check_schemas
 from tasks.store.checkpoints import CheckpointStore, MetricRow
 
@@ -200,14 +201,7 @@ def open_boosting_silos(
     """
     data = {
         s.name: calls.submit(
-            s.name,
-            load_silo,
-            SiloSource(
-                s.name, s.train, s.test, s.test_fraction, dict(s.storage_options)
-            ),
-            spec.target,
-            spec.seed,
-            name="silo-data",
+            s.name, load_silo, *load_arguments(spec, s), name="silo-data"
         )
         for s in spec.silos
     }
@@ -702,15 +696,11 @@ class BoostedFamily:
         """Nothing beyond the spec's own checks of the GBDT parameters."""
 
     @staticmethod
-    def open(
-        spec: FederationSpec,
-        cluster: SiloCluster,
-        run_id: str,
-        resume: bool,
-        known_classes: tuple[Any, ...],
-    ) -> BoostingRun:
-        """Open the silos (classes come from ``num_class``, not ``known_classes``)."""
-        return open_boosting(spec, cluster, run_id, resume)
+    def open(opening: Opening) -> BoostingRun:
+        """Open the silos (classes come from ``num_class``, not known classes)."""
+        return open_boosting(
+            opening.spec, opening.cluster, opening.run_id, opening.resume
+        )
 
 
 def setup_boosting_privacy(

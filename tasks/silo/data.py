@@ -21,6 +21,7 @@ from connectors.files import read_table
 from connectors.silo_config import worker_silo_config
 from connectors.sql import SqlSource, read_sql
 from fedsilo.errors import SiloDataError
+from fedsilo.spec import FederationSpec, SiloSpec
 from tasks.averaging import sklearn_models
 from tasks.averaging.compression import SiloCompressor, quantization_rng
 from tasks.metrics import classification_scores, regression_scores
@@ -85,6 +86,14 @@ class PreparedSilo:
     y_train: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
+
+
+def load_arguments(spec: FederationSpec, silo: SiloSpec) -> tuple[Any, ...]:
+    """Return :func:`load_silo`'s arguments for one silo of the spec."""
+    source = SiloSource(
+        silo.name, silo.train, silo.test, silo.test_fraction, dict(silo.storage_options)
+    )
+    return source, spec.target, spec.seed
 
 
 def silo_seed(seed: int, round_number: int, silo: str) -> np.random.Generator:
