@@ -20,8 +20,8 @@ from fedsilo.cluster import SiloCluster, spec_cluster
 from fedsilo.spec import FederationSpec
 from flows.reporting import artifact_key
 from tasks.averaging.averaged import read_silos
-from tasks.averaging.round_tasks import wait_silo
 from tasks.protocol.messages import SiloSchema
+from tasks.silo.failures import wait_silo
 from tasks.silo.schema import categorical_features, check_schemas
 from tasks.statistics.federated import (
     FederatedStats,

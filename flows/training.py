@@ -18,7 +18,8 @@ from fedsilo.spec import FederationSpec
 from flows.reporting import finish_run
 from flows.round import federated_round
 from tasks import run_state
-from tasks.families import Opening, family_of
+from tasks.families import family_of
+from tasks.run_state import Opening
 from tasks.store.checkpoints import new_run_id
 
 

@@ -8,25 +8,11 @@ other kind averages scikit-learn parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from fedsilo.cluster import SiloCluster
     from fedsilo.spec import FederationSpec
-    from tasks.run_state import FamilyRun
-
-
-@dataclass(frozen=True, slots=True)
-class Opening:
-    """What a family needs to open a run's silos."""
-
-    spec: FederationSpec
-    cluster: SiloCluster
-    run_id: str
-    resume: bool = False
-    #: Labels the model must know even if no silo holds them (averaged kinds).
-    known_classes: tuple[Any, ...] = ()
+    from tasks.run_state import FamilyRun, Opening
 
 
 class ModelFamily(Protocol):

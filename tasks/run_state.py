@@ -109,6 +109,21 @@ class FamilyRun(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What a family needs to open a run's silos."""
+
+    spec: FederationSpec
+    cluster: SiloCluster
+    run_id: str
+    resume: bool = False
+    #: Labels the model must know even if no silo holds them (averaged kinds).
+    known_classes: tuple[Any, ...] = ()
+
+
+#: A secure round is masked again at most this many times when silos drop out.
+MAX_SECURE_ATTEMPTS = 3
+
 #: Called after every round with its result and the run.
 ProgressListener = Callable[[RoundResult, "Run"], None]
 

@@ -35,15 +35,19 @@ from tasks.averaging.round_tasks import (
     checkpoint,
     evaluate_local,
     fit_local,
-    wait_silo,
 )
 from tasks.averaging.sampling import sample_silos
 from tasks.averaging.server_optimizers import make_server_optimizer
-from tasks.families import Opening
 from tasks.privacy.accountant import would_exceed
 from tasks.privacy.silo_protect import STATE_TENSORS, make_keypair, public_key
 from tasks.protocol.messages import Evaluation, LocalUpdate
-from tasks.run_state import Personalized, RoundOutcome, opaque
+from tasks.run_state import (
+    MAX_SECURE_ATTEMPTS,
+    Opening,
+    Personalized,
+    RoundOutcome,
+    opaque,
+)
 from tasks.silo import rpc as silo_rpc
 from tasks.silo.data import (
     FitConfig,
@@ -54,14 +58,12 @@ from tasks.silo.data import (
     silo_moments,
     silo_schema,
 )
+from tasks.silo.failures import wait_silo
 from tasks.silo.schema import categorical_features, check_schemas
 from tasks.statistics.categories import Encoding, global_categories
 from tasks.statistics.moments import standard_scaler
 from tasks.statistics.silo_side import silo_categories
 from tasks.store.checkpoints import CheckpointStore
-
-#: A secure round is masked again at most this many times when silos drop out.
-MAX_SECURE_ATTEMPTS = 3
 
 
 def _gather(spec: FederationSpec, futures: dict[str, Any]) -> dict[str, Any]:

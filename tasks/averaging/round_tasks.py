@@ -14,71 +14,23 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from distributed import Future
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fedsilo.errors import FedsiloError, SiloFailedError, SiloLateError
+from fedsilo.errors import SiloFailedError
 from tasks.averaging.combine import Combined, combine
-from tasks.metrics import global_metrics
 from tasks.privacy.accountant import epsilon_spent
 from tasks.privacy.secagg import MaskContext
 from tasks.privacy.silo_protect import PrivacyRequest
-from tasks.protocol.codec import RemoteError
 from tasks.protocol.messages import Evaluation, LocalUpdate
 from tasks.silo import rpc as silo_rpc
 from tasks.silo.batch import SiloFault
+from tasks.silo.failures import silo_failure
 from tasks.store.checkpoints import MetricRow
+from tasks.store.rows import metric_rows
 
 if TYPE_CHECKING:
     from tasks.averaging.averaged import AveragedRun
-
-
-def wait_silo(
-    silo: str, future: Future, timeout: float, deadline: float | None = None
-) -> object:
-    """Return a silo task's result; failures name the silo.
-
-    Past ``deadline`` seconds the silo is late: its task is cancelled and
-    whatever it sends afterwards is never read.
-    """
-    wait = timeout if deadline is None else min(timeout, deadline)
-    try:
-        return future.result(timeout=wait)
-    except FedsiloError:
-        raise
-    except Exception as error:
-        if isinstance(error, TimeoutError):
-            future.cancel()
-        raise silo_failure(silo, error, timeout, deadline) from error
-
-
-def silo_failure(
-    silo: str, error: Exception, timeout: float, deadline: float | None = None
-) -> SiloFailedError:
-    """Name the silo whose call raised ``error``; a timeout is late or lost.
-
-    A ``TimeoutError`` is :class:`SiloLateError` when the deadline was the
-    shorter wait, else no reply within the silo timeout.
-    """
-    if isinstance(error, TimeoutError):
-        if deadline is not None and deadline <= timeout:
-            return SiloLateError(silo, f"missed the {deadline:g}s deadline")
-        return SiloFailedError(silo, f"no reply within {timeout:g}s")
-    return failure_of(silo, error)
-
-
-def failure_of(silo: str, error: BaseException) -> SiloFailedError:
-    """Name the silo whose call raised ``error`` (here or at the silo)."""
-    if isinstance(error, RemoteError):
-        kind, text = error.kind, error.message
-        prefix = f"silo {silo!r}: "
-        if text.startswith(prefix):  # a fedsilo error that named the silo
-            return SiloFailedError(silo, text.splitlines()[0].removeprefix(prefix))
-    else:
-        kind, text = type(error).__name__, str(error)
-    first = text.splitlines()[0] if text else ""
-    return SiloFailedError(silo, f"{kind}: {first}")
 
 
 def privacy_request(
@@ -251,36 +203,6 @@ def evaluate_local(
     replies = call_worker(state, worker, silos, "evaluate", args)
     evaluations = [e for r in replies if isinstance(r, list) for e in r]
     return evaluations, [r for r in replies if isinstance(r, SiloFailedError)]
-
-
-def metric_rows(
-    evaluations: list[Evaluation],
-    updates: list[LocalUpdate],
-    task: str,
-    absent: dict[str, str] | None = None,
-) -> list[MetricRow]:
-    """Long-format rows: every silo's metrics, the global ones, and traffic."""
-    rows = []
-    for evaluation in evaluations:
-        for name, value in evaluation.metrics.items():
-            rows.append(
-                MetricRow(
-                    evaluation.silo, evaluation.split, name, value, evaluation.n_samples
-                )
-            )
-    for split in ("train", "test"):
-        chosen = [e for e in evaluations if e.split == split]
-        n = sum(e.n_samples for e in chosen)
-        for name, value in global_metrics(chosen, task).items():
-            rows.append(MetricRow("global", split, name, value, n))
-    for update in updates:
-        n = update.n_samples
-        rows.append(MetricRow(update.silo, "train", "bytes_down", update.bytes_down, n))
-        rows.append(MetricRow(update.silo, "train", "bytes_up", update.bytes_up, n))
-        rows.append(MetricRow(update.silo, "train", "fit_seconds", update.seconds, n))
-    for silo, kind in sorted((absent or {}).items()):
-        rows.append(MetricRow(silo, "train", kind, 1.0, 0))
-    return rows
 
 
 def privacy_rows(state: AveragedRun) -> list[MetricRow]:

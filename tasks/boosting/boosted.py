@@ -27,8 +27,6 @@ from fedsilo.cluster import SiloCluster
 from fedsilo.errors import CheckpointError, SiloDataError, SiloFailedError
 from fedsilo.gbdt_params import GBDTParams
 from fedsilo.spec import FederationSpec
-from tasks.averaging.averaged import MAX_SECURE_ATTEMPTS
-from tasks.averaging.round_tasks import metric_rows
 from tasks.boosting import silo_side as gbdt_silo
 from tasks.boosting.federation import (
     DaskFederation,
@@ -37,7 +35,6 @@ from tasks.boosting.federation import (
     Traffic,
     default_transport,
 )
-from tasks.families import Opening
 from tasks.gbdt.learner import Federation, train
 from tasks.gbdt.model import GBDTModel
 from tasks.gbdt.objective import Intercept
@@ -58,10 +55,17 @@ from tasks.privacy.accountant import gbdt_epsilon
 from tasks.privacy.errors import PrivacyBudgetExceededError
 from tasks.privacy.silo_protect import make_keypair, public_key
 from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
-from tasks.run_state import Personalized, RoundOutcome, opaque
+from tasks.run_state import (
+    MAX_SECURE_ATTEMPTS,
+    Opening,
+    Personalized,
+    RoundOutcome,
+    opaque,
+)
 from tasks.silo.data import load_arguments, load_silo, silo_schema
 from tasks.silo.schema import check_schemas
 from tasks.store.checkpoints import CheckpointStore, MetricRow
+from tasks.store.rows import metric_rows
 
 
 @dataclasses.dataclass(slots=True)

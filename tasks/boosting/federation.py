@@ -46,7 +46,6 @@ from typing import Any, Literal
 from distributed import Actor, Client, Future
 
 from fedsilo.errors import FedsiloError, SiloFailedError
-from tasks.averaging.round_tasks import failure_of, wait_silo
 from tasks.boosting import silo_side as gbdt_silo
 from tasks.boosting.worker import (
     CHANNEL_HANDLER,
@@ -69,6 +68,7 @@ from tasks.silo.channel import (
     first_ready,
     new_token,
 )
+from tasks.silo.failures import failure_of, wait_silo
 
 Transport = Literal["channel", "worker", "actor", "submit"]
 TRANSPORTS: tuple[Transport, ...] = ("channel", "worker", "actor", "submit")
