@@ -94,9 +94,7 @@ def _run_id(compare_id: str, variant: str, silo: str | None = None, i: int = 0) 
 
 
 def _store(spec: FederationSpec, run_id: str) -> CheckpointStore:
-    return CheckpointStore(
-        spec.checkpoints, spec.name, run_id, storage_options=spec.storage_options
-    )
+    return CheckpointStore.of_run(spec, run_id)
 
 
 def _run_rows(spec: FederationSpec, run_id: str, variant: str) -> pd.DataFrame:

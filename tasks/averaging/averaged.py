@@ -564,13 +564,7 @@ class AveragedFamily:
         resume, known_classes = opening.resume, opening.known_classes
         logger = get_run_logger()
         opened = open_silos(spec, cluster, run_id, known_classes)
-        store = CheckpointStore(
-            spec.checkpoints,
-            spec.name,
-            run_id,
-            storage_options=spec.storage_options,
-            metadata=_metadata(spec, opened),
-        )
+        store = CheckpointStore.of_run(spec, run_id, _metadata(spec, opened))
         config = FitConfig(
             kind=spec.model.kind,
             model_params=dict(spec.model.params),

@@ -575,13 +575,7 @@ def open_boosting(
     try:
         opened = open_boosting_silos(spec, calls, params, run_id)
         rows, features = opened["rows"], opened["features"]
-        store = CheckpointStore(
-            spec.checkpoints,
-            spec.name,
-            run_id,
-            storage_options=spec.storage_options,
-            metadata=_metadata(spec, features),
-        )
+        store = CheckpointStore.of_run(spec, run_id, _metadata(spec, features))
         resumed, start_round = _resume_point(store, run_id, resume, features)
         if resumed is not None:
             logger.info("resuming run %s after round %d", run_id, start_round - 1)

@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
@@ -38,6 +38,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 import fedsilo
 from fedsilo.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from fedsilo.spec import FederationSpec
 
 __all__ = [
     "METRICS_SCHEMA",
@@ -429,6 +432,22 @@ class CheckpointStore:
             RUN_KEY: run_id,
             VERSIONS_KEY: _library_versions(),
         }
+
+    @classmethod
+    def of_run(
+        cls,
+        spec: FederationSpec,
+        run_id: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> CheckpointStore:
+        """Return the store of one run of ``spec`` (its checkpoints' location)."""
+        return cls(
+            spec.checkpoints,
+            spec.name,
+            run_id,
+            storage_options=spec.storage_options,
+            metadata=metadata,
+        )
 
     @property
     def run_path(self) -> str:
