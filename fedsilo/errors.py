@@ -52,3 +52,10 @@ class SiloFailedError(FedsiloError):
 
 class SiloLateError(SiloFailedError):
     """A silo missed the round's deadline; its late result is discarded."""
+
+
+class RegistryError(FedsiloError, ValueError):
+    """A kind is registered twice, or looked up without being registered.
+
+    A ``ValueError`` too, so that a spec validator raising it names the field.
+    """

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedsilo.errors import CheckpointError, SpecError
-from fedsilo.spec import FederationSpec, parse_spec
+from fedsilo.spec import FederationSpec, parse_recorded_spec
 from tasks.store.checkpoints import (
     CheckpointStore,
     federations_of_run,
@@ -67,7 +67,8 @@ def recorded_spec(store: CheckpointStore) -> FederationSpec:
             "the spec file: fedsilo run SPEC --run-id "
             f"{store.run_id} --resume"
         )
-    return parse_spec(json.loads(text), source=f"run {store.run_id}'s recorded spec")
+    source = f"run {store.run_id}'s recorded spec"
+    return parse_recorded_spec(json.loads(text), source=source)
 
 
 #: Fields a resumed run may change: more rounds, another scheduler or store URL.
@@ -87,7 +88,7 @@ def check_same_federation(spec: FederationSpec, store: CheckpointStore) -> None:
     recorded_data = json.loads(text)
     # With today's defaults filled in, so that a field added since is no change.
     with contextlib.suppress(SpecError):
-        recorded_data = parse_spec(recorded_data).public_dict()
+        recorded_data = parse_recorded_spec(recorded_data, "<recorded>").public_dict()
     recorded = {k: v for k, v in recorded_data.items() if k not in MAY_DIFFER}
     current = {k: v for k, v in spec.public_dict().items() if k not in MAY_DIFFER}
     changed = sorted(

@@ -15,37 +15,49 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializeAsAny,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
+from pydantic.types import JsonValue
 
 from fedsilo.errors import FedsiloError, SpecError
+from fedsilo.model_kinds import model_kind, model_kinds
 from fedsilo.sources import SqlSource, resolve_sqlite_url, url_password
+from fedsilo.strategy_spec import ServerOptimizerSpec as ServerOptimizerSpec
+from fedsilo.strategy_spec import StrategySpec, own_fields
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-CLASSIFIERS = frozenset({"sgd-logistic", "logistic", "mlp-classifier"})
-REGRESSORS = frozenset({"sgd-regressor", "mlp-regressor"})
-ModelKind = Literal[
-    "sgd-logistic",
-    "sgd-regressor",
-    "logistic",
-    "mlp-classifier",
-    "mlp-regressor",
-    "xgboost",
-]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _kinds_enum(schema: dict[str, JsonValue]) -> None:
+    """List the registered model kinds in the JSON schema (the Prefect form)."""
+    kinds: list[JsonValue] = [*model_kinds()]
+    schema["enum"] = kinds
+
+
 class ModelSpec(_Strict):
     """Which estimator every silo trains, and its constructor parameters."""
 
-    kind: ModelKind = "sgd-logistic"
+    kind: str = Field(
+        "sgd-logistic",
+        json_schema_extra=_kinds_enum,
+        description="a registered model kind (fedsilo/model_kinds.py)",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     trees_per_round: int = Field(1, ge=1, le=10_000)
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        model_kind(kind)
+        return kind
 
     @model_validator(mode="after")
     def _xgboost_params(self) -> ModelSpec:
@@ -59,35 +71,6 @@ class ModelSpec(_Strict):
         elif self.trees_per_round != 1:
             raise ValueError("trees_per_round applies to kind 'xgboost' only")
         return self
-
-
-class ServerOptimizerSpec(_Strict):
-    """An optimiser stepping on the round's pseudo-gradient (Reddi et al. 2021)."""
-
-    kind: Literal["fedavgm", "fedadagrad", "fedadam", "fedyogi"]
-    learning_rate: float = Field(1.0, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    beta1: float = Field(0.9, ge=0.0, lt=1.0)
-    beta2: float = Field(0.99, ge=0.0, lt=1.0)
-    tau: float = Field(1e-3, gt=0.0)
-
-
-class StrategySpec(_Strict):
-    """How updates are combined and which silos take part in a round."""
-
-    kind: Literal["fedavg", "median", "trimmed-mean", "krum", "multi-krum"] = "fedavg"
-    fraction: float = Field(1.0, gt=0.0, le=1.0)
-    min_silos: int = Field(1, ge=1)
-    deadline: float | None = Field(
-        None, gt=0.0, description="seconds a round waits for local fits"
-    )
-    beta: float = Field(0.1, ge=0.0, lt=0.5, description="trimmed-mean: cut share")
-    byzantine: int = Field(1, ge=0, description="krum: silos assumed faulty (f)")
-    multi_krum_m: int | None = Field(None, ge=1, description="multi-krum: kept")
-    norm_bound: float | None = Field(
-        None, gt=0.0, description="reject updates farther than this from the model"
-    )
-    server_optimizer: ServerOptimizerSpec | None = None
 
 
 class LocalSpec(_Strict):
@@ -286,7 +269,7 @@ class FederationSpec(_Strict):
     rounds: int = Field(ge=1, le=100_000)
     seed: int = 0
     model: ModelSpec = Field(default_factory=ModelSpec)
-    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    strategy: SerializeAsAny[StrategySpec] = Field(default_factory=StrategySpec)
     local: LocalSpec = Field(default_factory=LocalSpec)
     preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
     statistics: StatisticsSpec = Field(default_factory=StatisticsSpec)
@@ -303,12 +286,12 @@ class FederationSpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"silo names must be unique, repeated: {dupes}")
-        if self.task == "classification" and self.model.kind in REGRESSORS:
-            raise ValueError(f"model {self.model.kind!r} is a regressor")
-        if self.task == "regression" and self.model.kind in CLASSIFIERS:
-            raise ValueError(f"model {self.model.kind!r} is a classifier")
+        serves = model_kind(self.model.kind).task
+        if serves is not None and serves != self.task:
+            role = "regressor" if serves == "regression" else "classifier"
+            raise ValueError(f"model {self.model.kind!r} is a {role}")
         if self.privacy.secure_aggregation or self.privacy.dp:
-            if self.strategy.kind != "fedavg":
+            if not self.strategy.sums_suffice:
                 raise ValueError(
                     f"strategy.kind {self.strategy.kind!r} needs each silo's update; "
                     "with secure aggregation or DP the coordinator sees only sums "
@@ -319,16 +302,18 @@ class FederationSpec(_Strict):
                     "strategy.norm_bound checks single updates, which secure "
                     "aggregation and DP hide; DP clipping bounds them instead"
                 )
-        f = self.strategy.byzantine
-        if self.strategy.kind in {"krum", "multi-krum"} and len(self.silos) < 2 * f + 3:
+        needed = self.strategy.silos_needed()
+        if len(self.silos) < needed:
             raise ValueError(
-                f"strategy {self.strategy.kind!r} tolerating byzantine={f} needs at "
-                f"least {2 * f + 3} silos, the spec lists {len(self.silos)}"
+                f"{self.strategy.describe()} needs at least {needed} silos, "
+                f"the spec lists {len(self.silos)}"
             )
         if self.privacy.secure_aggregation and len(self.silos) < 2:
             raise ValueError("secure aggregation needs at least two silos")
         if self.local.proximal_mu > 0:
-            _check_proximal(self.model)
+            refusal = proximal_refusal(self.model.kind, self.model.params)
+            if refusal is not None:
+                raise ValueError(refusal)
         categorical = self.preprocessing.categorical
         if isinstance(categorical, list) and self.target in categorical:
             raise ValueError(
@@ -434,18 +419,6 @@ class FederationSpec(_Strict):
         return hashlib.sha256(self.public_json().encode()).hexdigest()[:16]
 
 
-def _check_proximal(model: ModelSpec) -> None:
-    """Refuse FedProx for a model whose local training has no proximal step."""
-    if model.kind == "xgboost":
-        raise ValueError(
-            "local.proximal_mu: kind 'xgboost' does no local optimisation (the "
-            "coordinator grows every tree from summed histograms); set it to 0"
-        )
-    refusal = proximal_refusal(model.kind, model.params)
-    if refusal is not None:
-        raise ValueError(refusal)
-
-
 def _is_url(location: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location) is not None
 
@@ -513,6 +486,17 @@ def parse_spec(
     return spec.model_copy(update={"silos": silos, "cluster": cluster})
 
 
+def parse_recorded_spec(data: Any, source: str) -> FederationSpec:
+    """Validate a spec a checkpoint recorded (:meth:`FederationSpec.public_dict`).
+
+    Specs recorded before each strategy kind had its own fields list every
+    kind's; those the recorded kind lacks had no effect and are dropped.
+    """
+    if isinstance(data, dict) and isinstance(data.get("strategy"), dict):
+        data = {**data, "strategy": own_fields(data["strategy"])}
+    return parse_spec(data, source=source)
+
+
 def read_yaml(path: Path, error: type[FedsiloError], what: str) -> Any:
     """Read a YAML file; a missing file or bad YAML is one ``error`` naming it."""
     try:
@@ -552,44 +536,10 @@ def with_changes(spec: FederationSpec, source: str, **changes: Any) -> Federatio
         raise SpecError(format_errors(source, error)) from None
 
 
-#: Learning-rate schedules of SGD estimators that have a step size per batch.
-_SGD_RATES = frozenset({"constant", "optimal", "invscaling", "adaptive"})
-
-
 def proximal_refusal(kind: str, model_params: Mapping[str, Any]) -> str | None:
     """Return why FedProx's proximal step cannot train this model, or None if it can.
 
-    The step needs the step size the estimator used on each mini-batch; see
-    docs/strategies.md for the models and the reasons.
+    The model kind decides (``fedsilo/model_kinds.py``); see docs/strategies.md
+    for the models and the reasons.
     """
-    if kind == "logistic":
-        return (
-            "local.proximal_mu: model kind 'logistic' trains with "
-            "LogisticRegression.fit (full-batch L-BFGS), whose objective cannot "
-            "be given a term pulling toward the global model; use sgd-logistic "
-            "or mlp-classifier for FedProx, or set local.proximal_mu to 0"
-        )
-    if kind.startswith("sgd"):
-        rate = model_params.get(
-            "learning_rate", "optimal" if kind == "sgd-logistic" else "invscaling"
-        )
-        if rate not in _SGD_RATES:
-            return (
-                f"local.proximal_mu: model.params.learning_rate {rate!r} has no "
-                "step size to scale the proximal step by; use one of "
-                f"{sorted(_SGD_RATES)}"
-            )
-        if model_params.get("average"):
-            return (
-                "local.proximal_mu: model.params.average reports averaged weights, "
-                "not the iterate the proximal step applies to; leave average off"
-            )
-    if kind.startswith("mlp") and model_params.get("solver", "adam") not in {
-        "adam",
-        "sgd",
-    }:
-        return (
-            f"local.proximal_mu: model.params.solver {model_params['solver']!r} "
-            "cannot train by mini-batches; use 'adam' or 'sgd'"
-        )
-    return None
+    return model_kind(kind).proximal_refusal(model_params)

@@ -12,6 +12,8 @@ from hypothesis.extra import numpy as hnp
 from scipy.special import expit
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
+from fedsilo.spec import StrategySpec
+from tasks.averaging.strategies import Update, strategy_for
 from tasks.averaging.weighted import weighted_average
 from tasks.robust.aggregation import (
     coordinate_median,
@@ -19,7 +21,6 @@ from tasks.robust.aggregation import (
     krum_scores,
     krum_select,
     multi_krum,
-    robust_aggregate,
     trimmed_mean,
 )
 from tasks.robust.validation import Rejection, shapes_of, validate_updates
@@ -283,8 +284,9 @@ def _run(method: str, attack: str | None, rounds: int = 20) -> tuple[float, list
             params = weighted_average(results)
         else:
             # A rejected silo is one of the f faulty ones: fewer remain among the valid.
-            f = max(1 - len(rejected), 0)
-            params = robust_aggregate(results, method, f=f)  # type: ignore[arg-type]
+            strategy = strategy_for(StrategySpec(kind=method), rejected=len(rejected))
+            pairs = zip(valid, results, strict=True)
+            params = strategy.aggregate([Update(s, *pw) for s, pw in pairs], params)
     return _accuracy(params, X_test, y_test), rejected_silos
 
 

@@ -1,10 +1,12 @@
 """Turn one round's silo replies into the next global model (no I/O).
 
-The strategy decides how: FedAvg, a robust aggregator over validated updates,
-secure aggregation (only the sum is ever decoded) and client-level DP (clipped
-changes, Gaussian noise on their sum); a server optimiser may then step on the
-result. Compressed updates (tasks/averaging/compression.py) are decoded first: global
-model plus the decoded change. Everything here is plain arrays in, arrays out.
+The strategy decides how: the one registered under the spec's kind
+(tasks/averaging/strategies.py: FedAvg, robust aggregators) over validated
+updates, secure aggregation (only the sum is ever decoded) and client-level DP
+(clipped changes, Gaussian noise on their sum); a server optimiser may then step
+on the result. Compressed updates (tasks/averaging/compression.py) are decoded
+first: global model plus the decoded change. Everything here is plain arrays in,
+arrays out.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from fedsilo.errors import InconsistentUpdatesError
 from fedsilo.spec import DPSpec, StrategySpec
 from tasks.averaging.compression import EncodedUpdate, apply_change, decode
-from tasks.averaging.weighted import weighted_average
+from tasks.averaging.strategies import Update, strategy_for
 from tasks.privacy.dp import (
     AdaptiveClip,
     add_gaussian_noise,
@@ -29,7 +31,6 @@ from tasks.privacy.encoding import layout_of, unflatten
 from tasks.privacy.secagg import unmask_sum, unmask_weighted_average
 from tasks.privacy.silo_protect import STATE_TENSORS, dp_tensors
 from tasks.protocol.messages import LocalUpdate
-from tasks.robust.aggregation import robust_aggregate
 from tasks.robust.validation import Rejection, shapes_of, validate_updates
 
 Params = dict[str, np.ndarray]
@@ -152,11 +153,6 @@ def combine(
     if not kept:
         reasons = "; ".join(f"{r.silo}: {r.reason}" for r in rejected)
         raise InconsistentUpdatesError(f"every update was rejected ({reasons})")
-    pairs = [(valid[u.silo], float(u.n_samples)) for u in kept]
-    if strategy.kind == "fedavg":
-        return Combined(weighted_average(pairs), rejected)
-    f = max(strategy.byzantine - len(rejected), 0)
-    new = robust_aggregate(
-        pairs, strategy.kind, beta=strategy.beta, f=f, m=strategy.multi_krum_m
-    )
-    return Combined(new, rejected)
+    chosen = strategy_for(strategy, rejected=len(rejected))
+    weighted = [Update(u.silo, valid[u.silo], float(u.n_samples)) for u in kept]
+    return Combined(chosen.aggregate(weighted, global_params), rejected)

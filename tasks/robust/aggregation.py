@@ -23,14 +23,12 @@ non-negative (e.g. sample counts) and only their ratios matter.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import numpy as np
 
 from fedsilo.errors import EmptyAggregationError, InconsistentUpdatesError
 from tasks.averaging.weighted import Params, check_compatible
 
-Method = Literal["median", "trimmed-mean", "krum", "multi-krum"]
 _TIE = 1e-12  # relative slack when comparing cumulative weights with half the total
 
 
@@ -171,31 +169,3 @@ def multi_krum(
     selected = [updates[i] for i in chosen]
     fractions = w / w.sum()
     return _per_tensor(selected, lambda flat: np.tensordot(fractions, flat, axes=1))
-
-
-def robust_aggregate(
-    results: Sequence[tuple[Params, float]],
-    method: Method,
-    *,
-    beta: float = 0.1,
-    f: int = 1,
-    m: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Return the robust aggregate of ``(update, weight)`` pairs by ``method``.
-
-    Same input as ``tasks.aggregation.weighted_average``. Krum ignores weights;
-    Multi-Krum with ``m`` None selects ``n - f`` updates.
-    """
-    if not results:
-        raise EmptyAggregationError("no updates to aggregate")
-    updates = [params for params, _ in results]
-    weights = [weight for _, weight in results]
-    if method == "median":
-        return coordinate_median(updates, weights)
-    if method == "trimmed-mean":
-        return trimmed_mean(updates, beta, weights)
-    if method == "krum":
-        return krum(updates, f)
-    if method == "multi-krum":
-        return multi_krum(updates, f, len(updates) - f if m is None else m, weights)
-    raise ValueError(f"unknown robust aggregation method {method!r}")
