@@ -9,6 +9,7 @@ import fsspec
 import pandas as pd
 import pyarrow.parquet as pq
 
+from connectors.readers import register_reader
 from fedsilo.errors import SiloDataError
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv"}
@@ -53,3 +54,11 @@ def read_table(
         raise SiloDataError(silo, f"cannot read {location}: {message}") from None
     frame.columns = [str(c) for c in frame.columns]
     return frame
+
+
+@register_reader("path")
+def read_path(
+    silo: str, location: str, storage_options: Mapping[str, Any]
+) -> pd.DataFrame:
+    """Read a path source (the ``path`` kind's reader)."""
+    return read_table(silo, location, storage_options=storage_options)

@@ -25,8 +25,8 @@ from typing import Any
 from distributed import WorkerPlugin
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.sql import SqlSource, mask_url
 from fedsilo.errors import ClusterError, SpecError
+from fedsilo.source_kinds import source_kind
 from fedsilo.spec import DataSource, read_yaml, resolve_sources, validate_mapping
 
 PLUGIN_NAME = "fedsilo-silo-config"
@@ -50,10 +50,8 @@ class SiloConfig(BaseModel):
         """Return every path or URL (raw and masked) the config names."""
         out = []
         for source in (self.train, self.test):
-            if isinstance(source, SqlSource):
-                out += [source.url, mask_url(source.url)]
-            elif source is not None:
-                out.append(source)
+            if source is not None:
+                out += source_kind(source).private_texts(source)
         return out
 
 

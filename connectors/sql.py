@@ -12,11 +12,12 @@ where silos read SQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pandas as pd
 
+from connectors.readers import register_reader
 from fedsilo.errors import SiloDataError
 from fedsilo.sources import (
     DEFAULT_CHUNKSIZE,
@@ -33,6 +34,7 @@ __all__ = [
     "iter_sql",
     "mask_url",
     "read_sql",
+    "read_sql_source",
     "redact",
     "resolve_sqlite_url",
     "url_password",
@@ -98,6 +100,14 @@ def iter_sql(silo: str, source: SqlSource) -> Iterator[pd.DataFrame]:
         ) from None
     finally:
         engine.dispose()
+
+
+@register_reader("sql")
+def read_sql_source(
+    silo: str, source: SqlSource, storage_options: Mapping[str, Any]
+) -> pd.DataFrame:
+    """Read an SQL source (the ``sql`` kind's reader; no storage options apply)."""
+    return read_sql(silo, source)
 
 
 def read_sql(silo: str, source: SqlSource) -> pd.DataFrame:

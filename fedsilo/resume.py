@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedsilo.errors import CheckpointError, SpecError
+from fedsilo.source_kinds import HIDDEN
 from fedsilo.spec import FederationSpec, parse_recorded_spec
 from tasks.store.checkpoints import (
     CheckpointStore,
@@ -16,7 +17,6 @@ from tasks.store.checkpoints import (
 )
 
 SPEC_KEY = "fedsilo.spec"
-HIDDEN = "<hidden>"
 
 
 def locate_run(

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
     SerializeAsAny,
-    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -25,7 +22,9 @@ from pydantic.types import JsonValue
 
 from fedsilo.errors import FedsiloError, SpecError
 from fedsilo.model_kinds import model_kind, model_kinds
-from fedsilo.sources import SqlSource, resolve_sqlite_url, url_password
+from fedsilo.source_kinds import DataSource as DataSource
+from fedsilo.source_kinds import source_kind
+from fedsilo.sources import SqlSource
 from fedsilo.strategy_spec import ServerOptimizerSpec as ServerOptimizerSpec
 from fedsilo.strategy_spec import StrategySpec, own_fields
 
@@ -106,18 +105,6 @@ class StatisticsSpec(_Strict):
     bins: int = Field(20, ge=2, le=1000, description="histogram bins per column")
 
 
-def _source_kind(value: Any) -> str:
-    return "sql" if isinstance(value, dict | SqlSource) else "path"
-
-
-#: Where a silo's rows are: a Parquet/CSV path or fsspec URL, or an SQL source
-#: ``{url, table}`` / ``{url, query}`` (``fedsilo.sources.SqlSource``).
-DataSource = Annotated[
-    Annotated[str, Tag("path")] | Annotated[SqlSource, Tag("sql")],
-    Discriminator(_source_kind),
-]
-
-
 class SiloSpec(_Strict):
     """One silo: a name and, unless its own worker holds them, where its rows are.
 
@@ -139,7 +126,7 @@ class SiloSpec(_Strict):
                 "test needs train (omit both to use the silo worker's own config)"
             )
         for field, source in (("train", self.train), ("test", self.test)):
-            if isinstance(source, SqlSource) and url_password(source.url):
+            if source is not None and source_kind(source).password(source):
                 raise ValueError(
                     f"{field}.url holds a password, and the central spec is recorded "
                     "in Prefect and in every checkpoint; keep credentials at the "
@@ -403,11 +390,12 @@ class FederationSpec(_Strict):
         """Return the spec without storage options (they may hold credentials)."""
         data = self.model_dump(mode="json")
         data.pop("storage_options", None)
-        for silo in data["silos"]:
+        for silo, spec in zip(data["silos"], self.silos, strict=True):
             silo.pop("storage_options", None)
             for side in ("train", "test"):
-                if isinstance(silo.get(side), dict) and "url" in silo[side]:
-                    silo[side] = {**silo[side], "url": "<hidden>"}
+                source = getattr(spec, side)
+                if source is not None:
+                    silo[side] = source_kind(source).public(source)
         return data
 
     def public_json(self) -> str:
@@ -419,20 +407,14 @@ class FederationSpec(_Strict):
         return hashlib.sha256(self.public_json().encode()).hexdigest()[:16]
 
 
-def _is_url(location: str) -> bool:
-    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location) is not None
-
-
 def resolve_source(
     location: str | SqlSource | None, base: Path
 ) -> str | SqlSource | None:
     """Make a relative path (or SQLite file in a URL) absolute, relative to ``base``."""
-    if isinstance(location, SqlSource):
-        url = resolve_sqlite_url(location.url, base)
-        return location.model_copy(update={"url": url})
-    if location is None or _is_url(location) or Path(location).is_absolute():
-        return location
-    return str((base / location).resolve())
+    if location is None:
+        return None
+    resolved: str | SqlSource = source_kind(location).resolve(location, base)
+    return resolved
 
 
 def format_errors(source: str, error: ValidationError) -> str:
