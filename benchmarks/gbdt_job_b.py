@@ -318,7 +318,7 @@ def job_b(args: argparse.Namespace, address: str, work: Path) -> list[dict[str, 
                 "bytes_up_per_tree": sum(r.bytes_up for r in history)
                 / summary["trees"],
                 "exchanges_per_tree": summary["exchanges"] / summary["trees"],
-                "transport": summary["transport"],
+                "transport": summary.get("transport", "channel"),
                 "rounds_s": sum(r.seconds for r in history),
                 "grow_s": summary["grow_seconds"],
                 "exchange_s": sum(exchange.values()),
@@ -341,7 +341,7 @@ def job_b(args: argparse.Namespace, address: str, work: Path) -> list[dict[str, 
             print(
                 f"         fedsilo: setup {record['setup_s']:.2f}s; growing "
                 f"{record['grow_s']:.2f}s = exchanges {record['exchange_s']:.2f}s "
-                f"({record['exchanges_per_tree']:.1f}/tree, {summary['transport']}; "
+                f"({record['exchanges_per_tree']:.1f}/tree, {record['transport']}; "
                 "silo CPU "
                 + "/".join(f"{c:.1f}" for c in silo_compute)
                 + f"s) + coordinator {record['grow_s'] - record['exchange_s']:.2f}s; "

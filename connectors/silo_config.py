@@ -8,28 +8,22 @@ silo::
     test_fraction: 0.2                        # used when test is omitted
     storage_options: {anon: false}            # for fsspec URLs
 
-and keeps it in the worker process as a worker plugin. When the central spec
-names the silo without a ``train`` source, ``tasks.silo.load_silo`` runs on that
-worker and reads these sources there; paths, URLs and credentials stay at the
-silo.
+and keeps it in the worker process, in its silo runtime
+(``tasks.silo.runtime``). When the central spec names the silo without a
+``train`` source, the silo's ``load`` operation reads these sources there;
+paths, URLs and credentials stay at the silo.
 """
 
 from __future__ import annotations
 
-import asyncio
-import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distributed import WorkerPlugin
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsilo.errors import ClusterError, SpecError
+from fedsilo.errors import SpecError
 from fedsilo.source_kinds import source_kind
 from fedsilo.spec import DataSource, read_yaml, resolve_sources, validate_mapping
-
-PLUGIN_NAME = "fedsilo-silo-config"
 
 
 class SiloConfigError(SpecError):
@@ -78,85 +72,3 @@ def load_silo_config(path: str | Path, *, check_files: bool = True) -> SiloConfi
             if local and not Path(str(location)).exists():
                 raise SiloConfigError(f"{path}: {field}: no such file {location}")
     return config
-
-
-class SiloConfigPlugin(WorkerPlugin):
-    """Holds a silo's config in its worker process (registered at worker start)."""
-
-    name = PLUGIN_NAME
-
-    def __init__(self, silo: str, config: SiloConfig) -> None:
-        self.silo = silo
-        self.config = config
-
-    def __reduce__(self) -> Any:
-        # The config must never leave the worker process, not even by accident.
-        raise TypeError("a silo's config stays in its worker and is not pickled")
-
-
-def worker_silo_config(silo: str) -> SiloConfig | None:
-    """Return the config the current Dask worker holds for ``silo``, if any."""
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except ValueError:
-        return None
-    plugin = worker.plugins.get(PLUGIN_NAME)
-    if not isinstance(plugin, SiloConfigPlugin) or plugin.silo != silo:
-        return None
-    return plugin.config
-
-
-async def serve_silo_worker(
-    scheduler: str,
-    silo: str,
-    config: SiloConfig,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    timeout: float = 60.0,
-    on_ready: Callable[[str], None] | None = None,
-) -> str:
-    """Run a single-threaded Dask worker named ``silo`` until a signal or its end.
-
-    The worker holds ``config`` as a plugin in this very process (no nanny: the
-    config is never pickled to a child). Returns why it stopped: "signal" or
-    "closed" (the scheduler went away or closed it).
-    """
-    from distributed import Worker
-
-    worker = Worker(
-        scheduler,
-        name=silo,
-        nthreads=1,
-        host=host,
-        port=port,
-        dashboard_address=f"{host}:0",
-        death_timeout=timeout,
-        plugins=(SiloConfigPlugin(silo, config),),
-    )
-    try:
-        await worker
-    except (OSError, RuntimeError, TimeoutError, ValueError) as error:
-        cause = error.__cause__ or error
-        text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise ClusterError(
-            f"silo {silo!r}: cannot join the Dask scheduler at {scheduler}: {text}"
-        ) from None
-    if on_ready is not None:
-        on_ready(str(worker.address))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    stopped = asyncio.ensure_future(stop.wait())
-    finished = asyncio.ensure_future(worker.finished())
-    try:
-        await asyncio.wait({stopped, finished}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-        stopped.cancel()
-        await worker.close(reason="fedsilo worker stopped")
-    return "signal" if stop.is_set() else "closed"

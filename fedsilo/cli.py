@@ -252,7 +252,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
     import re
 
-    from connectors.silo_config import load_silo_config, serve_silo_worker
+    from connectors.silo_config import load_silo_config
+    from fedsilo.silo import serve_silo_worker
     from fedsilo.spec import NAME_PATTERN
 
     if re.match(NAME_PATTERN, args.silo) is None:

@@ -38,6 +38,7 @@ FORKSERVER_PRELOAD = (
     "pyarrow.parquet",
     "sklearn.linear_model",
     "sklearn.neural_network",
+    "fedsilo.silo",
 )
 #: Dask settings of the embedded workers: a 1 s admin tick (default 20 ms)
 #: halves what an idle worker costs in CPU (docs/benchmarks.md).
@@ -48,6 +49,8 @@ WORKER_CONFIG = {
     "distributed.admin.tick.interval": "1s",
     "distributed.worker.profile.enabled": False,
 }
+#: The module a silo worker preloads: it installs the silo runtime.
+SILO_PRELOAD = "fedsilo.silo"
 _FORKSERVER_LOCK = threading.Lock()
 
 
@@ -193,8 +196,9 @@ def embedded_cluster(
     """Start a scheduler and single-threaded worker processes on loopback.
 
     One worker per silo, named after it; with ``n_workers``, that many pool
-    workers named as :func:`assign_silos` says. Workers are forked from a
-    fork server that preloaded the silo code (:func:`start_forkserver`);
+    workers named as :func:`assign_silos` says. Each preloads the silo runtime
+    (:data:`SILO_PRELOAD`), as a worker started at a silo does. Workers are
+    forked from a fork server that preloaded the silo code (:func:`start_forkserver`);
     ``start_method="spawn"`` (Dask's default, slower) is kept for comparison.
     With ``security`` (mutual TLS, see ``fedsilo.certs.tls_security``) the
     scheduler, the workers and their nannies speak tls:// only.
@@ -215,6 +219,7 @@ def embedded_cluster(
                 "host": "127.0.0.1",
                 "silence_logs": logging.CRITICAL,
                 "config": WORKER_CONFIG,
+                "preload": [SILO_PRELOAD],
                 # Forked from a fork server started earlier, a worker would see
                 # the environment of that moment; give it today's, as a spawned
                 # one would get (AWS_* credentials set since, for instance).

@@ -21,7 +21,7 @@ from fedsilo.spec import FederationSpec
 from flows.reporting import artifact_key
 from tasks.averaging.averaged import read_silos
 from tasks.protocol.messages import SiloSchema
-from tasks.silo.failures import wait_silo
+from tasks.silo.link import SiloLink
 from tasks.silo.schema import categorical_features, check_schemas
 from tasks.statistics.federated import (
     FederatedStats,
@@ -30,7 +30,6 @@ from tasks.statistics.federated import (
     shared_edges,
 )
 from tasks.statistics.report import markdown_report
-from tasks.statistics.silo_side import silo_histograms, silo_profile
 from tasks.statistics.storage import write_stats
 from tasks.store.checkpoints import new_run_id
 
@@ -44,14 +43,6 @@ class StatsResult:
     stats: FederatedStats
     numeric: list[str]
     categorical: list[str]
-
-
-def _gather(spec: FederationSpec, futures: dict[str, Any]) -> dict[str, Any]:
-    """Wait for one reply per silo; the first failure names its silo."""
-    return {
-        silo: wait_silo(silo, future, spec.cluster.silo_timeout)
-        for silo, future in futures.items()
-    }
 
 
 def stats_columns(
@@ -77,66 +68,57 @@ def stats_columns(
 @task(name="open-silo-rows", cache_policy=NO_CACHE, persist_result=False)
 def open_silo_rows(
     spec: FederationSpec, cluster: SiloCluster, stats_id: str
-) -> tuple[dict[str, Any], list[str], list[str]]:
-    """Read each silo's rows on its worker; check their schemas agree."""
-    data, schemas = read_silos(spec, cluster, stats_id, prefix="stats-")
+) -> tuple[SiloLink, list[str], list[str]]:
+    """Read each silo's rows on its worker (they stay there); check the schemas."""
+    link = SiloLink(cluster, f"stats-{stats_id}", spec.cluster.silo_timeout)
+    try:
+        link.connect([s.name for s in spec.silos])  # closing it frees the rows
+        schemas = read_silos(spec, link)
+    except BaseException:
+        link.close()
+        raise
     numeric, categorical = stats_columns(spec, list(schemas.values()))
-    return data, numeric, categorical
+    return link, numeric, categorical
 
 
 @task(name="silo-profiles", cache_policy=NO_CACHE, persist_result=False)
 def silo_profiles(
     spec: FederationSpec,
-    cluster: SiloCluster,
-    data: dict[str, Any],
+    link: SiloLink,
     columns: tuple[list[str], list[str]],
     min_count: int,
-    stats_id: str,
 ) -> dict[str, SiloProfile]:
     """Pass 1: each silo's counts, moments, quantile summary and value counts."""
     numeric, categorical = columns
-    return _gather(
-        spec,
+    return link.each(
+        "profile",
         {
-            name: cluster.submit(
-                name,
-                silo_profile,
-                future,
+            s.name: (
+                link.ref(s.name, "rows"),
                 numeric,
                 categorical,
                 spec.target,
                 spec.task,
                 min_count,
-                key=f"stats-profile-{name}-{stats_id}",
             )
-            for name, future in data.items()
+            for s in spec.silos
         },
+        name="stats-profile",
     )
 
 
 @task(name="silo-histograms", cache_policy=NO_CACHE, persist_result=False)
 def histograms(
     spec: FederationSpec,
-    cluster: SiloCluster,
-    data: dict[str, Any],
+    link: SiloLink,
     edges: dict[str, Any],
     min_count: int,
-    stats_id: str,
 ) -> dict[str, Any]:
     """Pass 2: each silo's bin counts on the shared edges."""
-    return _gather(
-        spec,
-        {
-            name: cluster.submit(
-                name,
-                silo_histograms,
-                future,
-                edges,
-                min_count,
-                key=f"stats-histograms-{name}-{stats_id}",
-            )
-            for name, future in data.items()
-        },
+    return link.each(
+        "histograms",
+        {s.name: (link.ref(s.name, "rows"), edges, min_count) for s in spec.silos},
+        name="stats-histograms",
     )
 
 
@@ -158,11 +140,9 @@ def federated_stats(
     min_count = spec.statistics.min_count if min_count is None else min_count
     bins = spec.statistics.bins if bins is None else bins
     with spec_cluster(spec) as cluster:
-        data, numeric, categorical = open_silo_rows(spec, cluster, stats_id)
+        link, numeric, categorical = open_silo_rows(spec, cluster, stats_id)
         try:
-            profiles = silo_profiles(
-                spec, cluster, data, (numeric, categorical), min_count, stats_id
-            )
+            profiles = silo_profiles(spec, link, (numeric, categorical), min_count)
             measured = [*numeric, *([spec.target] if spec.task == "regression" else [])]
             edges = {}
             for column in measured:
@@ -174,9 +154,9 @@ def federated_stats(
                 cuts = shared_edges([s for s in sent if s is not None], bins)
                 if cuts.size:
                     edges[column] = cuts
-            counted = histograms(spec, cluster, data, edges, min_count, stats_id)
+            counted = histograms(spec, link, edges, min_count)
         finally:
-            data.clear()
+            link.close()
     stats = build_tables(
         list(profiles.values()),
         list(counted.values()),

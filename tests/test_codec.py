@@ -38,7 +38,7 @@ def test_messages_round_trip_with_their_types() -> None:
         "context": MaskContext("run", 2, 1, "tree0-level1"),
         "peers": {1: b"\x00" * 32, 2: b"\x01" * 32},
         "loss": (LossSum(1.5, 10), None),
-        "resident": Resident("prepared-a"),
+        "resident": Resident("run-1", "a", "prepared"),
         "scalar": np.float32(0.25),
         "step": np.array(3.0),  # a 0-d array stays 0-d
         "label": np.str_("yes"),
@@ -59,7 +59,7 @@ def test_messages_round_trip_with_their_types() -> None:
     assert back["context"] == message["context"]
     assert back["peers"] == message["peers"]
     assert back["loss"] == (LossSum(1.5, 10), None)
-    assert back["resident"] == Resident("prepared-a")
+    assert back["resident"] == Resident("run-1", "a", "prepared")
     assert back["scalar"] == np.float32(0.25) and back["scalar"].dtype == np.float32
     assert back["label"] == "yes"
     assert back["step"].shape == () and float(back["step"]) == 3.0
@@ -105,7 +105,9 @@ def test_forged_arrays_and_types_are_refused() -> None:
     header, buffers = codec.encode(np.arange(20_000.0))
     with pytest.raises(CodecError, match="bytes"):  # a buffer too short
         codec.decode(header, [bytes(buffers[0])[:-8]])
-    fake = codec.encode(Resident("x"))[0].replace(b"Resident", b"Popen\x00\x00\x00")
+    fake = codec.encode(Resident("r", "s", "x"))[0].replace(
+        b"Resident", b"Popen\x00\x00\x00"
+    )
     with pytest.raises(CodecError):
         codec.decode(fake)
 

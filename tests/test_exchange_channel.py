@@ -133,6 +133,35 @@ def test_waiting_checks_liveness_and_gives_up_at_the_deadline(
         channel.close()
 
 
+def test_the_late_reply_of_a_request_given_up_on_is_skipped(
+    no_threads_left: None,
+) -> None:
+    channel, _ = open_pair()
+    try:
+        channel.send(5.0, sleep=0.8, n=1)
+        with pytest.raises(TimeoutError):
+            channel.receive(time.monotonic() + 0.3, never)
+
+        channel.send(5.0, n=2)  # the first reply arrives first, then this one's
+        reply = channel.receive(time.monotonic() + 5, never)
+
+        assert reply["n"] == 2
+    finally:
+        channel.close()
+
+
+def test_a_closed_channel_tells_its_listener(no_threads_left: None) -> None:
+    closed = threading.Event()
+    channel, _ = open_pair(on_close=closed.set)
+    channel.send(5.0, n=1)
+    assert channel.receive(time.monotonic() + 5, never)["n"] == 1
+    assert not closed.is_set()
+
+    channel.close()
+
+    assert closed.wait(10)
+
+
 def test_a_failing_check_ends_the_wait(no_threads_left: None) -> None:
     class Gone(RuntimeError):
         pass
@@ -179,7 +208,7 @@ def test_a_peer_that_dies_mid_exchange_is_a_channel_error() -> None:
         conn, _ = server.accept()
         with conn:
             exchange_channel._receive_exact(conn, exchange_channel.TOKEN_BYTES, None)
-            exchange_channel._send(conn, ("ok", None))
+            exchange_channel._send(conn, ("ok", None, None))
             exchange_channel._receive(conn)
 
     thread = threading.Thread(target=dying_worker, daemon=True)

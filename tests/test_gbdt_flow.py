@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import pickle
 import time
 from collections.abc import Iterator
@@ -285,7 +284,8 @@ def test_silo_state_is_freed_at_the_end(tmp_path: Path, shared_cluster: str) -> 
     run(spec)
 
     def held(dask_worker: Any) -> int:
-        return len(dask_worker.state.actors) + len(dask_worker.data)
+        runtime = dask_worker.plugins["fedsilo-silo"]
+        return len(runtime.runs()) + len(dask_worker.data)
 
     with Client(shared_cluster, set_as_default=False) as client:
         for _ in range(50):
@@ -407,57 +407,23 @@ def test_cli_reports_max_bin_below_two_in_one_line(tmp_path: Path) -> None:
     assert "spec.yaml" in line and "max_bin" in line
 
 
-def test_every_transport_grows_the_same_model(
+def test_a_worker_out_of_reach_of_a_channel_fails_naming_the_silo(
     tmp_path: Path, shared_cluster: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tasks.boosting.federation import TRANSPORT_ENV, TRANSPORTS
-
-    frame = make_data("reg:squarederror", n=600)
-    silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
-    spec = make_spec(
-        silos, tmp_path / "store", shared_cluster, "reg:squarederror", rounds=1
-    )
-    texts, traffic = {}, {}
-    for transport in TRANSPORTS:
-        monkeypatch.setenv(TRANSPORT_ENV, transport)
-        summary = run(spec)
-        assert summary["transport"] == transport
-        texts[transport] = store_of(spec, summary).read_model_json(1)
-        traffic[transport] = summary["traffic"]
-    assert texts["channel"] == texts["worker"] == texts["actor"] == texts["submit"]
-    assert traffic["channel"] == traffic["worker"] == traffic["actor"]
-
-
-def test_a_worker_out_of_reach_of_a_channel_falls_back_to_dask(
-    tmp_path: Path,
-    shared_cluster: str,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    from tasks.boosting import federation as gbdt_federation
+    from fedsilo.errors import SiloFailedError
+    from tasks.silo import link
     from tasks.silo.channel import ChannelError
 
     frame = make_data("binary:logistic", n=600)
     silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
     spec = make_spec(silos, tmp_path / "store", shared_cluster, rounds=1)
-    direct = run(spec)
 
     def firewalled(address: str, *_: Any, **__: Any) -> Any:
         raise ChannelError(f"cannot open a channel to {address}: timed out")
 
-    monkeypatch.setattr(gbdt_federation.Channel, "connect", firewalled)
-    runs_logger = logging.getLogger("prefect")  # does not propagate to the root
-    runs_logger.addHandler(caplog.handler)
-    try:
-        fallback = run(spec)
-    finally:
-        runs_logger.removeHandler(caplog.handler)
-
-    assert direct["transport"] == "channel" and fallback["transport"] == "worker"
-    assert "go through Dask's comm" in caplog.text and "timed out" in caplog.text
-    assert store_of(spec, fallback).read_model_json(1) == store_of(
-        spec, direct
-    ).read_model_json(1)
+    monkeypatch.setattr(link.Channel, "connect", firewalled)
+    with pytest.raises(SiloFailedError, match=r"silo 'silo-0'.*timed out"):
+        run(spec)
 
 
 def test_pool_workers_sum_their_silos_histograms_and_grow_the_same_trees(
@@ -489,14 +455,16 @@ def test_pool_workers_sum_their_silos_histograms_and_grow_the_same_trees(
     assert by_pool["traffic"] == by_silo["traffic"]
 
 
-def two_silo_calls(client: Any, run_key: str, transport: str) -> tuple[Any, Any]:
+def two_silo_calls(client: Any, run_key: str) -> tuple[Any, Any]:
     """Return SiloCalls on silo-0 and silo-1 of the shared cluster, and open_all().
 
     ``open_all()`` makes both silos' boosting state resident (200 rows each).
     """
+    from fedsilo.cluster import SiloCluster
     from tasks.boosting import silo_side as gbdt_silo
     from tasks.boosting.federation import SiloCalls
     from tasks.silo.data import SiloData
+    from tasks.silo.link import SiloLink
 
     frame = make_data("binary:logistic", n=200)
     setup = gbdt_silo.BoostingSetup(
@@ -507,67 +475,67 @@ def two_silo_calls(client: Any, run_key: str, transport: str) -> tuple[Any, Any]
         for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
         if (s := str(w["name"])) in ("silo-0", "silo-1")
     }
-    calls = SiloCalls(client, workers, run_key, 30, transport=transport)
+    cluster = SiloCluster(client, workers, str(client.scheduler.address), False)
+    link = SiloLink(cluster, run_key, 30)
+    calls = SiloCalls(link)
 
     def open_all() -> None:
-        rows = {
-            s: calls.submit(
-                s,
-                gbdt_silo.prepare_rows,
-                SiloData(s, frame.iloc[:150], frame.iloc[150:], "file"),
-                setup,
-                name="rows",
-            )
-            for s in workers
-        }
+        link.connect(list(workers))
+        link.each(
+            "gbdt-rows",
+            {
+                s: (SiloData(s, frame.iloc[:150], frame.iloc[150:], "file"), setup)
+                for s in workers
+            },
+            name="rows",
+            keep="gbdt-rows",
+        )
         X = frame[FEATURES].to_numpy(np.float32)
         intercept = make_objective("binary:logistic").intercept(
             np.array([1, 0.5]), None
         )
         cuts = federated_cuts([X], 16)
         calls.open(
-            gbdt_silo.open_silo,
-            {s: (f, setup, cuts, intercept) for s, f in rows.items()},
+            {s: (link.ref(s, "gbdt-rows"), setup, cuts, intercept) for s in workers}
         )
 
     return calls, open_all
 
 
-def test_a_channel_closed_by_a_sharer_sends_the_exchanges_through_dask(
+def test_a_broken_channel_fails_the_exchange_naming_the_silo(
     shared_cluster: str,
 ) -> None:
     from distributed import Client
 
+    from fedsilo.errors import SiloFailedError
     from tasks.boosting.federation import sum_replies
 
     with Client(shared_cluster, set_as_default=False) as client:
-        calls, open_all = two_silo_calls(client, "shared-channel", "channel")
+        calls, open_all = two_silo_calls(client, "broken-channel")
         try:
             open_all()
-            assert len(calls.channels) == 2
-            over_channels = sum_replies(calls.exchange("start_round", 40))
-            shared = calls.channels[calls.workers["silo-1"]]
+            assert len(calls.link.channels) == 2
+            summed = sum_replies(calls.exchange("start_round", 40))
+            assert summed.sums.size and np.isfinite(summed.sums).all()
+            broken = calls.link.channels[calls.workers["silo-1"]]
 
-            shared.close()  # as personalized rounds sharing it may do on failure
-            through_dask = sum_replies(calls.exchange("start_round", 40))
+            broken.close()
 
-            assert shared.closed and list(calls.channels) == [calls.workers["silo-0"]]
-            np.testing.assert_array_equal(through_dask.sums, over_channels.sums)
-            np.testing.assert_array_equal(through_dask.totals, over_channels.totals)
+            with pytest.raises(SiloFailedError, match=r"silo 'silo-1'"):
+                calls.exchange("start_round", 40)
+            assert list(calls.link.channels) == [calls.workers["silo-0"]]
         finally:
             calls.free()
-    assert not calls.channels
+    assert not calls.link.channels
 
 
-@pytest.mark.parametrize("transport", ["channel", "worker", "actor", "submit"])
-def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
+def test_a_failing_silo_is_named(shared_cluster: str) -> None:
     from distributed import Client
 
     from fedsilo.errors import SiloFailedError
 
     with Client(shared_cluster, set_as_default=False) as client:
-        calls, open_all = two_silo_calls(client, "failing", transport)
-        workers = calls.workers
+        calls, open_all = two_silo_calls(client, "failing")
         try:
             open_all()
             calls.call("free", {"silo-1": ()})
@@ -575,23 +543,10 @@ def test_a_failing_silo_is_named(shared_cluster: str, transport: str) -> None:
             with pytest.raises(SiloFailedError, match=r"silo 'silo-1'.*freed"):
                 calls.exchange("start_round", 40)
 
-            if transport in ("channel", "worker"):
-                # The worker no longer holds the state at all (released).
-                calls.drop("silo-1")
-                key = calls.states["silo-0"].key
-                calls.actors.pop("silo-0", None)
-                calls.states["silo-0"].release()
-                address = workers["silo-0"]
-                deadline = time.monotonic() + 30
-                while (
-                    time.monotonic() < deadline
-                    and client.run(
-                        lambda dask_worker: key in dask_worker.state.actors,
-                        workers=[address],
-                    )[address]
-                ):
-                    time.sleep(0.05)
-                with pytest.raises(SiloFailedError, match=r"silo 'silo-0'.*not on"):
-                    calls.exchange("start_round", 40)
+            # The silo's runtime no longer holds the state at all (released).
+            calls.drop("silo-1")
+            calls.link.release([calls.link.ref("silo-0", "gbdt")])
+            with pytest.raises(SiloFailedError, match=r"silo 'silo-0'.*holds no gbdt"):
+                calls.exchange("start_round", 40)
         finally:
             calls.free()

@@ -399,7 +399,6 @@ def test_a_secure_run_grows_the_plain_runs_trees_from_masked_histograms(
     tmp_path: Path,
     shared_cluster: str,
     payloads: list[tuple[str, str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     silos = four_silos(make_data(900), 200, tmp_path / "data")
     plain = flow_spec(silos, tmp_path / "store", shared_cluster)
@@ -437,15 +436,6 @@ def test_a_secure_run_grows_the_plain_runs_trees_from_masked_histograms(
         r = np.corrcoef(masked.masked.values.astype(np.float64), vector)[0, 1]
         assert abs(r) < 5 / np.sqrt(vector.size) + 0.05
     assert len(contexts) == len(sent)  # a fresh mask for every exchange
-    # The same through the other transport (a pinned task per silo and call).
-    from tasks.boosting.federation import TRANSPORT_ENV
-
-    monkeypatch.setenv(TRANSPORT_ENV, "submit")
-    c = run(secure)
-    assert c["transport"] == "submit"
-    assert store_of(secure, c).read_model_json(2) == store_of(plain, a).read_model_json(
-        2
-    )
     masked_up = sum(t["up"] for t in b["traffic"].values())
     plain_up = sum(t["up"] for t in a["traffic"].values())
     assert 0.3 * plain_up < masked_up < 1.2 * plain_up  # 8-byte words either way
@@ -475,7 +465,7 @@ def test_a_silo_lost_mid_tree_makes_the_round_grow_again_without_it(
             context = message[0][-1]
             if context.round == 2 and context.step == "tree1-level1":
                 (run,) = run_state.running()
-                run.family.calls.actors["silo-3"].free().result(timeout=30)
+                run.family.calls.call("free", {"silo-3": ()})
 
     from tasks.boosting import federation as gbdt_federation
 
@@ -608,8 +598,8 @@ def test_a_lost_silo_fails_the_run_clearly_below_min_silos(
         if silo == "silo-2" and name == "gbdt-grow_level":
             (run,) = run_state.running()
             calls = run.family.calls
-            if "silo-2" in calls.actors:
-                calls.actors["silo-2"].free().result(timeout=30)
+            if "silo-2" in calls.silos:
+                calls.call("free", {"silo-2": ()})
 
     gbdt_federation.observers.append(lose_silo_2)
     try:

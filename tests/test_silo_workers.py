@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +26,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from connectors.silo_config import (
-    SiloConfig,
-    SiloConfigError,
-    SiloConfigPlugin,
-    load_silo_config,
-    worker_silo_config,
-)
+from connectors.silo_config import SiloConfig, SiloConfigError, load_silo_config
 from connectors.sql import SqlSource
 from fedsilo.errors import ClusterError, SiloDataError, SiloFailedError
 from fedsilo.spec import FederationSpec
 from tasks import run_state
 from tasks.silo.data import SiloSource, load_silo, silo_schema
+from tasks.silo.runtime import SiloRuntime, worker_silo_config
 from tasks.store.checkpoints import CheckpointStore
 
 SILOS = ("silo-0", "silo-1", "silo-2")
@@ -94,8 +89,8 @@ def test_silo_config_errors_name_file_and_field(
     assert message in caught.value.reason
 
 
-def test_the_config_plugin_refuses_to_be_pickled() -> None:
-    plugin = SiloConfigPlugin("a", SiloConfig(train="/srv/a.parquet"))
+def test_the_silo_runtime_holding_a_config_refuses_to_be_pickled() -> None:
+    plugin = SiloRuntime("a", SiloConfig(train="/srv/a.parquet"))
 
     with pytest.raises(TypeError, match="stays in its worker"):
         pickle.dumps(plugin)
@@ -203,10 +198,25 @@ class SiloFederation:
     sites: dict[str, Path]
     workers: dict[str, subprocess.Popen[bytes]]
     private: list[str] = field(default_factory=list)
+    start_worker: Callable[[str], subprocess.Popen[bytes]] | None = None
 
     def kill(self, silo: str) -> None:
         self.workers[silo].send_signal(signal.SIGKILL)
         self.workers[silo].wait(timeout=10)
+
+    def restart(self, silo: str) -> None:
+        """Start the silo's worker again, as its owner would; wait until it joined."""
+        from distributed import Client
+
+        assert self.start_worker is not None
+        self.workers[silo] = self.start_worker(silo)
+        with Client(self.address, timeout=60) as client:
+            deadline = time.monotonic() + 120
+            while silo not in {
+                str(w["name"]) for w in client.scheduler_info()["workers"].values()
+            }:
+                assert time.monotonic() < deadline, f"{silo} did not rejoin"
+                time.sleep(0.1)
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -294,8 +304,9 @@ def silo_federation(
             assert time.monotonic() < deadline, "the scheduler did not start"
             time.sleep(0.1)
         address = json.loads(scheduler_file.read_text())["address"]
-        workers = {
-            silo: start(
+
+        def start_worker(silo: str) -> subprocess.Popen[bytes]:
+            return start(
                 silo,
                 "-m",
                 "fedsilo.cli",
@@ -307,10 +318,10 @@ def silo_federation(
                 "--data",
                 str(sites[silo] / "silo.yaml"),
             )
-            for silo in SILOS
-        }
+
+        workers = {silo: start_worker(silo) for silo in SILOS}
         _warm_up(address)
-        yield SiloFederation(address, sites, workers, private)
+        yield SiloFederation(address, sites, workers, private, start_worker)
     finally:
         _stop(processes[1:])  # the workers first, then the scheduler
         _stop(processes[:1])
@@ -500,4 +511,40 @@ def test_a_killed_worker_is_left_out_where_min_silos_allows(
     assert [sorted(r.silos) for r in seen] == [list(SILOS)] * 2 + [list(SILOS[:2])] * 3
     assert all("silo-2" not in r.eval_workers for r in seen[2:])
     store = CheckpointStore(str(tmp_path / "store"), spec.name, "degraded")
+    assert store.complete_rounds() == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.integration
+def test_a_restarted_worker_reloads_its_rows_and_rejoins_the_run(
+    silo_federation: SiloFederation, tmp_path: Path, prefect_api: None
+) -> None:
+    from flows.training import federated_training
+
+    seen: list[Any] = []
+    spec = names_only_spec(
+        silo_federation,
+        tmp_path / "store",
+        rounds=5,
+        strategy={"kind": "fedavg", "min_silos": 2},
+        compression={"kind": "int8"},
+    )
+
+    def reboot(result: Any, state: run_state.Run) -> None:
+        seen.append(result)
+        if result.round == 2:  # the hospital's machine goes down ...
+            silo_federation.kill("silo-2")
+        if result.round == 3:  # ... and comes back with a new process
+            silo_federation.restart("silo-2")
+
+    with run_state.listening(reboot):
+        summary = federated_training(spec, run_id="rebooted")
+
+    assert summary["rounds"] == [1, 2, 3, 4, 5]
+    trained = [sorted(r.silos) for r in seen]
+    assert trained == [list(SILOS)] * 2 + [list(SILOS[:2])] + [list(SILOS)] * 2
+    assert seen[2].absent == {"silo-2": "failed"}
+    for result in seen[3:]:  # back: it trains and scores from its own rows again
+        assert "silo-2" in result.eval_workers and not result.absent
+    assert summary["final_metrics"]["accuracy"] > 0.85
+    store = CheckpointStore(str(tmp_path / "store"), spec.name, "rebooted")
     assert store.complete_rounds() == [1, 2, 3, 4, 5]

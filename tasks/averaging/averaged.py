@@ -10,16 +10,16 @@ scores the new model at every reachable silo and checkpoints it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any, cast
 
 import numpy as np
-from distributed import Future
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fedsilo.cluster import SiloCluster
+from fedsilo.cluster import SiloCluster, silo_workers
 from fedsilo.errors import (
     CheckpointError,
     SiloDataError,
@@ -28,8 +28,6 @@ from fedsilo.errors import (
 )
 from fedsilo.spec import FederationSpec
 from tasks.averaging import sklearn_models
-from tasks.averaging.compression import SiloCompressor
-from tasks.averaging.personalize import personalize_silo
 from tasks.averaging.round_tasks import (
     aggregate,
     checkpoint,
@@ -39,8 +37,8 @@ from tasks.averaging.round_tasks import (
 from tasks.averaging.sampling import sample_silos
 from tasks.averaging.server_optimizers import make_server_optimizer
 from tasks.privacy.accountant import would_exceed
-from tasks.privacy.silo_protect import STATE_TENSORS, make_keypair, public_key
-from tasks.protocol.messages import Evaluation, LocalUpdate
+from tasks.privacy.silo_protect import STATE_TENSORS
+from tasks.protocol.messages import Evaluation, LocalUpdate, Resident, SiloSchema
 from tasks.run_state import (
     MAX_SECURE_ATTEMPTS,
     Opening,
@@ -48,75 +46,76 @@ from tasks.run_state import (
     RoundOutcome,
     opaque,
 )
-from tasks.silo import rpc as silo_rpc
-from tasks.silo.data import (
-    FitConfig,
-    load_arguments,
-    load_silo,
-    prepare_silo,
-    row_count,
-    silo_moments,
-    silo_schema,
-)
-from tasks.silo.failures import wait_silo
+from tasks.silo.data import FitConfig, load_arguments
+from tasks.silo.failures import failure_of
+from tasks.silo.link import SiloLink
 from tasks.silo.schema import categorical_features, check_schemas
 from tasks.statistics.categories import Encoding, global_categories
 from tasks.statistics.moments import standard_scaler
-from tasks.statistics.silo_side import silo_categories
 from tasks.store.checkpoints import CheckpointStore
 
 
-def _gather(spec: FederationSpec, futures: dict[str, Any]) -> dict[str, Any]:
-    """Wait for one future per silo; the first failure names its silo."""
-    return {
-        silo: wait_silo(silo, future, spec.cluster.silo_timeout)
-        for silo, future in futures.items()
-    }
+def read_silos(spec: FederationSpec, link: SiloLink) -> dict[str, SiloSchema]:
+    """Read every silo's rows on its worker, where they stay; return their schemas.
 
-
-def read_silos(
-    spec: FederationSpec, cluster: SiloCluster, suffix: str, prefix: str = ""
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read every silo's rows on its worker; return their futures and schemas.
-
-    The rows stay on the workers (the futures refer to them); the schemas are
-    what the coordinator learns. Dask keys end in ``suffix`` (a run id).
+    The rows are held in each silo's runtime (slot ``rows``); the schemas are
+    what the coordinator learns.
     """
-    data = {
-        s.name: cluster.submit(
-            s.name,
-            load_silo,
-            *load_arguments(spec, s),
-            key=f"{prefix}silo-data-{s.name}-{suffix}",
-        )
-        for s in spec.silos
-    }
-    schemas = _gather(
-        spec,
-        {
-            name: cluster.submit(
-                name,
-                silo_schema,
-                future,
-                spec.target,
-                spec.task,
-                key=f"{prefix}schema-{name}-{suffix}",
-            )
-            for name, future in data.items()
-        },
+    link.each(
+        "load",
+        {s.name: load_arguments(spec, s) for s in spec.silos},
+        name="silo-data",
+        keep="rows",
     )
-    return data, schemas
+    return link.each(
+        "schema",
+        {
+            s.name: (link.ref(s.name, "rows"), spec.target, spec.task)
+            for s in spec.silos
+        },
+        name="schema",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Preparation:
+    """How every silo turns its rows into model-ready arrays (the same for all)."""
+
+    numeric: list[str]
+    target: str
+    mean: np.ndarray | None
+    scale: np.ndarray | None
+    categories: dict[str, Any] | None
+
+    def arguments(self, link: SiloLink, silo: str) -> tuple[Any, ...]:
+        """Return the ``prepare`` operation's arguments for ``silo``."""
+        rows = link.ref(silo, "rows")
+        return (rows, self.numeric, self.target, self.mean, self.scale, self.categories)
 
 
 @dataclass(frozen=True, slots=True)
 class OpenedSilos:
-    """What opening the silos left on the workers and taught the coordinator."""
+    """What opening the silos left in their runtimes and taught the coordinator."""
 
-    prepared: dict[str, Future]  # silo -> its prepared arrays, on its worker
+    link: SiloLink
+    preparation: Preparation
     features: list[str]
     classes: tuple[Any, ...]
     scaler: dict[str, np.ndarray] | None
     encoding: Encoding | None
+
+
+def prepare_silos(
+    link: SiloLink, silos: Sequence[str], preparation: Preparation
+) -> None:
+    """Prepare the silos' arrays (held as ``prepared``); check them before round 1."""
+    link.each(
+        "prepare",
+        {s: preparation.arguments(link, s) for s in silos},
+        name="prepared",
+        keep="prepared",
+    )
+    link.each("row-count", {s: (link.ref(s, "prepared"),) for s in silos}, name="count")
 
 
 @task(name="open-silos", cache_policy=NO_CACHE, persist_result=False)
@@ -131,68 +130,48 @@ def open_silos(
     ``known_classes`` are labels the model must know even if no silo holds
     them (``fedsilo compare`` trains a one-class silo alone with them).
     """
-    data, schemas = read_silos(spec, cluster, run_id)
-    features = check_schemas(
-        list(schemas.values()),
-        target=spec.target,
-        task=spec.task,
-        categorical=spec.preprocessing.categorical,
-    )
-    encoding = _encoding(spec, cluster, data, schemas, features, run_id)
-    numeric = features if encoding is None else encoding.numeric
-    classes: tuple[Any, ...] = ()
-    if spec.task == "classification":
-        seen = {label for s in schemas.values() for label in s.labels}
-        classes = tuple(sorted(seen | set(known_classes)))
-        if len(classes) < 2:
-            raise_one_class(spec, classes)
-    mean = scale = None
-    if spec.preprocessing.scale == "standard":
-        moments = _gather(
-            spec,
-            {
-                name: cluster.submit(
-                    name, silo_moments, future, numeric, key=f"moments-{name}-{run_id}"
-                )
-                for name, future in data.items()
-            },
+    link = SiloLink(cluster, run_id, spec.cluster.silo_timeout)
+    names = [s.name for s in spec.silos]
+    try:
+        # The channels first: a silo frees what it holds when its channel closes.
+        link.connect(names)
+        schemas = read_silos(spec, link)
+        features = check_schemas(
+            list(schemas.values()),
+            target=spec.target,
+            task=spec.task,
+            categorical=spec.preprocessing.categorical,
         )
-        mean, scale = standard_scaler(list(moments.values()))
-    prepared = {
-        name: cluster.submit(
-            name,
-            prepare_silo,
-            future,
+        encoding = _encoding(spec, link, schemas, features)
+        numeric = features if encoding is None else encoding.numeric
+        classes: tuple[Any, ...] = ()
+        if spec.task == "classification":
+            seen = {label for s in schemas.values() for label in s.labels}
+            classes = tuple(sorted(seen | set(known_classes)))
+            if len(classes) < 2:
+                raise_one_class(spec, classes)
+        mean = scale = None
+        if spec.preprocessing.scale == "standard":
+            moments = link.each(
+                "moments",
+                {n: (link.ref(n, "rows"), numeric) for n in names},
+                name="moments",
+            )
+            mean, scale = standard_scaler(list(moments.values()))
+        preparation = Preparation(
             numeric,
             spec.target,
             mean,
             scale,
             None if encoding is None else dict(encoding.categories),
-            key=f"prepared-{name}-{run_id}",
         )
-        for name, future in data.items()
-    }
-    # Surface preparation errors (missing values, ...) before round 1.
-    _gather(
-        spec,
-        {
-            name: cluster.submit(name, row_count, f, key=f"count-{name}-{run_id}")
-            for name, f in prepared.items()
-        },
-    )
-    # Every worker serves the round's fit and scoring requests (tasks/silo/rpc.py).
-    hosts = cluster.by_worker(list(prepared))
-    _gather(
-        spec,
-        {
-            silos[0]: cluster.submit(
-                silos[0], silo_rpc.installed, key=f"silo-rpc-{silos[0]}-{run_id}"
-            )
-            for silos in hosts.values()
-        },
-    )
+        prepare_silos(link, names, preparation)
+    except BaseException:
+        link.close()
+        raise
     return OpenedSilos(
-        prepared=prepared,
+        link=link,
+        preparation=preparation,
         features=features if encoding is None else encoding.feature_names(),
         classes=classes,
         scaler=None
@@ -204,11 +183,9 @@ def open_silos(
 
 def _encoding(
     spec: FederationSpec,
-    cluster: SiloCluster,
-    data: dict[str, Any],
+    link: SiloLink,
     schemas: dict[str, Any],
     features: list[str],
-    run_id: str,
 ) -> Encoding | None:
     """Agree on one-hot categories from the silos' lists (statistics.categories)."""
     columns = categorical_features(
@@ -216,19 +193,13 @@ def _encoding(
     )
     if not columns:
         return None
-    lists = _gather(
-        spec,
+    lists = link.each(
+        "categories",
         {
-            name: cluster.submit(
-                name,
-                silo_categories,
-                future,
-                columns,
-                spec.statistics.min_count,
-                key=f"categories-{name}-{run_id}",
-            )
-            for name, future in data.items()
+            name: (link.ref(name, "rows"), columns, spec.statistics.min_count)
+            for name in schemas
         },
+        name="categories",
     )
     merged = global_categories(list(lists.values()), columns)
     return Encoding(tuple(features), tuple(merged.items()))
@@ -273,14 +244,12 @@ class AveragedRun:
     cluster: SiloCluster
     store: CheckpointStore
     config: FitConfig
-    prepared: dict[str, Future]
+    link: SiloLink  # the silos hold rows, keys and compressors for the run
+    preparation: Preparation
     params: dict[str, np.ndarray]
     features: list[str] = field(default_factory=list)
     classes: tuple[Any, ...] = ()
     start_round: int = 1
-    keypairs: dict[str, Future] = field(default_factory=dict)  # stay on workers
-    # Each silo's compression.SiloCompressor (with its residual): stays on workers.
-    compressors: dict[str, Future] = field(default_factory=dict)
     public_keys: dict[str, bytes] = field(default_factory=dict)
     dp_clip: float | None = None
     server_optimizer: Any = None  # a tasks.server_optimizers.ServerOptimizer
@@ -305,9 +274,48 @@ class AveragedRun:
             out["server/dp_clip"] = np.array(self.dp_clip)
         return out
 
-    def submit(self, silo: str, fn: Any, *args: Any, key: str) -> Future:
-        """Run ``fn`` on the silo's own worker and nowhere else."""
-        return self.cluster.submit(silo, fn, *args, key=f"{key}-{self.run_id}")
+    def held(self, slot: str, silos: Sequence[str]) -> list[Resident | None]:
+        """Name what each silo holds in ``slot`` (None where the run keeps none)."""
+        present = {
+            "prepared": True,
+            "keypair": self.spec.privacy.secure_aggregation,
+            "compressor": self.spec.compression.kind != "none",
+        }[slot]
+        return [self.link.ref(s, slot) if present else None for s in silos]
+
+    def rejoin(self, logger: Any) -> None:
+        """Reopen the silos whose worker came back (restarted) since the last round.
+
+        A silo worker that restarts holds nothing: it reads and prepares its
+        rows again, makes new keys and a new compressor, and trains from the
+        next round on.
+        """
+        present = silo_workers(self.cluster.client)
+        back = [
+            s.name
+            for s in self.spec.silos
+            if present.get(self.cluster.worker_name(s.name), self.link.address(s.name))
+            != self.link.address(s.name)
+        ]
+        if not back:
+            return
+        for silo in back:
+            self.link.drop(self.link.address(silo))
+            self.cluster.workers[silo] = present[self.cluster.worker_name(silo)]
+        self.link.connect(back)
+        self.link.each(
+            "load",
+            {
+                s.name: load_arguments(self.spec, s)
+                for s in self.spec.silos
+                if s.name in back
+            },
+            name="silo-data",
+            keep="rows",
+        )
+        prepare_silos(self.link, back, self.preparation)
+        _setup_silo_state(self, back)
+        logger.info("silo(s) %s rejoined the run", back)
 
     # -- the family protocol (tasks.run_state.FamilyRun) ------------------------
     def budget_stop(self, round_number: int) -> str | None:
@@ -345,6 +353,10 @@ class AveragedRun:
             silos, strategy.fraction, strategy.min_silos, self.spec.seed, round_number
         )
         logger = get_run_logger()
+        try:
+            self.rejoin(logger)
+        except Exception as problem:  # a silo still down sits this round out
+            logger.warning("round %d: a silo could not rejoin: %s", round_number, problem)
         secure = self.spec.privacy.secure_aggregation
         roster = tuple(selected)
         absent: dict[str, str] = {}
@@ -438,22 +450,21 @@ class AveragedRun:
 
     def personalize(self, epochs: int, round_number: int) -> Personalized:
         """Train the model ``epochs`` more local epochs at each silo; score it."""
-        futures = {
-            silo: self.submit(
-                silo,
-                personalize_silo,
-                self.prepared[silo],
+        evaluations: list[Evaluation] = []
+        for silo in self.cluster.workers:
+            args = (
+                self.link.ref(silo, "prepared"),
                 self.params,
                 self.config,
                 epochs,
                 round_number,
-                key=f"personalize-{silo}",
             )
-            for silo in self.prepared
-        }
-        evaluations: list[Evaluation] = []
-        for silo, future in futures.items():
-            scored = wait_silo(silo, future, self.spec.cluster.silo_timeout)
+            try:
+                scored = self.link.ask(
+                    silo, "personalize", args, self.spec.cluster.silo_timeout
+                )
+            except Exception as error:
+                raise failure_of(silo, error) from error
             assert isinstance(scored, list)
             evaluations.extend(scored)
         return Personalized(evaluations, {})
@@ -467,10 +478,8 @@ class AveragedRun:
         }
 
     def close(self) -> None:
-        """Release the futures of everything the silos hold for this run."""
-        self.prepared.clear()
-        self.keypairs.clear()
-        self.compressors.clear()
+        """Close the run's channels: each silo frees what it held for the run."""
+        self.link.close()
 
 
 def _collect(
@@ -491,41 +500,34 @@ def _collect(
     return replies, failures
 
 
-def _setup_compression(state: AveragedRun) -> None:
-    """Make each silo's update compressor on its worker (it keeps the residual).
+def _setup_silo_state(state: AveragedRun, silos: Sequence[str]) -> None:
+    """Make the silos' key pairs and update compressors, held in their runtimes.
 
-    Each stays there, held by a future the rounds pass to the silo's fits and
-    the coordinator never resolves; releasing the futures at the end of the run
-    frees them. A resumed run starts with zero residuals (docs/compression.md).
+    A key pair's private half never leaves its silo; the coordinator learns
+    the public halves. A compressor keeps its silo's residual; a resumed run
+    starts with zero residuals (docs/compression.md).
     """
-    chosen = state.spec.compression
-    if chosen.kind == "none":
-        return
-    for silo in state.spec.silos:
-        state.compressors[silo.name] = state.cluster.submit(
-            silo.name,
-            SiloCompressor,
-            chosen.kind,
-            chosen.error_feedback,
-            key=f"compressor-{silo.name}-{state.run_id}",
+    spec, link = state.spec, state.link
+    if spec.privacy.secure_aggregation:
+        link.each("keypair", {s: () for s in silos}, name="keypair", keep="keypair")
+        publics = link.each(
+            "public-key", {s: (link.ref(s, "keypair"),) for s in silos}, name="public"
+        )
+        state.public_keys.update(publics)
+    chosen = spec.compression
+    if chosen.kind != "none":
+        link.each(
+            "compressor",
+            {s: (chosen.kind, chosen.error_feedback) for s in silos},
+            name="compressor",
+            keep="compressor",
         )
 
 
 def _setup_privacy(state: AveragedRun, server: dict[str, Any]) -> None:
-    """Make silo key pairs, the DP clip and the server optimiser (or restore them)."""
+    """Make the silos' keys and compressors, the DP clip and the server optimiser."""
     spec = state.spec
-    if spec.privacy.secure_aggregation:
-        for silo in spec.silos:
-            state.keypairs[silo.name] = state.cluster.submit(
-                silo.name, make_keypair, key=f"keypair-{silo.name}-{state.run_id}"
-            )
-        publics = {
-            name: state.cluster.submit(
-                name, public_key, future, key=f"public-{name}-{state.run_id}"
-            )
-            for name, future in state.keypairs.items()
-        }
-        state.public_keys = _gather(spec, publics)
+    _setup_silo_state(state, [s.name for s in spec.silos])
     dp = spec.privacy.dp
     if dp is not None:
         state.dp_clip = float(server.get("dp_clip", dp.clip))
@@ -608,7 +610,8 @@ class AveragedFamily:
             cluster=cluster,
             store=store,
             config=config,
-            prepared=dict(opened.prepared),
+            link=opened.link,
+            preparation=opened.preparation,
             params=params,
             features=opened.features,
             classes=opened.classes,
@@ -616,7 +619,6 @@ class AveragedFamily:
         )
         try:
             _setup_privacy(state, server)
-            _setup_compression(state)
         except BaseException:
             state.close()
             raise

@@ -2,14 +2,14 @@
 
 Each runs in the coordinator's thread pool. The ones that touch silos run one
 per worker and phase (``fit-<worker>-rNNNN``; with one worker per silo the
-worker is named after its silo): each sends ONE request to that worker
-(tasks/silo/rpc.py), which fits or scores the worker's silos in turn, and
-waits for the small per-silo replies. Silo workers need no Prefect API access.
+worker is named after its silo): each sends ONE request over the run's channel
+to that worker's silo runtime (tasks/silo/link.py), which fits or scores the
+worker's silos in turn, and waits for the small per-silo replies. Silo workers
+need no Prefect API access.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,6 @@ from tasks.privacy.accountant import epsilon_spent
 from tasks.privacy.secagg import MaskContext
 from tasks.privacy.silo_protect import PrivacyRequest
 from tasks.protocol.messages import Evaluation, LocalUpdate
-from tasks.silo import rpc as silo_rpc
 from tasks.silo.batch import SiloFault
 from tasks.silo.failures import silo_failure
 from tasks.store.checkpoints import MetricRow
@@ -87,14 +86,8 @@ def call_worker(
     """
     timeout = state.spec.cluster.silo_timeout
     wait = timeout if deadline is None else min(timeout, deadline)
-    address = state.cluster.workers[silos[0]]
-    client = state.cluster.client
-
-    async def send() -> Any:
-        return await asyncio.wait_for(silo_rpc.call(client, address, phase, args), wait)
-
     try:
-        replies = client.sync(send)
+        replies = state.link.ask(silos[0], phase, args, wait)
     except Exception as error:
         failure = silo_failure(worker, error, timeout, deadline)
         return list(_silo_errors(worker, silos, failure))
@@ -125,13 +118,13 @@ def fit_local(
     """
     args = (
         list(silos),
-        [state.prepared[silo] for silo in silos],
+        state.held("prepared", silos),
         [privacy_request(state, s, round_number, attempt, roster) for s in silos],
-        [state.keypairs.get(silo) for silo in silos],
+        state.held("keypair", silos),
         state.params,
         state.config,
         round_number,
-        [state.compressors.get(silo) for silo in silos],
+        state.held("compressor", silos),
     )
     replies = call_worker(
         state, worker, silos, "fit", args, state.spec.strategy.deadline
@@ -195,7 +188,7 @@ def evaluate_local(
     """
     args = (
         list(silos),
-        [state.prepared[silo] for silo in silos],
+        state.held("prepared", silos),
         state.params,
         state.config,
         round_number,

@@ -19,7 +19,6 @@ from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
-from distributed import Future
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -33,7 +32,6 @@ from tasks.boosting.federation import (
     SecureExchanges,
     SiloCalls,
     Traffic,
-    default_transport,
 )
 from tasks.gbdt.learner import Federation, train
 from tasks.gbdt.model import GBDTModel
@@ -53,7 +51,6 @@ from tasks.gbdt.xgb_export import (
 )
 from tasks.privacy.accountant import gbdt_epsilon
 from tasks.privacy.errors import PrivacyBudgetExceededError
-from tasks.privacy.silo_protect import make_keypair, public_key
 from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
 from tasks.run_state import (
     MAX_SECURE_ATTEMPTS,
@@ -62,7 +59,8 @@ from tasks.run_state import (
     RoundOutcome,
     opaque,
 )
-from tasks.silo.data import load_arguments, load_silo, silo_schema
+from tasks.silo.data import load_arguments
+from tasks.silo.link import SiloLink
 from tasks.silo.schema import check_schemas
 from tasks.store.checkpoints import CheckpointStore, MetricRow
 from tasks.store.rows import metric_rows
@@ -197,80 +195,83 @@ def _metadata(spec: FederationSpec, features: list[str]) -> dict[str, str]:
 
 @task(name="open-silos", cache_policy=NO_CACHE, persist_result=False)
 def open_boosting_silos(
-    spec: FederationSpec, calls: SiloCalls, params: GBDTParams, run_id: str
+    spec: FederationSpec, calls: SiloCalls, params: GBDTParams
 ) -> dict[str, Any]:
     """Read and check every silo's rows on its worker; keep them there, validated.
 
-    Returns the futures of the validated rows and the shared feature names.
+    Each silo's runtime holds its validated rows (slot ``gbdt-rows``); returns
+    the shared feature names, the setup and the schemas.
     """
-    data = {
-        s.name: calls.submit(
-            s.name, load_silo, *load_arguments(spec, s), name="silo-data"
-        )
-        for s in spec.silos
-    }
-    try:
-        schemas = calls.gather(
-            {
-                silo: calls.submit(
-                    silo, silo_schema, future, spec.target, spec.task, name="schema"
-                )
-                for silo, future in data.items()
-            }
-        )
-        features = check_schemas(
-            list(schemas.values()), target=spec.target, task=spec.task
-        )
-        _check_labels(spec, params, schemas)
-        dp = spec.privacy.dp
-        setup = gbdt_silo.BoostingSetup(
-            features=tuple(features),
-            target=spec.target,
-            task=spec.task,
-            objective=params.objective,
-            num_class=params.num_class,
-            gradient_clip=None
-            if dp is None
-            else gradient_bounds(params.objective, dp.clip),
-        )
-        rows = {
-            silo: calls.submit(silo, gbdt_silo.prepare_rows, f, setup, name="rows")
-            for silo, f in data.items()
-        }
-        calls.gather(
-            {
-                silo: calls.submit(silo, gbdt_silo.n_rows, future, name="rows-check")
-                for silo, future in rows.items()
-            }
-        )
-    finally:
-        data.clear()  # the raw tables are not needed any more at the silos
-    return {"rows": rows, "features": features, "setup": setup, "schemas": schemas}
+    link = calls.link
+    link.each(
+        "load",
+        {s.name: load_arguments(spec, s) for s in spec.silos},
+        name="silo-data",
+        keep="rows",
+    )
+    schemas = calls.each(
+        "schema",
+        "schema",
+        {
+            s.name: (link.ref(s.name, "rows"), spec.target, spec.task)
+            for s in spec.silos
+        },
+    )
+    features = check_schemas(list(schemas.values()), target=spec.target, task=spec.task)
+    _check_labels(spec, params, schemas)
+    dp = spec.privacy.dp
+    setup = gbdt_silo.BoostingSetup(
+        features=tuple(features),
+        target=spec.target,
+        task=spec.task,
+        objective=params.objective,
+        num_class=params.num_class,
+        gradient_clip=None
+        if dp is None
+        else gradient_bounds(params.objective, dp.clip),
+    )
+    link.each(
+        "gbdt-rows",
+        {s: (link.ref(s, "rows"), setup) for s in schemas},
+        name="rows",
+        keep="gbdt-rows",
+    )
+    link.release([link.ref(s, "rows") for s in schemas])  # the raw tables
+    calls.each(
+        "rows-check",
+        "gbdt-row-count",
+        {s: (link.ref(s, "gbdt-rows"),) for s in schemas},
+    )
+    return {"features": features, "setup": setup, "schemas": schemas}
 
 
 @task(name="bin-silos", cache_policy=NO_CACHE, persist_result=False)
 def bin_silos(
     calls: SiloCalls,
-    rows: dict[str, Future],
     setup: gbdt_silo.BoostingSetup,
     params: GBDTParams,
     resumed: GBDTModel | None,
-    keys: dict[str, Future] | None = None,
+    secure: bool = False,
     noise_multiplier: float | None = None,
 ) -> dict[str, Any]:
     """Agree on cut points and intercept, then bin every silo's rows once.
 
     A fresh run merges the silos' quantile summaries into cut points; a resumed
     run takes them from its checkpoint and replays its trees at every silo.
-    ``keys`` are the silos' key pairs (futures on their workers) for secure
-    aggregation; with ``noise_multiplier`` (DP) a ``base_score`` computed from
-    the labels comes from noised label sums.
+    With ``secure`` each silo's state takes the key pair its runtime holds;
+    with ``noise_multiplier`` (DP) a ``base_score`` computed from the labels
+    comes from noised label sums.
     """
     size = sketch_size(params.max_bin)
+    link = calls.link
+    silos = list(calls.workers)
     sketches = calls.each(
         "gbdt-sketch",
-        gbdt_silo.sketch_rows,
-        {s: (f, setup, None if resumed else size) for s, f in rows.items()},
+        "gbdt-sketch",
+        {
+            s: (link.ref(s, "gbdt-rows"), setup, None if resumed else size)
+            for s in silos
+        },
     )
     objective = setup.make_objective()
     stats = np.sum([s.label_stats for s in sketches.values()], axis=0)
@@ -296,17 +297,24 @@ def bin_silos(
         cuts = list(resumed.cuts)
         trees, info = resumed.trees, resumed.tree_info
     calls.open(
-        gbdt_silo.open_silo,
         {
-            s: (f, setup, cuts, intercept, trees, info, (keys or {}).get(s))
-            for s, f in rows.items()
+            s: (
+                link.ref(s, "gbdt-rows"),
+                setup,
+                cuts,
+                intercept,
+                trees,
+                info,
+                link.ref(s, "keypair") if secure else None,
+            )
+            for s in silos
         },
     )
-    if calls.channel_error is not None:
-        get_run_logger().warning(
-            "boosting exchanges go through Dask's comm: %s", calls.channel_error
-        )
-    workers = calls.call_all("worker")
+    # Binned: the validated float rows (and the key pairs, now in the states) go.
+    link.release(
+        [link.ref(s, slot) for s in silos for slot in ("gbdt-rows", "keypair")]
+    )
+    workers = {s: link.cluster.worker_name(s) for s in silos}
     return {
         "cuts": cuts,
         "intercept": intercept,
@@ -318,19 +326,21 @@ def bin_silos(
 
 
 @task(name="secure-setup", cache_policy=NO_CACHE, persist_result=False)
-def make_silo_keys(calls: SiloCalls) -> tuple[dict[str, Future], dict[str, bytes]]:
-    """Make every silo's X25519 key pair on its worker; gather the public halves."""
-    pairs = {s: calls.submit(s, make_keypair, name="keypair") for s in calls.workers}
-    publics = calls.gather(
-        {s: calls.submit(s, public_key, f, name="public-key") for s, f in pairs.items()}
+def make_silo_keys(calls: SiloCalls) -> dict[str, bytes]:
+    """Make every silo's X25519 key pair in its runtime; gather the public halves."""
+    link = calls.link
+    link.each("keypair", {s: () for s in calls.workers}, name="keypair", keep="keypair")
+    return link.each(
+        "public-key",
+        {s: (link.ref(s, "keypair"),) for s in calls.workers},
+        name="public-key",
     )
-    return pairs, publics
 
 
 def join_roster(state: BoostingRun) -> None:
     """Tell every silo still taking part its index and its peers' public keys."""
     privacy = state.privacy
-    silos = list(state.calls.states)
+    silos = list(state.calls.silos)
     privacy.roster = {silo: i for i, silo in enumerate(silos)}
     everyone = {privacy.roster[s]: privacy.public_keys[s] for s in silos}
     state.calls.call(
@@ -397,7 +407,7 @@ def drop_silo(state: BoostingRun, error: SiloFailedError, round_number: int) -> 
     state.federation.abandon()
     state.dropped[error.silo] = "failed"
     state.calls.drop(error.silo)
-    remaining = list(state.calls.states)
+    remaining = list(state.calls.silos)
     needed = max(state.spec.strategy.min_silos, 2)
     if len(remaining) < needed:
         raise SiloFailedError(
@@ -532,7 +542,7 @@ def play_round(state: BoostingRun, round_number: int) -> RoundOutcome:
     before = {s: dataclasses.replace(t) for s, t in state.calls.traffic.items()}
     dropped_before = set(state.dropped)
     model = grow_trees(opaque(state), round_number)
-    silos = list(state.calls.states)  # a silo lost mid-round is left out
+    silos = list(state.calls.silos)  # a silo lost mid-round is left out
     absent = {s: k for s, k in state.dropped.items() if s not in dropped_before}
     grown = time.perf_counter() - started
     state.model = model
@@ -564,37 +574,29 @@ def open_boosting(
     """Open a boosting run's silos: rows checked and binned at every silo, once."""
     logger = get_run_logger()
     params = boosting_params(spec)
-    calls = SiloCalls(
-        cluster.client,
-        dict(cluster.workers),
-        run_id,
-        spec.cluster.silo_timeout,
-        transport=default_transport(),
-    )
-    rows: dict[str, Future] = {}
+    link = SiloLink(cluster, run_id, spec.cluster.silo_timeout)
+    calls = SiloCalls(link)
     try:
-        opened = open_boosting_silos(spec, calls, params, run_id)
-        rows, features = opened["rows"], opened["features"]
+        # The channels first: a silo frees what it holds when its channel closes.
+        link.connect([s.name for s in spec.silos])
+        opened = open_boosting_silos(spec, calls, params)
+        features = opened["features"]
         store = CheckpointStore.of_run(spec, run_id, _metadata(spec, features))
         resumed, start_round = _resume_point(store, run_id, resume, features)
         if resumed is not None:
             logger.info("resuming run %s after round %d", run_id, start_round - 1)
         privacy = spec.privacy
-        keys: dict[str, Future] = {}
         publics: dict[str, bytes] = {}
         if privacy.secure_aggregation:
-            keys, publics = make_silo_keys(calls)
+            publics = make_silo_keys(calls)
         binned = bin_silos(
             calls,
-            rows,
             opened["setup"],
             params,
             resumed,
-            keys,
+            privacy.secure_aggregation,
             privacy.dp.noise_multiplier if privacy.dp else None,
         )
-        rows.clear()  # binned: the validated float rows are dropped at the silos
-        keys.clear()  # each silo's resident state holds its own key pair
         state = BoostingRun(
             spec=spec,
             run_id=run_id,
@@ -617,7 +619,6 @@ def open_boosting(
         setup_boosting_privacy(state, publics, binned["base_release"], start_round)
     except BaseException:
         calls.free()  # the silos drop their rows
-        rows.clear()
         raise
     return state
 
@@ -632,21 +633,9 @@ def personalize_trees(
     params = dataclasses.replace(state.params, num_boost_round=epochs)
     evaluations: list[Evaluation] = []
     traffic: dict[str, tuple[int, int]] = {}
-    for silo in list(calls.states):
-        worker = calls.workers[silo]
-        alone = SiloCalls(
-            calls.client,
-            {silo: worker},
-            f"{state.run_id}-personal",
-            calls.timeout,
-            transport=calls.transport,
-            states={silo: calls.states[silo]},
-            actors={silo: calls.actors[silo]} if calls.actors else {},
-            # The run's channel to that worker serves any of its silos.
-            channels={worker: calls.channels[worker]}
-            if worker in calls.channels
-            else {},
-        )
+    for silo in list(calls.silos):
+        # The run's channel to that worker serves any of its silos.
+        alone = SiloCalls(calls.link, [silo])
         grow(
             DaskFederation(alone, trees_left=epochs),
             state.cuts,
@@ -679,7 +668,6 @@ def boosting_summary(state: BoostingRun) -> dict[str, Any]:
         "exchanges": state.federation.exchanges,
         "grow_seconds": state.grow_seconds,
         "silo_seconds": calls.call_all("timings"),
-        "transport": calls.transport,
         "epsilon": state.privacy.epsilon,
         "dp_releases": state.privacy.releases if spec.privacy.dp else None,
         "dropped": dict(state.dropped),

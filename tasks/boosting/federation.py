@@ -1,89 +1,38 @@
-"""The silos of a boosting run as the learner sees them, over the Dask client.
+"""The silos of a boosting run as the learner sees them, over the run's channels.
 
 :class:`DaskFederation` implements ``gbdt.learner.Federation``. Every silo's
-boosting state lives on its own worker (never elsewhere) as a Dask actor made
-by a pinned ``Client.submit(..., actor=True)``; the coordinator collects the
-replies of an exchange and sums them. A tree level is one exchange: the splits
-just chosen travel with the request for the next level's histograms, and the
-last one of a tree also starts the next tree, so a tree of depth ``d`` costs
-``d`` exchanges. They go through Dask directly, not as Prefect tasks, in one of
-four ways (:data:`TRANSPORTS`, chosen with ``FEDSILO_GBDT_TRANSPORT``):
-
-- ``"channel"`` (default): as ``"worker"``, but each request and answer travel
-  over a socket of their own between the coordinator and the worker, opened
-  through Dask when the silos' state is resident (TLS with the cluster's
-  certificates when it has them; :mod:`tasks.silo.channel`). About
-  1.5 ms less per exchange than Dask's comm here. When a worker cannot be
-  reached that way (a firewall), the run says so in its log and uses ``worker``;
-- ``"worker"``: one request per worker and exchange to fedsilo's handler on
-  that worker (:mod:`tasks.boosting.worker`), which runs the call for every
-  silo it hosts on the worker's event loop and answers once; plain histograms
-  of silos sharing a worker (pool workers) are summed there;
-- ``"actor"``: one actor method call per silo (the actor's thread runs it);
-- ``"submit"``: a pinned ``Client.submit`` per silo on the future of the
-  silo's state, then a direct gather. Each such task passes the client's,
-  scheduler's and worker's batched streams (10, 5 and 2 ms send intervals), so
-  back-to-back exchanges cost 15-40 ms each here; see docs/gbdt.md.
-
-Every transport grows the same trees. The coordinator holds only futures (and
-actor handles) of the silo-resident state, and :meth:`SiloCalls.free` releases
-them.
+boosting state lives in its own worker's silo runtime (never elsewhere); the
+coordinator collects the replies of an exchange and sums them. A tree level is
+one exchange: the splits just chosen travel with the request for the next
+level's histograms, and the last one of a tree also starts the next tree, so a
+tree of depth ``d`` costs ``d`` exchanges. Each exchange is one request per
+worker over the run's channel to it (:mod:`tasks.silo.link`), answered once
+for all the silos it hosts (:mod:`tasks.boosting.exchange`); they go through
+neither Prefect nor Dask's scheduler.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import copy
-import functools
-import itertools
-import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from distributed import Actor, Client, Future
+from typing import Any
 
 from fedsilo.errors import FedsiloError, SiloFailedError
-from tasks.boosting import silo_side as gbdt_silo
-from tasks.boosting.worker import (
-    CHANNEL_HANDLER,
-    EXCHANGE_CALLS,
-    HANDLER,
-    SiloCallFailed,
-    payload_bytes,
-)
+from tasks.boosting.exchange import EXCHANGE_CALLS, payload_bytes
+from tasks.boosting.messages import SiloCallFailed
+from tasks.boosting.silo_side import CALLS
 from tasks.gbdt.histogram import NodeHistograms, sum_histograms
 from tasks.gbdt.model import Tree
 from tasks.gbdt.private_histograms import MaskedHistograms, unmask_histograms
 from tasks.gbdt.silo_state import LossSum, NodeSplit, sum_losses
 from tasks.privacy.secagg import MaskContext
 from tasks.protocol.codec import RemoteError
-from tasks.silo import worker_rpc
-from tasks.silo.channel import (
-    WATCH_SECONDS,
-    Channel,
-    ChannelError,
-    first_ready,
-    new_token,
-)
-from tasks.silo.failures import failure_of, wait_silo
-
-Transport = Literal["channel", "worker", "actor", "submit"]
-TRANSPORTS: tuple[Transport, ...] = ("channel", "worker", "actor", "submit")
-#: Environment variable that selects the transport of per-level exchanges.
-TRANSPORT_ENV = "FEDSILO_GBDT_TRANSPORT"
-
-
-def default_transport() -> Transport:
-    """Return the transport named by ``FEDSILO_GBDT_TRANSPORT`` (default channel)."""
-    value = os.environ.get(TRANSPORT_ENV, "channel")
-    for transport in TRANSPORTS:
-        if value == transport:
-            return transport
-    raise FedsiloError(f"{TRANSPORT_ENV}={value!r}: use one of {list(TRANSPORTS)}")
-
+from tasks.protocol.messages import Resident
+from tasks.silo.failures import failure_of
+from tasks.silo.link import SiloLink
 
 #: Observers of every exchange: ``(silo, call name, (sent, reply))``. Tests use
 #: them to assert on payloads; nothing else should.
@@ -110,29 +59,6 @@ class Traffic:
     calls: int = 0
 
 
-def _wait_all(futures: Sequence[Future], timeout: float) -> bool:
-    """Wait until every future is done (or failed); False after ``timeout`` s.
-
-    Unlike ``distributed.wait`` this uses the futures' own client, not the
-    process's default one.
-    """
-    if not futures:
-        return True
-    remaining = [len(futures)]
-    lock = threading.Lock()
-    done = threading.Event()
-
-    def one_done(_: Future) -> None:
-        with lock:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                done.set()
-
-    for future in futures:
-        future.add_done_callback(one_done)
-    return done.wait(timeout)
-
-
 def _failure(silo: str, error: BaseException) -> FedsiloError:
     if isinstance(error, FedsiloError) and not isinstance(error, RemoteError):
         return error
@@ -141,66 +67,35 @@ def _failure(silo: str, error: BaseException) -> FedsiloError:
     return failure_of(silo, error)
 
 
+#: The slot of a silo's runtime holding its boosting state.
+STATE = "gbdt"
+
+
 @dataclass(slots=True)
 class SiloCalls:
-    """Pinned work at every silo's worker, with failures naming the silo.
+    """A boosting run's silos: setup steps, calls and exchanges, failures named.
 
-    ``submit``/``gather`` run plain tasks (setup: reading, checking, sketching);
-    ``open`` makes each silo's resident state and ``call`` reaches it.
+    ``silos`` are the silos whose boosting state is open, in order.
     """
 
-    client: Client
-    workers: dict[str, str]  # silo -> worker address
-    run_key: str
-    timeout: float
-    transport: Transport = "channel"
+    link: SiloLink
+    silos: list[str] = field(default_factory=list)
     traffic: dict[str, Traffic] = field(default_factory=dict)
-    states: dict[str, Future] = field(default_factory=dict)
-    actors: dict[str, Any] = field(default_factory=dict)
-    channels: dict[str, Channel] = field(default_factory=dict)  # by worker address
-    #: Why channels could not be opened (the transport is then ``worker``).
-    channel_error: str | None = None
-    _counter: Any = field(default_factory=itertools.count)
 
-    def submit(
-        self,
-        silo: str,
-        fn: Callable[..., Any],
-        *args: Any,
-        name: str,
-        actor: bool = False,
-    ) -> Future:
-        """Run ``fn`` on the silo's own worker, under a unique key."""
-        return self.client.submit(
-            fn,
-            *args,
-            key=f"{name}-{silo}-{self.run_key}-{next(self._counter)}",
-            workers=[self.workers[silo]],
-            allow_other_workers=False,
-            pure=False,
-            actor=actor,
-        )
-
-    def gather(self, futures: dict[str, Future]) -> dict[str, Any]:
-        """Wait for one future per silo and fetch the replies from the workers."""
-        if not _wait_all(list(futures.values()), self.timeout):
-            late = [s for s, f in futures.items() if not f.done()]
-            raise SiloFailedError(late[0], f"no reply within {self.timeout:g}s")
-        for silo, future in futures.items():
-            if future.status != "finished":
-                wait_silo(silo, future, self.timeout)  # raises, naming the silo
-        values = self.client.gather(list(futures.values()), direct=True)
-        return dict(zip(futures, values, strict=True))
+    @property
+    def workers(self) -> dict[str, str]:
+        """Return silo -> address of its worker."""
+        return self.link.cluster.workers
 
     def each(
-        self, name: str, fn: Callable[..., Any], per_silo: dict[str, Sequence[Any]]
+        self,
+        name: str,
+        op: str,
+        per_silo: dict[str, Sequence[Any]],
+        keep: str | None = None,
     ) -> dict[str, Any]:
-        """Run ``fn(*per_silo[silo])`` as a task at every silo; count the traffic."""
-        futures = {
-            silo: self.submit(silo, fn, *args, name=name)
-            for silo, args in per_silo.items()
-        }
-        replies = self.gather(futures)
+        """Run silo operation ``op`` as a setup task at every silo; count traffic."""
+        replies = self.link.each(op, per_silo, name=name, keep=keep)
         self._count(name, per_silo, replies)
         return replies
 
@@ -211,7 +106,7 @@ class SiloCalls:
         sizes: dict[int, int] = {}
         memo: dict[int, Any] = {}
         for silo, args in per_silo.items():
-            sent = tuple(a for a in args if not isinstance(a, Future))
+            sent = tuple(a for a in args if not isinstance(a, Resident))
             if id(args) not in sizes:
                 sizes[id(args)] = payload_bytes(sent) if sent else 0
             t = self.traffic.setdefault(silo, Traffic())
@@ -221,107 +116,30 @@ class SiloCalls:
             _observe(silo, name, sent, replies[silo], memo)
 
     # -- silo-resident state -----------------------------------------------------
-    def open(self, fn: Callable[..., Any], per_silo: dict[str, Sequence[Any]]) -> None:
-        """Create each silo's resident state with ``fn(*args)`` on its worker."""
-        actor = self.transport != "submit"
-        self.states = {
-            silo: self.submit(silo, fn, *args, name="gbdt-silo", actor=actor)
-            for silo, args in per_silo.items()
-        }
-        if actor:
-            self.gather(self.states)  # surfaces a silo's error, naming the silo
-            # Actor calls go through the scheduler unless the client talks to
-            # workers directly: that would send every histogram twice.
-            self.client.direct_to_workers = True
-            # Handles bound to this client (deserialized ones take the default).
-            with self.client.as_current():
-                self.actors = {
-                    silo: Actor(gbdt_silo.BoostingSilo, self.workers[silo], f.key)
-                    for silo, f in self.states.items()
-                }
-        if self.transport == "channel":
-            self._open_channels()
+    def open(self, per_silo: dict[str, Sequence[Any]]) -> None:
+        """Bin each silo's rows into its boosting state, held by its runtime."""
+        self.link.each("gbdt-open", per_silo, name="gbdt-silo", keep=STATE)
+        self.silos = list(per_silo)
 
-    def _open_channels(self) -> None:
-        """Open a channel to every worker hosting a silo, or fall back to ``worker``."""
-        security = getattr(self.client, "security", None)
-        tls = (
-            security.get_connection_args("client").get("ssl_context")
-            if security is not None
-            else None
-        )
-        try:
-            for address in sorted({self.workers[s] for s in self.states}):
-                token = new_token()
-                endpoint = self.client.sync(
-                    worker_rpc.request,
-                    self.client,
-                    address,
-                    CHANNEL_HANDLER,
-                    token=token,
-                )
-                self.channels[address] = Channel.connect(
-                    address, tuple(endpoint), token, tls, timeout=min(self.timeout, 10)
-                )
-        except Exception as error:
-            self._close_channels()
-            self.transport = "worker"
-            self.channel_error = str(error) or type(error).__name__
-
-    def call(self, method: str, per_silo: dict[str, Sequence[Any]]) -> dict[str, Any]:
-        """Call ``method`` of every listed silo's state; return replies by silo."""
-        if method not in gbdt_silo.CALLS:
-            raise ValueError(f"not a silo call: {method!r}")
-        if self.transport == "submit":
-            replies = self.each(
-                f"gbdt-{method}",
-                gbdt_silo.call,
-                {s: (self.states[s], method, *a) for s, a in per_silo.items()},
-            )
-            return replies
-        pending = {
-            silo: getattr(self.actors[silo], method)(*args)
-            for silo, args in per_silo.items()
-        }
-        replies = {}
-        deadline = time.monotonic() + self.timeout
-        for silo, future in pending.items():
-            try:
-                replies[silo] = future.result(
-                    timeout=max(deadline - time.monotonic(), 0.001)
-                )
-            except Exception as error:
-                raise _failure(silo, error) from error
-        self._count(f"gbdt-{method}", per_silo, replies)
-        return replies
-
-    def call_all(self, method: str, *args: Any) -> dict[str, Any]:
-        """Call ``method(*args)`` at every silo."""
-        return self.call(method, {silo: args for silo in self.states})
-
-    def exchange(self, method: str, *args: Any) -> list[Any]:
-        """Call ``method(*args)`` at every silo; return the replies to combine.
-
-        With the ``channel`` and ``worker`` transports a reply may already be
-        the sum of the silos sharing a worker; otherwise there is one reply per
-        silo.
-        """
-        if self.transport not in ("channel", "worker"):
-            return list(self.call_all(method, *args).values())
-        if method not in EXCHANGE_CALLS:
-            raise ValueError(f"not an exchange call: {method!r}")
+    def _groups(self, silos: Sequence[str]) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
-        for silo in self.states:
+        for silo in silos:
             groups.setdefault(self.workers[silo], []).append(silo)
-        for address in [a for a, c in self.channels.items() if c.closed]:
-            del self.channels[address]  # closed by a sharer (fedsilo compare)
-        if self.channels and all(a in self.channels for a in groups):
-            answers = self._over_channels(groups, method, args)
-        else:
-            answers = self.client.sync(self._send_to_workers, groups, method, args)
-        sent = payload_bytes(args)
-        replies: list[Any] = []
-        memo: dict[int, Any] = {}
+        return groups
+
+    def _answers(
+        self, groups: dict[str, list[str]], op: str, make: Callable[[list[str]], Any]
+    ) -> dict[str, Any]:
+        """Send one ``op`` request per worker; raise the first failure, named."""
+        answers = self.link.ask_all(
+            {
+                address: (
+                    op,
+                    ([self.link.ref(s, STATE) for s in silos], silos, *make(silos)),
+                )
+                for address, silos in groups.items()
+            }
+        )
         for address, silos in groups.items():
             answer = answers[address]
             if isinstance(answer, BaseException):
@@ -329,6 +147,44 @@ class SiloCalls:
             if "failed" in answer:
                 failed: SiloCallFailed = answer["failed"]
                 raise _failure(failed.silo, failed.error)
+        return answers
+
+    def call(self, method: str, per_silo: dict[str, Sequence[Any]]) -> dict[str, Any]:
+        """Call ``method`` of every listed silo's state; return replies by silo."""
+        if method not in CALLS:
+            raise ValueError(f"not a silo call: {method!r}")
+        groups = self._groups(list(per_silo))
+        answers = self._answers(
+            groups,
+            "gbdt-calls",
+            lambda silos: (method, [list(per_silo[s]) for s in silos]),
+        )
+        replies = {
+            silo: reply
+            for address, silos in groups.items()
+            for silo, reply in zip(silos, answers[address]["replies"], strict=True)
+        }
+        self._count(f"gbdt-{method}", per_silo, replies)
+        return replies
+
+    def call_all(self, method: str, *args: Any) -> dict[str, Any]:
+        """Call ``method(*args)`` at every silo."""
+        return self.call(method, {silo: args for silo in self.silos})
+
+    def exchange(self, method: str, *args: Any) -> list[Any]:
+        """Call ``method(*args)`` at every silo; return the replies to combine.
+
+        A reply may already be the sum of the silos sharing a worker.
+        """
+        if method not in EXCHANGE_CALLS:
+            raise ValueError(f"not an exchange call: {method!r}")
+        groups = self._groups(self.silos)
+        answers = self._answers(groups, "gbdt-exchange", lambda _: (method, args))
+        sent = payload_bytes(args)
+        replies: list[Any] = []
+        memo: dict[int, Any] = {}
+        for address, silos in groups.items():
+            answer = answers[address]
             merged = answer["replies"]
             for i, (silo, size) in enumerate(zip(silos, answer["sizes"], strict=True)):
                 t = self.traffic.setdefault(silo, Traffic())
@@ -340,133 +196,23 @@ class SiloCalls:
             replies.extend(merged)
         return replies
 
-    def _over_channels(
-        self, groups: dict[str, list[str]], method: str, args: tuple[Any, ...]
-    ) -> dict[str, Any]:
-        """Send one exchange request over every worker's channel; answers by worker.
-
-        Every channel's reply is read (or its failure noted) before returning,
-        and a channel that failed is closed: the next exchanges go through Dask.
-        """
-        deadline = time.monotonic() + self.timeout
-        answers: dict[str, Any] = {}
-        for address, silos in groups.items():
-            try:
-                self.channels[address].send(
-                    self.timeout,
-                    keys=[self.states[s].key for s in silos],
-                    silos=silos,
-                    method=method,
-                    args=args,
-                )
-            except ChannelError as error:
-                answers[address] = error
-        waiting = {self.channels[a]: a for a in groups if a not in answers}
-        while waiting:  # replies in the order they come
-            ready = first_ready(list(waiting), WATCH_SECONDS)
-            if not ready:
-                for channel, address in list(waiting.items()):
-                    try:
-                        if time.monotonic() >= deadline:
-                            raise TimeoutError(f"no reply within {self.timeout:g}s")
-                        self._check_worker(address)
-                    except Exception as error:
-                        answers[address] = error
-                        del waiting[channel]
-                continue
-            for channel in ready:
-                address = waiting.pop(channel)
-                try:
-                    answers[address] = channel.receive(
-                        deadline, functools.partial(self._check_worker, address)
-                    )
-                except Exception as error:
-                    answers[address] = error
-        for address, answer in answers.items():
-            if isinstance(answer, BaseException):
-                self._close_channels([address])
-        return answers
-
-    def _check_worker(self, address: str) -> None:
-        """Raise WorkerLeftError when the scheduler no longer knows the worker."""
-        self.client.sync(worker_rpc.check_worker, self.client, address)
-
-    def _close_channels(self, addresses: Sequence[str] | None = None) -> None:
-        """Close the channels to ``addresses`` (all by default)."""
-        for address in list(self.channels) if addresses is None else addresses:
-            channel = self.channels.pop(address, None)
-            if channel is not None:
-                channel.close()
-
-    async def _send_to_workers(
-        self, groups: dict[str, list[str]], method: str, args: tuple[Any, ...]
-    ) -> dict[str, Any]:
-        """Send one exchange request to every worker; answers (or errors) by worker.
-
-        A worker that has not answered within the silo timeout gets a
-        ``TimeoutError`` as its answer.
-        """
-        calls = {
-            address: asyncio.ensure_future(
-                worker_rpc.request(
-                    self.client,
-                    address,
-                    HANDLER,
-                    keys=[self.states[s].key for s in silos],
-                    silos=silos,
-                    method=method,
-                    args=args,
-                )
-            )
-            for address, silos in groups.items()
-        }
-        _, late = await asyncio.wait(calls.values(), timeout=self.timeout)
-        for call in late:
-            call.cancel()
-        answers: dict[str, Any] = {}
-        for address, call in calls.items():
-            if call in late:
-                answers[address] = TimeoutError(f"no reply within {self.timeout:g}s")
-            elif call.exception() is not None:
-                answers[address] = call.exception()
-            else:
-                answers[address] = call.result()
-        return answers
-
     def drop(self, silo: str) -> None:
-        """Stop calling a silo that dropped out; free its state if it still can."""
-        future = self.states.pop(silo, None)
-        actor = self.actors.pop(silo, None)
+        """Stop calling a silo that dropped out.
+
+        When no other silo of the run shares its worker, the run's channel to
+        it closes, and the worker frees what it held for the run.
+        """
+        if silo in self.silos:
+            self.silos.remove(silo)
         address = self.workers.get(silo)
-        if address is not None and all(self.workers[s] != address for s in self.states):
-            self._close_channels([address])
-        try:
-            if actor is not None:
-                actor.free()  # not awaited: the worker may be gone
-            elif future is not None:
-                self.submit(silo, gbdt_silo.call, future, "free", name="gbdt-free")
-        except Exception:
-            pass
+        if address is not None and all(self.workers[s] != address for s in self.silos):
+            self.link.drop(address)
 
     def free(self) -> None:
-        """Free every silo's resident state and release its future; never raises."""
-        self._close_channels()
-        if self.states:
-            try:
-                if self.transport == "actor":
-                    pending = [a.free() for a in self.actors.values()]
-                    for future in pending:
-                        future.result(timeout=10)
-                else:
-                    futures = {
-                        s: self.submit(s, gbdt_silo.call, f, "free", name="gbdt-free")
-                        for s, f in self.states.items()
-                    }
-                    _wait_all(list(futures.values()), 10)
-            except Exception:
-                pass
-        self.actors.clear()
-        self.states.clear()
+        """Close the run's channels: every silo frees its state; never raises."""
+        self.silos.clear()
+        with contextlib.suppress(Exception):
+            self.link.close()
 
 
 @dataclass(slots=True)

@@ -3,14 +3,15 @@
 These functions run inside the silo's worker process. The rows are read there
 (``tasks.silo.load_silo``), validated and binned there, and stay there for the
 whole run in one :class:`BoostingSilo` (binned train and test rows, labels,
-margins, node positions), which the coordinator only ever refers to through a
-Dask future and frees with :func:`free_silo` when the run ends or fails.
+margins, node positions), held by the silo's runtime (tasks/silo/runtime.py):
+the coordinator names it, never holds it, and the runtime frees it when the
+run ends or fails.
 
 What a reply holds (and nothing else): quantile summaries of feature columns
 and label sums at setup; per tree level the gradient/hessian histograms of the
 nodes asked for (masked under secure aggregation: the silo's X25519 private key
-is passed to :func:`open_silo` as a future made on this worker and never leaves
-it); per tree the summed training loss; per round the metrics and their sums.
+is made and held by its runtime and never leaves it); per tree the summed
+training loss; per round the metrics and their sums.
 ``docs/gbdt.md`` says what each of these reveals.
 """
 
@@ -25,7 +26,6 @@ import pandas as pd
 
 from fedsilo.errors import SiloDataError
 from tasks.boosting.messages import BoostingSetup, SiloSketch
-from tasks.boosting.worker import install_handler
 from tasks.gbdt.histogram import Backend, NodeHistograms
 from tasks.gbdt.model import Tree
 from tasks.gbdt.objective import Intercept
@@ -128,12 +128,7 @@ class BoostingSilo:
         self._saved_test = None
         self._keys = self._roster = None
 
-    # -- the calls the coordinator makes (as Dask tasks or as actor methods) ----
-    def worker(self) -> str:
-        """Return the name of the worker holding the silo (a check that it is open)."""
-        self.state.n_rows  # noqa: B018 - raises once freed
-        return worker_name()
-
+    # -- the calls the coordinator makes (tasks/boosting/exchange.py) ----------
     def join_secure(self, silo_index: int, peers_public: dict[int, bytes]) -> int:
         """Take ``silo_index`` in the roster of ``peers_public`` (mask from now on)."""
         if self._keys is None:
@@ -254,17 +249,9 @@ class BoostingSilo:
         return evaluate(self, setup, round_number)
 
 
-def call(silo: BoostingSilo, method: str, *args: object) -> object:
-    """Call one of the silo's methods (how a Dask task reaches it)."""
-    if method not in CALLS:
-        raise ValueError(f"not a silo call: {method!r}")
-    return getattr(silo, method)(*args)
-
-
 #: The methods the coordinator may call on a silo.
 CALLS = frozenset(
     {
-        "worker",
         "start_round",
         "grow_level",
         "finish_round",
@@ -383,7 +370,6 @@ def open_silo(
 
     ``keys`` is the silo's key pair for secure aggregation (made on this worker).
     """
-    install_handler()  # serves the per-level exchanges (worker transport)
     objective = setup.make_objective()
     state = SiloTreeState.create(rows.silo, rows.train, cuts, objective, setup.backend)
     state.set_intercept(intercept)

@@ -84,9 +84,15 @@ class Evaluation:
 
 @dataclass(frozen=True, slots=True)
 class Resident:
-    """Stands for a value already in the silo worker's memory under ``key``."""
+    """Stands for a value a silo's runtime holds for a run (``slot``: what it is).
 
-    key: str
+    Requests name held rows, keys and states this way; the silo looks them up
+    in its own runtime, so they never travel and are never Dask data.
+    """
+
+    run: str
+    silo: str
+    slot: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,19 +143,21 @@ def listen(
     handler: Callable[..., Any],
     ssl_context: ssl.SSLContext | None = None,
     accept_seconds: float = ACCEPT_SECONDS,
+    on_close: Callable[[], None] | None = None,
 ) -> tuple[str, int]:
     """Serve ``handler(**request)`` for one connection that proves ``token``.
 
     Returns the (host, port) to connect to; the serving thread ends when the
     coordinator closes the channel, on any broken frame, or when nobody
-    connects within ``accept_seconds``.
+    connects within ``accept_seconds``. ``on_close`` runs when a connection
+    that proved the token ends.
     """
     server = socket.create_server((host, 0))
     server.settimeout(accept_seconds)
     port = int(server.getsockname()[1])
     thread = threading.Thread(
         target=_serve,
-        args=(server, token, handler, ssl_context),
+        args=(server, token, handler, ssl_context, on_close),
         name=f"fedsilo-channel-{port}",
         daemon=True,
     )
@@ -168,7 +170,9 @@ def _serve(
     token: bytes,
     handler: Callable[..., Any],
     ssl_context: ssl.SSLContext | None,
+    on_close: Callable[[], None] | None = None,
 ) -> None:
+    proven = False
     try:
         with server:
             conn, peer = server.accept()
@@ -182,22 +186,27 @@ def _serve(
             if not hmac.compare_digest(proof, token):
                 logger.warning("channel from %s refused: wrong token", peer)
                 return
+            proven = True
             conn.settimeout(None)
-            _send(conn, ("ok", None))
+            _send(conn, ("ok", None, None))
             while True:
                 request = _receive(conn)
+                ident = request.pop("id", None) if isinstance(request, dict) else None
                 try:
                     if not isinstance(request, dict):
                         raise codec.CodecError("a request must be a mapping")
-                    reply: tuple[str, Any] = ("ok", handler(**request))
+                    reply: tuple[str, Any, Any] = ("ok", ident, handler(**request))
                 except Exception as error:  # the caller re-raises it
-                    reply = ("error", error)
+                    reply = ("error", ident, error)
                 try:
                     _send(conn, reply)
                 except codec.CodecError as error:
-                    _send(conn, ("error", error))
+                    _send(conn, ("error", ident, error))
     except (OSError, ChannelError, EOFError):
         return  # closed, timed out or broken: the coordinator sees it too
+    finally:
+        if proven and on_close is not None:
+            on_close()
 
 
 # -- coordinator side -------------------------------------------------------------
@@ -220,6 +229,7 @@ class Channel:
     def __init__(self, sock: socket.socket, address: str) -> None:
         self._sock = sock
         self.address = address  # the worker's Dask address, for messages
+        self._sent = 0  # the id of the last request sent
 
     @classmethod
     def connect(
@@ -241,7 +251,8 @@ class Channel:
             if len(token) != TOKEN_BYTES:
                 raise ChannelError(f"a token of {len(token)} bytes")
             _send_parts(sock, [token])
-            status, _ = _receive(sock)
+            answer = _receive(sock)
+            status = answer[0] if isinstance(answer, tuple) and len(answer) == 3 else None
         except (OSError, EOFError) as error:
             if sock is not None:
                 sock.close()
@@ -253,10 +264,15 @@ class Channel:
         return channel
 
     def send(self, timeout: float, **request: Any) -> None:
-        """Send one request (its reply must be received before the next one)."""
+        """Send one request; :meth:`receive` returns its reply.
+
+        The reply of an earlier request that was never received (a late fit)
+        is skipped when it arrives.
+        """
+        self._sent += 1
         try:
             self._sock.settimeout(timeout)
-            _send(self._sock, request)
+            _send(self._sock, {**request, "id": self._sent})
         except OSError as error:
             raise ChannelError(f"sending to {self.address} failed: {error}") from error
 
@@ -275,7 +291,13 @@ class Channel:
 
         try:
             self._sock.settimeout(WATCH_SECONDS)
-            status, value = _receive(self._sock, wait)
+            while True:
+                reply = _receive(self._sock, wait)
+                if not (isinstance(reply, tuple) and len(reply) == 3):
+                    raise ChannelError(f"a malformed reply from {self.address}")
+                status, ident, value = reply
+                if ident == self._sent:
+                    break  # else the reply of a request given up on: skipped
         except (OSError, EOFError) as error:
             if isinstance(error, TimeoutError):
                 raise

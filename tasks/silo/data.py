@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from connectors.files import read_table
-from connectors.silo_config import worker_silo_config
 from connectors.sql import SqlSource, read_sql
 from fedsilo.errors import SiloDataError
 from fedsilo.spec import FederationSpec, SiloSpec
@@ -111,6 +110,8 @@ def _read(
 
 def _configured_source(silo: str) -> tuple[SiloSource, list[str]]:
     """Return the silo worker's own sources, and the locations to keep private."""
+    from tasks.silo.runtime import worker_silo_config
+
     config = worker_silo_config(silo)
     if config is None:
         raise SiloDataError(

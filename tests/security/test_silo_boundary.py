@@ -76,7 +76,7 @@ def test_a_silo_endpoint_refuses_a_pickle_before_running_anything(
     endpoint = listen(HOST, token, lambda **r: calls.append(r), accept_seconds=10)
     with socket.create_connection(endpoint, timeout=10) as sock:
         sock.sendall(token)  # with the token, a pickle as the frame's message
-        exchange_channel._receive(sock)  # ("ok", None)
+        exchange_channel._receive(sock)  # ("ok", None, None)
         frame = struct.pack("<IQ", 1, len(payload)) + payload
         sock.sendall(frame)
         assert closed_by_peer(sock)
@@ -97,13 +97,13 @@ def test_the_coordinator_refuses_a_pickle_from_a_fake_worker(tmp_path: Path) -> 
     marker = tmp_path / "pwned-coordinator"
     server = socket.create_server((HOST, 0))
     token = new_token()
-    payload = pickle.dumps(("ok", Exploit(marker)))
+    payload = pickle.dumps(("ok", 1, Exploit(marker)))
 
     def fake_worker() -> None:
         conn, _ = server.accept()
         with conn:
             exchange_channel._receive_exact(conn, exchange_channel.TOKEN_BYTES, None)
-            exchange_channel._send(conn, ("ok", None))
+            exchange_channel._send(conn, ("ok", None, None))
             exchange_channel._receive(conn)  # the request
             conn.sendall(struct.pack("<IQ", 1, len(payload)) + payload)
             time.sleep(0.5)
