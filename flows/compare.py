@@ -52,6 +52,7 @@ from tasks.reports.pooled import (
     write_pooled,
 )
 from tasks.silo.data import FitConfig, SiloData
+from tasks.silo.runtime import SiloRuntime
 from tasks.store.checkpoints import CheckpointStore, new_run_id
 
 _MAX_NAME = 63
@@ -208,6 +209,7 @@ def _pooled_worker(cluster: SiloCluster, name: str) -> Worker:
             nthreads=1,
             host="127.0.0.1" if loopback else None,
             security=cluster.client.security,
+            plugins=(SiloRuntime(),),
         )
 
     worker = cluster.client.sync(start)

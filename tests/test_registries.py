@@ -275,6 +275,11 @@ def test_a_connector_registered_here_reads_its_source() -> None:
     pd.testing.assert_frame_equal(read_source("s0", source), pd.DataFrame(rows))
     assert spec.public_dict()["silos"][0]["train"] == {"kind": "inline", "rows": rows}
     assert FederationSpec.model_validate(spec.model_dump(mode="json")) == spec
+    # A silo's load operation reads it as it reads the built-in kinds.
+    from tasks.silo.data import load_arguments, load_silo
+
+    loaded = load_silo(*load_arguments(spec, spec.silos[0]))
+    assert len(loaded.train) + len(loaded.test) == len(rows)
 
 
 def test_connector_errors_name_the_field_and_the_known_kinds() -> None:

@@ -263,7 +263,12 @@ def _make_sites(data_dir: Path, root: Path) -> tuple[dict[str, Path], list[str]]
 def silo_federation(
     breast_cancer_dir: Path, tmp_path: Path
 ) -> Iterator[SiloFederation]:
-    """`dask scheduler` and one `fedsilo worker` per silo, each its own process."""
+    """`dask scheduler` and a worker per silo, each its own process.
+
+    silo-0 and silo-2 run `fedsilo worker`, silo-1 `dask worker --preload
+    fedsilo.silo --silo-config`: both load the silo runtime with the silo's
+    own config.
+    """
     sites, private = _make_sites(breast_cancer_dir, tmp_path)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -306,18 +311,28 @@ def silo_federation(
         address = json.loads(scheduler_file.read_text())["address"]
 
         def start_worker(silo: str) -> subprocess.Popen[bytes]:
-            return start(
-                silo,
-                "-m",
-                "fedsilo.cli",
-                "worker",
-                "--scheduler",
-                address,
-                "--silo",
-                silo,
-                "--data",
-                str(sites[silo] / "silo.yaml"),
-            )
+            config = str(sites[silo] / "silo.yaml")
+            if silo == "silo-1":  # Dask's own command, the runtime preloaded
+                return start(
+                    silo,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    address,
+                    "--name",
+                    silo,
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                    "--preload",
+                    "fedsilo.silo",
+                    "--silo-config",
+                    config,
+                )
+            command = ("worker", "--scheduler", address, "--silo", silo)
+            return start(silo, "-m", "fedsilo.cli", *command, "--data", config)
 
         workers = {silo: start_worker(silo) for silo in SILOS}
         _warm_up(address)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, cast
 
@@ -28,6 +28,7 @@ from fedsilo.errors import (
 )
 from fedsilo.spec import FederationSpec
 from tasks.averaging import sklearn_models
+from tasks.averaging.averaged_state import AveragedState, Preparation
 from tasks.averaging.round_tasks import (
     aggregate,
     checkpoint,
@@ -38,7 +39,7 @@ from tasks.averaging.sampling import sample_silos
 from tasks.averaging.server_optimizers import make_server_optimizer
 from tasks.privacy.accountant import would_exceed
 from tasks.privacy.silo_protect import STATE_TENSORS
-from tasks.protocol.messages import Evaluation, LocalUpdate, Resident, SiloSchema
+from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
 from tasks.run_state import (
     MAX_SECURE_ATTEMPTS,
     Opening,
@@ -75,22 +76,6 @@ def read_silos(spec: FederationSpec, link: SiloLink) -> dict[str, SiloSchema]:
         },
         name="schema",
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Preparation:
-    """How every silo turns its rows into model-ready arrays (the same for all)."""
-
-    numeric: list[str]
-    target: str
-    mean: np.ndarray | None
-    scale: np.ndarray | None
-    categories: dict[str, Any] | None
-
-    def arguments(self, link: SiloLink, silo: str) -> tuple[Any, ...]:
-        """Return the ``prepare`` operation's arguments for ``silo``."""
-        rows = link.ref(silo, "rows")
-        return (rows, self.numeric, self.target, self.mean, self.scale, self.categories)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,52 +221,8 @@ def _metadata(spec: FederationSpec, opened: OpenedSilos) -> dict[str, str]:
 
 
 @dataclass(slots=True)
-class AveragedRun:
-    """An averaged run's coordinator-side state; its rounds' tasks receive it."""
-
-    spec: FederationSpec
-    run_id: str
-    cluster: SiloCluster
-    store: CheckpointStore
-    config: FitConfig
-    link: SiloLink  # the silos hold rows, keys and compressors for the run
-    preparation: Preparation
-    params: dict[str, np.ndarray]
-    features: list[str] = field(default_factory=list)
-    classes: tuple[Any, ...] = ()
-    start_round: int = 1
-    public_keys: dict[str, bytes] = field(default_factory=dict)
-    dp_clip: float | None = None
-    server_optimizer: Any = None  # a tasks.server_optimizers.ServerOptimizer
-    epsilon: float | None = None
-
-    silo_order: dict[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.silo_order = {s.name: i for i, s in enumerate(self.spec.silos)}
-
-    def silo_index(self, silo: str) -> int:
-        """Return the silo's fixed place in the spec (its secure-aggregation id)."""
-        return self.silo_order[silo]
-
-    def server_state(self) -> dict[str, np.ndarray]:
-        """Return what a checkpoint needs beyond the model to resume exactly."""
-        out: dict[str, np.ndarray] = {}
-        if self.server_optimizer is not None:
-            state = self.server_optimizer.state_dict()
-            out.update({f"server/{k}": v for k, v in state.items()})
-        if self.dp_clip is not None:
-            out["server/dp_clip"] = np.array(self.dp_clip)
-        return out
-
-    def held(self, slot: str, silos: Sequence[str]) -> list[Resident | None]:
-        """Name what each silo holds in ``slot`` (None where the run keeps none)."""
-        present = {
-            "prepared": True,
-            "keypair": self.spec.privacy.secure_aggregation,
-            "compressor": self.spec.compression.kind != "none",
-        }[slot]
-        return [self.link.ref(s, slot) if present else None for s in silos]
+class AveragedRun(AveragedState):
+    """An averaged run: its state and the family protocol's rounds."""
 
     def rejoin(self, logger: Any) -> None:
         """Reopen the silos whose worker came back (restarted) since the last round.
@@ -356,7 +297,9 @@ class AveragedRun:
         try:
             self.rejoin(logger)
         except Exception as problem:  # a silo still down sits this round out
-            logger.warning("round %d: a silo could not rejoin: %s", round_number, problem)
+            logger.warning(
+                "round %d: a silo could not rejoin: %s", round_number, problem
+            )
         secure = self.spec.privacy.secure_aggregation
         roster = tuple(selected)
         absent: dict[str, str] = {}

@@ -11,13 +11,14 @@ need no Prefect API access.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fedsilo.errors import SiloFailedError
+from tasks.averaging.averaged_state import AveragedState
 from tasks.averaging.combine import Combined, combine
 from tasks.privacy.accountant import epsilon_spent
 from tasks.privacy.secagg import MaskContext
@@ -28,12 +29,9 @@ from tasks.silo.failures import silo_failure
 from tasks.store.checkpoints import MetricRow
 from tasks.store.rows import metric_rows
 
-if TYPE_CHECKING:
-    from tasks.averaging.averaged import AveragedRun
-
 
 def privacy_request(
-    state: AveragedRun,
+    state: AveragedState,
     silo: str,
     round_number: int,
     attempt: int,
@@ -70,7 +68,7 @@ def _silo_errors(
 
 
 def call_worker(
-    state: AveragedRun,
+    state: AveragedState,
     worker: str,
     silos: Sequence[str],
     phase: str,
@@ -105,7 +103,7 @@ def call_worker(
     persist_result=False,
 )
 def fit_local(
-    state: AveragedRun,
+    state: AveragedState,
     worker: str,
     round_number: int,
     silos: tuple[str, ...],
@@ -140,7 +138,7 @@ def fit_local(
     persist_result=False,
 )
 def aggregate(
-    state: AveragedRun,
+    state: AveragedState,
     round_number: int,
     updates: list[LocalUpdate],
     expected_silos: int,
@@ -180,7 +178,7 @@ def aggregate(
     persist_result=False,
 )
 def evaluate_local(
-    state: AveragedRun, worker: str, round_number: int, silos: tuple[str, ...]
+    state: AveragedState, worker: str, round_number: int, silos: tuple[str, ...]
 ) -> tuple[list[Evaluation], list[SiloFailedError]]:
     """Score the new global model at the worker's ``silos`` (train and test rows).
 
@@ -198,7 +196,7 @@ def evaluate_local(
     return evaluations, [r for r in replies if isinstance(r, SiloFailedError)]
 
 
-def privacy_rows(state: AveragedRun) -> list[MetricRow]:
+def privacy_rows(state: AveragedState) -> list[MetricRow]:
     """Return the privacy spent so far and the current DP clip as global rows."""
     dp = state.spec.privacy.dp
     if dp is None or state.epsilon is None:
@@ -219,7 +217,7 @@ def privacy_rows(state: AveragedRun) -> list[MetricRow]:
     persist_result=False,
 )
 def checkpoint(
-    state: AveragedRun,
+    state: AveragedState,
     round_number: int,
     evaluations: list[Evaluation],
     updates: list[LocalUpdate],

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from connectors.files import read_table
-from connectors.sql import SqlSource, read_sql
+from connectors.readers import read_source
+from connectors.sql import SqlSource
 from fedsilo.errors import SiloDataError
 from fedsilo.spec import FederationSpec, SiloSpec
 from tasks.averaging import sklearn_models
@@ -100,12 +100,9 @@ def silo_seed(seed: int, round_number: int, silo: str) -> np.random.Generator:
     return np.random.default_rng([seed, round_number, zlib.crc32(silo.encode())])
 
 
-def _read(
-    silo: str, location: str | SqlSource, options: dict[str, Any]
-) -> pd.DataFrame:
-    if isinstance(location, SqlSource):
-        return read_sql(silo, location)
-    return read_table(silo, location, storage_options=options)
+def _read(silo: str, location: Any, options: dict[str, Any]) -> pd.DataFrame:
+    """Read one source with the connector registered for its kind."""
+    return read_source(silo, location, options)
 
 
 def _configured_source(silo: str) -> tuple[SiloSource, list[str]]:
