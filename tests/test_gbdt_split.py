@@ -66,9 +66,7 @@ def test_best_split_matches_exhaustive_search(
     h = rng.uniform(0.1, 1.0, n)
     cuts = federated_cuts([X.astype(np.float32)], 16)
     binned = bin_matrix(X, cuts)
-    sums, totals = build_histograms(
-        binned, g, h, np.zeros(n, np.int32), np.array([0])
-    )
+    sums, totals = build_histograms(binned, g, h, np.zeros(n, np.int32), np.array([0]))
     (split,) = find_splits(sums, totals, cuts, params)
     gain, f, k, default_left = exhaustive(X, g, h, cuts, params)
     assert split is not None

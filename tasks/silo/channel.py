@@ -252,7 +252,9 @@ class Channel:
                 raise ChannelError(f"a token of {len(token)} bytes")
             _send_parts(sock, [token])
             answer = _receive(sock)
-            status = answer[0] if isinstance(answer, tuple) and len(answer) == 3 else None
+            status = (
+                answer[0] if isinstance(answer, tuple) and len(answer) == 3 else None
+            )
         except (OSError, EOFError) as error:
             if sock is not None:
                 sock.close()
