@@ -6,35 +6,34 @@ a fresh model is all zeros.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression, SGDClassifier, SGDRegressor
 
 from fedsilo.errors import SpecError
-from tasks.averaging.model_adapters import ModelAdapter, Params, register_model
+from tasks.averaging.model_adapters import (
+    LocalTraining,
+    ModelAdapter,
+    Params,
+    StartingPoint,
+    register_model,
+)
 
 
 class LinearModel(ModelAdapter):
     """A linear model: one coefficient row per class (one for two), an intercept."""
 
-    def set_state(
-        self,
-        estimator: Any,
-        n_features: int,
-        classes: np.ndarray | None,
-        seed: int,
-        params: Mapping[str, np.ndarray] | None,
-    ) -> None:
+    def set_state(self, estimator: Any, start: StartingPoint) -> None:
         """Set ``coef_``, ``intercept_`` and ``classes_`` (zeros if no params)."""
+        classes = self.labels(start)
         n_rows = 1 if classes is None or len(classes) <= 2 else len(classes)
-        if params is None:
-            coef = np.zeros((n_rows, n_features))
+        if start.params is None:
+            coef = np.zeros((n_rows, start.n_features))
             intercept = np.zeros(n_rows)
         else:
-            coef = np.array(params["coef_"], dtype=np.float64)
-            intercept = np.array(params["intercept_"], dtype=np.float64)
+            coef = np.array(start.params["coef_"], dtype=np.float64)
+            intercept = np.array(start.params["intercept_"], dtype=np.float64)
         estimator.coef_ = coef if self.classifier else coef.reshape(-1)
         estimator.intercept_ = intercept
         if classes is not None:
@@ -63,16 +62,10 @@ class LinearModel(ModelAdapter):
 class SgdModel(LinearModel):
     """scikit-learn's SGD estimators, which also carry their step counter ``t_``."""
 
-    def set_state(
-        self,
-        estimator: Any,
-        n_features: int,
-        classes: np.ndarray | None,
-        seed: int,
-        params: Mapping[str, np.ndarray] | None,
-    ) -> None:
+    def set_state(self, estimator: Any, start: StartingPoint) -> None:
         """Set the linear state and ``t_`` (1 if fresh)."""
-        super().set_state(estimator, n_features, classes, seed, params)
+        super().set_state(estimator, start)
+        params = start.params
         t = np.array(1.0) if params is None else params.get("t_", np.array(1.0))
         estimator.t_ = float(np.asarray(t))
 
@@ -97,30 +90,21 @@ class LogisticModel(LinearModel):
     """Logistic regression by L-BFGS, warm-started from the global model."""
 
     def fit(
-        self,
-        estimator: Any,
-        X: np.ndarray,
-        y: np.ndarray,
-        *,
-        classes: np.ndarray,
-        epochs: int,
-        batch_size: int | None,
-        rng: np.random.Generator,
-        proximal_mu: float,
+        self, estimator: Any, X: np.ndarray, y: np.ndarray, plan: LocalTraining
     ) -> None:
-        """Run ``epochs`` L-BFGS iterations, with every global class known.
+        """Run ``plan.epochs`` L-BFGS iterations, with every global class known.
 
         A silo that lacks a class gets one zero-weight row of it, so the
         estimator keeps the global shape while the missing class adds nothing
         to the loss.
         """
-        missing = np.setdiff1d(classes, np.unique(y))
+        missing = np.setdiff1d(np.asarray(plan.classes), np.unique(y))
         weights = np.ones(len(y))
         if len(missing):
             X = np.vstack([X, np.zeros((len(missing), X.shape[1]))])
             y = np.concatenate([y, missing.astype(y.dtype)])
             weights = np.concatenate([weights, np.zeros(len(missing))])
-        estimator.set_params(max_iter=epochs)
+        estimator.set_params(max_iter=plan.epochs)
         estimator.fit(X, y, sample_weight=weights)
 
 

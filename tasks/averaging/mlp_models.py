@@ -6,7 +6,7 @@ is scikit-learn's own (seeded) Glorot initialisation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,39 +14,28 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 
-from tasks.averaging.model_adapters import ModelAdapter, Params, register_model
+from tasks.averaging.model_adapters import (
+    ModelAdapter,
+    Params,
+    StartingPoint,
+    register_model,
+)
 
 
 class MlpModel(ModelAdapter):
     """A multilayer perceptron, trained by ``partial_fit`` with adam or sgd."""
 
-    def set_state(
-        self,
-        estimator: Any,
-        n_features: int,
-        classes: np.ndarray | None,
-        seed: int,
-        params: Mapping[str, np.ndarray] | None,
-    ) -> None:
+    def set_state(self, estimator: Any, start: StartingPoint) -> None:
         """Initialise the layers as scikit-learn does, then copy ``params`` in."""
-        _initialise(estimator, n_features, classes, seed)
-        if params is None:
+        _initialise(estimator, start.n_features, self.labels(start), start.seed)
+        if start.params is None:
             return
-        for i, coef in enumerate(estimator.coefs_):
-            coef[...] = params[f"coefs_{i}"]
-        for i, intercept in enumerate(estimator.intercepts_):
-            intercept[...] = params[f"intercepts_{i}"]
+        for name, array in _layers(estimator):
+            array[...] = start.params[name]
 
     def extract(self, estimator: Any) -> Params:
         """Return every layer's weights and intercepts."""
-        out = {f"coefs_{i}": np.array(c) for i, c in enumerate(estimator.coefs_)}
-        out.update(
-            {
-                f"intercepts_{i}": np.array(b)
-                for i, b in enumerate(estimator.intercepts_)
-            }
-        )
-        return out
+        return {name: np.array(array) for name, array in _layers(estimator)}
 
     def step_sizes(self, estimator: Any, n_rows: int) -> np.ndarray:
         """Return the steps ``partial_fit`` takes (:func:`mlp_step_sizes`)."""
@@ -57,12 +46,16 @@ class MlpModel(ModelAdapter):
 
         In place: the optimiser of this round holds references to these arrays.
         """
-        for i, coef in enumerate(estimator.coefs_):
-            centre = anchor[f"coefs_{i}"]
-            coef[...] = centre + shrink * (coef - centre)
-        for i, intercept in enumerate(estimator.intercepts_):
-            centre = anchor[f"intercepts_{i}"]
-            intercept[...] = centre + shrink * (intercept - centre)
+        for name, array in _layers(estimator):
+            centre = anchor[name]
+            array[...] = centre + shrink * (array - centre)
+
+
+def _layers(estimator: Any) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield the weights, then the intercepts, of every layer with its name."""
+    for attribute in ("coefs_", "intercepts_"):
+        for i, array in enumerate(getattr(estimator, attribute)):
+            yield f"{attribute}{i}", array
 
 
 def _initialise(

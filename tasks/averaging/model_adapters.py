@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,35 @@ from fedsilo.spec import proximal_refusal
 
 Params = dict[str, np.ndarray]
 Labels = Sequence[Any]
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """What a built estimator starts from: its shape and the global arrays.
+
+    ``classes`` are the global labels (ignored by a regressor); ``params``
+    None means a fresh state, seeded with ``seed``.
+    """
+
+    n_features: int
+    classes: Labels
+    seed: int
+    params: Mapping[str, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """How a silo trains the global model for one round.
+
+    ``batch_size`` None is one batch of all rows; ``proximal_mu`` > 0 is
+    FedProx (:meth:`ModelAdapter.train`).
+    """
+
+    classes: Labels
+    epochs: int
+    batch_size: int | None
+    rng: np.random.Generator
+    proximal_mu: float = 0.0
 
 
 class ModelAdapter(ABC):
@@ -70,94 +100,53 @@ class ModelAdapter(ABC):
         except (ValueError, TypeError) as error:
             raise SpecError(f"model.params: {error}") from None
 
-    def materialise(
-        self,
-        model_params: Mapping[str, Any],
-        *,
-        n_features: int,
-        classes: Labels,
-        seed: int,
-        params: Mapping[str, np.ndarray] | None = None,
-    ) -> Any:
-        """Return an estimator ready to predict and to continue training.
-
-        With ``params`` None the state is freshly initialised (seeded).
-        """
-        estimator = self.build(model_params, seed)
-        estimator.n_features_in_ = n_features
-        labels = np.asarray(classes) if self.classifier else None
-        self.set_state(estimator, n_features, labels, seed, params)
+    def materialise(self, model_params: Mapping[str, Any], start: StartingPoint) -> Any:
+        """Return an estimator ready to predict and to continue training."""
+        estimator = self.build(model_params, start.seed)
+        estimator.n_features_in_ = start.n_features
+        self.set_state(estimator, start)
         return estimator
 
+    def labels(self, start: StartingPoint) -> np.ndarray | None:
+        """Return the classes as an array, or None for a regressor."""
+        return np.asarray(start.classes) if self.classifier else None
+
     @abstractmethod
-    def set_state(
-        self,
-        estimator: Any,
-        n_features: int,
-        classes: np.ndarray | None,
-        seed: int,
-        params: Mapping[str, np.ndarray] | None,
-    ) -> None:
-        """Give a built estimator ``params`` (or a fresh state if None)."""
+    def set_state(self, estimator: Any, start: StartingPoint) -> None:
+        """Give a built estimator ``start.params`` (or a fresh state if None)."""
 
     @abstractmethod
     def extract(self, estimator: Any) -> Params:
         """Return the estimator's learned state as named float arrays."""
 
     def train(
-        self,
-        estimator: Any,
-        X: np.ndarray,
-        y: np.ndarray,
-        *,
-        classes: Labels,
-        epochs: int,
-        batch_size: int | None,
-        rng: np.random.Generator,
-        proximal_mu: float = 0.0,
+        self, estimator: Any, X: np.ndarray, y: np.ndarray, plan: LocalTraining
     ) -> None:
         """Train ``estimator`` in place on one silo's rows for one round.
 
-        With ``proximal_mu`` > 0 this is FedProx (Li et al. 2020): after every
-        mini-batch the parameters take the proximal step of
+        With ``plan.proximal_mu`` > 0 this is FedProx (Li et al. 2020): after
+        every mini-batch the parameters take the proximal step of
         ``mu/2 * ||w - w_global||**2`` toward the model the round started from
         (:func:`proximal_shrink`). ``proximal_mu`` 0 leaves training untouched.
         """
-        if proximal_mu > 0:
+        if plan.proximal_mu > 0:
             refusal = proximal_refusal(self.kind, estimator.get_params())
             if refusal is not None:
                 raise SpecError(refusal)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            self.fit(
-                estimator,
-                X,
-                y,
-                classes=np.asarray(classes),
-                epochs=epochs,
-                batch_size=batch_size,
-                rng=rng,
-                proximal_mu=proximal_mu,
-            )
+            self.fit(estimator, X, y, plan)
 
     def fit(
-        self,
-        estimator: Any,
-        X: np.ndarray,
-        y: np.ndarray,
-        *,
-        classes: np.ndarray,
-        epochs: int,
-        batch_size: int | None,
-        rng: np.random.Generator,
-        proximal_mu: float,
+        self, estimator: Any, X: np.ndarray, y: np.ndarray, plan: LocalTraining
     ) -> None:
-        """Run ``epochs`` of shuffled mini-batches of ``partial_fit``."""
-        anchor = self.anchor(estimator) if proximal_mu > 0 else None
-        fit_args = {"classes": classes} if self.classifier else {}
-        size = len(X) if batch_size is None else batch_size
-        for _ in range(epochs):
-            order = rng.permutation(len(X))
+        """Run ``plan.epochs`` of shuffled mini-batches of ``partial_fit``."""
+        mu = plan.proximal_mu
+        anchor = self.anchor(estimator) if mu > 0 else None
+        fit_args = {"classes": np.asarray(plan.classes)} if self.classifier else {}
+        size = len(X) if plan.batch_size is None else plan.batch_size
+        for _ in range(plan.epochs):
+            order = plan.rng.permutation(len(X))
             for start in range(0, len(X), size):
                 rows = order[start : start + size]
                 if anchor is None:
@@ -165,8 +154,7 @@ class ModelAdapter(ABC):
                     continue
                 steps = self.step_sizes(estimator, len(rows))
                 estimator.partial_fit(X[rows], y[rows], **fit_args)
-                shrink = proximal_shrink(steps, proximal_mu)
-                self.proximal_step(estimator, anchor, shrink)
+                self.proximal_step(estimator, anchor, proximal_shrink(steps, mu))
 
     def anchor(self, estimator: Any) -> Params:
         """Return the parameters the proximal step pulls toward (this round's start)."""

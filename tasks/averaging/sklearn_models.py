@@ -18,7 +18,9 @@ from tasks.averaging.linear_models import sgd_step_sizes
 from tasks.averaging.mlp_models import MlpModel, mlp_step_sizes
 from tasks.averaging.model_adapters import (
     Labels,
+    LocalTraining,
     Params,
+    StartingPoint,
     adapter_kinds,
     model_adapter,
     proximal_shrink,
@@ -77,9 +79,8 @@ def materialise(
     With ``params`` None the state is freshly initialised (zeros for linear
     models, scikit-learn's Glorot initialisation for MLPs, seeded).
     """
-    return model_adapter(kind).materialise(
-        model_params, n_features=n_features, classes=classes, seed=seed, params=params
-    )
+    start = StartingPoint(n_features, classes, seed, params)
+    return model_adapter(kind).materialise(model_params, start)
 
 
 def init_params(
@@ -92,10 +93,8 @@ def init_params(
 ) -> Params:
     """Return the global model's initial arrays, the same for a given seed."""
     adapter = model_adapter(kind)
-    estimator = adapter.materialise(
-        model_params, n_features=n_features, classes=classes, seed=seed
-    )
-    return adapter.extract(estimator)
+    start = StartingPoint(n_features, classes, seed)
+    return adapter.extract(adapter.materialise(model_params, start))
 
 
 def train_local(
@@ -115,13 +114,5 @@ def train_local(
     With ``proximal_mu`` > 0 this is FedProx (Li et al. 2020); see
     :meth:`~tasks.averaging.model_adapters.ModelAdapter.train`.
     """
-    model_adapter(kind).train(
-        estimator,
-        X,
-        y,
-        classes=classes,
-        epochs=epochs,
-        batch_size=batch_size,
-        rng=rng,
-        proximal_mu=proximal_mu,
-    )
+    plan = LocalTraining(classes, epochs, batch_size, rng, proximal_mu)
+    model_adapter(kind).train(estimator, X, y, plan)
