@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Literal, ParamSpec
+from typing import Literal, ParamSpec, TypedDict, Unpack
 
 import dp_accounting
 import numpy as np
@@ -42,6 +42,14 @@ from tasks.privacy.errors import PrivacyBudgetExceededError
 Accountant = Literal["rdp", "pld"]
 Sampling = Literal["poisson", "fixed"]
 P = ParamSpec("P")
+
+
+class AccountingOptions(TypedDict, total=False):
+    """How rounds are accounted: the keyword arguments of :func:`epsilon_spent`."""
+
+    accountant: Accountant
+    sampling: Sampling
+    population: int | None
 
 
 def round_event(
@@ -133,23 +141,13 @@ def rounds_within_budget(
     delta: float,
     epsilon_budget: float,
     *,
-    accountant: Accountant = "rdp",
-    sampling: Sampling = "poisson",
-    population: int | None = None,
     max_rounds: int = 1_000_000,
+    **options: Unpack[AccountingOptions],
 ) -> int:
     """Return the most rounds whose epsilon stays within the budget (<= max_rounds)."""
 
     def spent(rounds: int) -> float:
-        return epsilon_spent(
-            noise_multiplier,
-            sampling_rate,
-            rounds,
-            delta,
-            accountant=accountant,
-            sampling=sampling,
-            population=population,
-        )
+        return epsilon_spent(noise_multiplier, sampling_rate, rounds, delta, **options)
 
     if spent(1) > epsilon_budget:
         return 0
@@ -172,23 +170,13 @@ def check_budget(
     rounds_done: int,
     delta: float,
     epsilon_budget: float,
-    *,
-    accountant: Accountant = "rdp",
-    sampling: Sampling = "poisson",
-    population: int | None = None,
+    **options: Unpack[AccountingOptions],
 ) -> float:
     """Return the epsilon after one more round; raise if it exceeds the budget."""
-    epsilon = epsilon_spent(
-        noise_multiplier,
-        sampling_rate,
-        rounds_done + 1,
-        delta,
-        accountant=accountant,
-        sampling=sampling,
-        population=population,
-    )
+    rounds = rounds_done + 1
+    epsilon = epsilon_spent(noise_multiplier, sampling_rate, rounds, delta, **options)
     if epsilon > epsilon_budget:
-        raise PrivacyBudgetExceededError(epsilon, epsilon_budget, rounds_done + 1)
+        raise PrivacyBudgetExceededError(epsilon, epsilon_budget, rounds)
     return epsilon
 
 
