@@ -215,7 +215,6 @@ def histogram_counts(
 def profile_frame(
     silo: str,
     frame: pd.DataFrame,
-    *,
     numeric: Sequence[str],
     categorical: Sequence[str],
     target: str,
