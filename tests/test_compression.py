@@ -33,7 +33,7 @@ from tasks.averaging.compression import (
     encode_float16,
     encode_int8,
 )
-from tasks.protocol.messages import LocalUpdate
+from tasks.protocol.messages import LocalUpdate, Resident
 from tasks.store.checkpoints import CheckpointStore
 
 finite = st.floats(
@@ -345,12 +345,13 @@ def _final_test(rows: pd.DataFrame, metric: str) -> float:
     return float(chosen[chosen.metric == metric].value.iloc[0])
 
 
-def _scheduler_keys(address: str, marker: str) -> list[str]:
+def _held_runs(address: str) -> set[str]:
+    """Return the runs any silo runtime of the cluster holds something for."""
     with Client(address, timeout=30) as client:
-        keys = client.run_on_scheduler(
-            lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks]
+        held = client.run(
+            lambda dask_worker: dask_worker.plugins["fedsilo-silo"].runs()
         )
-    return [k for k in keys if marker in k]
+    return {run for runs in held.values() for run in runs}
 
 
 @pytest.mark.integration
@@ -371,13 +372,18 @@ def test_int8_cuts_bytes_up_keeps_accuracy_and_the_residual_at_the_silo(
     received: list[LocalUpdate] = []
     residuals: list[dict[str, dict[str, np.ndarray]]] = []
 
+    def peek(run: str, silo: str, dask_worker: Any) -> Any:
+        runtime = dask_worker.plugins["fedsilo-silo"]
+        return runtime.get(Resident(run, silo, "compressor")).residual
+
     def listener(result: Any, state: run_state.Run) -> None:
         received.extend(state.last_updates)
-        # A test-only peek at the silo-resident compressors (the flow never does).
+        # A test-only peek into the silos' runtimes (the flow never does).
+        client, workers = state.cluster.client, state.cluster.workers
         residuals.append(
             {
-                s: f.result(timeout=30).residual
-                for s, f in state.family.compressors.items()
+                silo: client.run(peek, state.run_id, silo, workers=[address])[address]
+                for silo, address in workers.items()
             }
         )
 
@@ -411,10 +417,9 @@ def test_int8_cuts_bytes_up_keeps_accuracy_and_the_residual_at_the_silo(
                 assert np.float64(value).tobytes() not in payload
     # The compressors are freed with the run.
     deadline = time.monotonic() + 20
-    marker = "compressor-"
-    while _scheduler_keys(shared_cluster, marker) and time.monotonic() < deadline:
+    while "int8" in _held_runs(shared_cluster) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _scheduler_keys(shared_cluster, marker) == []
+    assert "int8" not in _held_runs(shared_cluster)
 
 
 @pytest.mark.integration

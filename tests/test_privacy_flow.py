@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from distributed import Client
 
 from fedsilo.spec import FederationSpec, load_spec
 from tasks import run_state
 from tasks.store.checkpoints import CheckpointStore
+from tests._stall import stall_silo
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -197,13 +197,7 @@ def test_secure_round_is_retried_without_a_silo_that_dropped(
 ) -> None:
     def stall(result: Any, state: Any) -> None:
         if result.round == 1:
-            with Client(shared_cluster, timeout=30) as client:
-                worker = next(
-                    a
-                    for a, w in client.scheduler_info()["workers"].items()
-                    if w["name"] == "silo-3"
-                )
-                client.submit(time.sleep, 6.0, workers=[worker], pure=False).release()
+            stall_silo(state.cluster.client, state.cluster.workers["silo-3"], 6.0)
 
     spec = _spec(
         breast_cancer_dir,

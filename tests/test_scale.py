@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from fedsilo.errors import SiloFailedError, SpecError
 from fedsilo.spec import parse_spec
 from tasks import run_state
 from tasks.store.checkpoints import CheckpointStore
+from tests._stall import stall_silo
 
 FEATURES = ["x0", "x1", "x2"]
 
@@ -94,12 +94,10 @@ def test_spec_refuses_workers_with_an_address(tmp_path: Path) -> None:
 # --- running on pool workers --------------------------------------------------
 
 
-def _resident_silos(dask_worker: Any) -> list[str]:
-    """On a worker: the silos whose prepared rows this worker process holds."""
-    from tasks.silo.data import PreparedSilo
-
-    data = dask_worker.data
-    return sorted(v.silo for v in data.values() if isinstance(v, PreparedSilo))
+def _resident_silos(run: str, dask_worker: Any) -> list[str]:
+    """On a worker: the silos whose prepared rows its silo runtime holds for ``run``."""
+    runtime = dask_worker.plugins["fedsilo-silo"]
+    return sorted(silo for silo, slot in runtime.holdings(run) if slot == "prepared")
 
 
 @pytest.mark.integration
@@ -126,7 +124,7 @@ def test_many_silos_on_two_workers_train_where_their_rows_are(tmp_path: Path) ->
                 a: w["name"]
                 for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
             }
-            held = client.run(_resident_silos)
+            held = client.run(_resident_silos, state.run_id)
             resident.update({names[a]: v for a, v in held.items()})
 
     with run_state.listening(listener):
@@ -195,7 +193,7 @@ def test_a_late_pool_worker_makes_all_its_silos_late(tmp_path: Path) -> None:
         if result.round == 1:  # keep pool-1's only thread busy past the deadline
             address = state.cluster.workers["silo-05"]
             client = state.cluster.client
-            client.submit(time.sleep, 6.0, workers=[address], pure=False).release()
+            stall_silo(client, address, 6.0)
 
     with run_state.listening(listener):
         federated_training(spec)

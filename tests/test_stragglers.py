@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed import Client
 
 from fedsilo.errors import SiloFailedError
 from fedsilo.spec import FederationSpec, load_spec
 from tasks import run_state
 from tasks.store.checkpoints import CheckpointStore
+from tests._stall import stall_silo
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -30,15 +30,9 @@ def _spec(data: Path, store: Path, address: str, **strategy: Any) -> FederationS
     )
 
 
-def _stall(address: str, silo: str, seconds: float) -> None:
-    """Keep the silo's single worker thread busy, as a slow silo would be."""
-    with Client(address, timeout=30) as client:
-        worker = next(
-            a
-            for a, w in client.scheduler_info()["workers"].items()
-            if w["name"] == silo
-        )
-        client.submit(time.sleep, seconds, workers=[worker], pure=False).release()
+def _stall(state: run_state.Run, silo: str, seconds: float) -> None:
+    """Keep the silo's runtime busy for ``seconds``, as a slow silo would be."""
+    stall_silo(state.cluster.client, state.cluster.workers[silo], seconds)
 
 
 def test_late_silo_is_recorded_and_the_round_goes_on(
@@ -48,10 +42,10 @@ def test_late_silo_is_recorded_and_the_round_goes_on(
 
     seen: list[Any] = []
 
-    def listener(result: Any, state: Any) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         seen.append(result)
         if result.round == 1:
-            _stall(shared_cluster, "silo-2", 8.0)
+            _stall(state, "silo-2", 8.0)
 
     spec = _spec(
         breast_cancer_dir, tmp_path / "store", shared_cluster, min_silos=3, deadline=2.0
@@ -74,9 +68,9 @@ def test_too_few_answers_fail_naming_the_silo_and_keep_earlier_rounds(
 ) -> None:
     from flows.training import federated_training
 
-    def listener(result: Any, state: Any) -> None:
+    def listener(result: Any, state: run_state.Run) -> None:
         if result.round == 1:
-            _stall(shared_cluster, "silo-1", 8.0)
+            _stall(state, "silo-1", 8.0)
 
     spec = _spec(
         breast_cancer_dir, tmp_path / "store", shared_cluster, min_silos=4, deadline=2.0

@@ -25,7 +25,7 @@ import dataclasses
 import importlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin, get_worker
@@ -145,6 +145,17 @@ class SiloRuntime(WorkerPlugin):
                 free = getattr(value, "free", None)
                 if callable(free):
                     free()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the runtime: no operation runs until the block ends."""
+        with self._lock:
+            yield
+
+    def holdings(self, run: str) -> list[tuple[str, str]]:
+        """Return the (silo, slot) pairs held for ``run``."""
+        with self._lock:
+            return sorted(self._held.get(run, {}))
 
     def runs(self) -> list[str]:
         """Return the runs holding something here."""
