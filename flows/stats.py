@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from fedsilo.cluster import SiloCluster, spec_cluster
 from fedsilo.spec import FederationSpec
 from flows.reporting import artifact_key
 from tasks.averaging.averaged import read_silos
+from tasks.prefect_task import uncached_task
 from tasks.protocol.messages import SiloSchema
 from tasks.silo.link import SiloLink
 from tasks.silo.schema import categorical_features, check_schemas
@@ -65,7 +65,7 @@ def stats_columns(
     return [f for f in features if f not in categorical], categorical
 
 
-@task(name="open-silo-rows", cache_policy=NO_CACHE, persist_result=False)
+@uncached_task("open-silo-rows")
 def open_silo_rows(
     spec: FederationSpec, cluster: SiloCluster, stats_id: str
 ) -> tuple[SiloLink, list[str], list[str]]:
@@ -81,7 +81,7 @@ def open_silo_rows(
     return link, numeric, categorical
 
 
-@task(name="silo-profiles", cache_policy=NO_CACHE, persist_result=False)
+@uncached_task("silo-profiles")
 def silo_profiles(
     spec: FederationSpec,
     link: SiloLink,
@@ -107,7 +107,7 @@ def silo_profiles(
     )
 
 
-@task(name="silo-histograms", cache_policy=NO_CACHE, persist_result=False)
+@uncached_task("silo-histograms")
 def histograms(
     spec: FederationSpec,
     link: SiloLink,

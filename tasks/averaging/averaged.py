@@ -16,8 +16,7 @@ from importlib.metadata import version
 from typing import Any, cast
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from fedsilo.cluster import SiloCluster, silo_workers
 from fedsilo.errors import (
@@ -37,6 +36,7 @@ from tasks.averaging.round_tasks import (
 )
 from tasks.averaging.sampling import sample_silos
 from tasks.averaging.server_optimizers import make_server_optimizer
+from tasks.prefect_task import uncached_task
 from tasks.privacy.accountant import would_exceed
 from tasks.privacy.silo_protect import STATE_TENSORS
 from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
@@ -103,7 +103,7 @@ def prepare_silos(
     link.each("row-count", {s: (link.ref(s, "prepared"),) for s in silos}, name="count")
 
 
-@task(name="open-silos", cache_policy=NO_CACHE, persist_result=False)
+@uncached_task("open-silos")
 def open_silos(
     spec: FederationSpec,
     cluster: SiloCluster,

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from fedsilo.errors import SiloFailedError
 from tasks.averaging.averaged_state import AveragedState
 from tasks.averaging.combine import Combined, combine
+from tasks.prefect_task import uncached_task
 from tasks.privacy.accountant import epsilon_spent
 from tasks.privacy.secagg import MaskContext
 from tasks.privacy.silo_protect import PrivacyRequest
@@ -96,12 +95,7 @@ def call_worker(
     ]
 
 
-@task(
-    name="fit-local",
-    task_run_name="fit-{worker}-r{round_number:04d}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@uncached_task("fit-local", "fit-{worker}-r{round_number:04d}")
 def fit_local(
     state: AveragedState,
     worker: str,
@@ -131,12 +125,7 @@ def fit_local(
     return updates, [r for r in replies if isinstance(r, SiloFailedError)]
 
 
-@task(
-    name="aggregate",
-    task_run_name="aggregate-r{round_number:04d}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@uncached_task("aggregate", "aggregate-r{round_number:04d}")
 def aggregate(
     state: AveragedState,
     round_number: int,
@@ -171,12 +160,7 @@ def aggregate(
     return combined
 
 
-@task(
-    name="evaluate-local",
-    task_run_name="evaluate-{worker}-r{round_number:04d}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@uncached_task("evaluate-local", "evaluate-{worker}-r{round_number:04d}")
 def evaluate_local(
     state: AveragedState, worker: str, round_number: int, silos: tuple[str, ...]
 ) -> tuple[list[Evaluation], list[SiloFailedError]]:
@@ -210,12 +194,7 @@ def privacy_rows(state: AveragedState) -> list[MetricRow]:
     return rows
 
 
-@task(
-    name="checkpoint",
-    task_run_name="checkpoint-r{round_number:04d}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@uncached_task("checkpoint", "checkpoint-r{round_number:04d}")
 def checkpoint(
     state: AveragedState,
     round_number: int,

@@ -19,8 +19,7 @@ from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from fedsilo.cluster import SiloCluster
 from fedsilo.errors import CheckpointError, SiloDataError, SiloFailedError
@@ -49,6 +48,7 @@ from tasks.gbdt.xgb_export import (
     model_from_json,
     trees_dataframe,
 )
+from tasks.prefect_task import uncached_task
 from tasks.privacy.accountant import gbdt_epsilon
 from tasks.privacy.errors import PrivacyBudgetExceededError
 from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
@@ -193,7 +193,7 @@ def _metadata(spec: FederationSpec, features: list[str]) -> dict[str, str]:
     }
 
 
-@task(name="open-silos", cache_policy=NO_CACHE, persist_result=False)
+@uncached_task("open-silos")
 def open_boosting_silos(
     spec: FederationSpec, calls: SiloCalls, params: GBDTParams
 ) -> dict[str, Any]:
@@ -245,7 +245,7 @@ def open_boosting_silos(
     return {"features": features, "setup": setup, "schemas": schemas}
 
 
-@task(name="bin-silos", cache_policy=NO_CACHE, persist_result=False)
+@uncached_task("bin-silos")
 def bin_silos(
     calls: SiloCalls,
     setup: gbdt_silo.BoostingSetup,
@@ -325,7 +325,7 @@ def bin_silos(
     }
 
 
-@task(name="secure-setup", cache_policy=NO_CACHE, persist_result=False)
+@uncached_task("secure-setup")
 def make_silo_keys(calls: SiloCalls) -> dict[str, bytes]:
     """Make every silo's X25519 key pair in its runtime; gather the public halves."""
     link = calls.link
@@ -352,12 +352,7 @@ def join_roster(state: BoostingRun) -> None:
     )
 
 
-@task(
-    name="grow-trees",
-    task_run_name="grow-trees-r{round_number:04d}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@uncached_task("grow-trees", "grow-trees-r{round_number:04d}")
 def grow_trees(state: BoostingRun, round_number: int) -> GBDTModel:
     """Grow the round's trees, one Dask exchange per tree level.
 
@@ -465,12 +460,7 @@ def budget_stop(state: BoostingRun, round_number: int) -> str | None:
     )
 
 
-@task(
-    name="evaluate-local",
-    task_run_name="evaluate-{silo}-r{round_number:04d}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@uncached_task("evaluate-local", "evaluate-{silo}-r{round_number:04d}")
 def evaluate_silo(state: BoostingRun, silo: str, round_number: int) -> list[Evaluation]:
     """Score the model at one silo on its train and test rows (metrics, sums)."""
     result = state.calls.call("evaluate", {silo: (state.setup, round_number)})[silo]
@@ -478,12 +468,7 @@ def evaluate_silo(state: BoostingRun, silo: str, round_number: int) -> list[Eval
     return result
 
 
-@task(
-    name="checkpoint",
-    task_run_name="checkpoint-r{round_number:04d}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@uncached_task("checkpoint", "checkpoint-r{round_number:04d}")
 def checkpoint_model(
     state: BoostingRun,
     round_number: int,
