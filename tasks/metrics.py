@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -89,6 +89,47 @@ def regression_scores(
         "m2_y": sst,
     }
     return metrics, sums
+
+
+def scores(
+    task: str, y: np.ndarray, predicted: np.ndarray, classes: np.ndarray
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Return (metrics, sums) of one split's predictions for ``task``.
+
+    For classification ``predicted`` holds each class's probability, or for two
+    classes may hold the second one's alone; ``classes`` is ignored otherwise.
+    """
+    if task != "classification":
+        return regression_scores(y, predicted)
+    if predicted.ndim == 1:
+        predicted = np.column_stack([1.0 - predicted, predicted])
+    return classification_scores(y, predicted, classes)
+
+
+def evaluations(
+    silo: str,
+    round_number: int,
+    worker: str,
+    task: str,
+    classes: np.ndarray,
+    predictions: Iterable[tuple[str, np.ndarray, np.ndarray]],
+) -> list[Evaluation]:
+    """Return the silo's evaluation of each ``(split, y, predicted)``: its scores."""
+    out = []
+    for split, y, predicted in predictions:
+        metrics, sums = scores(task, y, predicted, classes)
+        out.append(
+            Evaluation(
+                silo=silo,
+                round=round_number,
+                worker=worker,
+                split=split,
+                n_samples=len(y),
+                metrics=metrics,
+                sums=sums,
+            )
+        )
+    return out
 
 
 def global_metrics(evaluations: Sequence[Evaluation], task: str) -> dict[str, float]:

@@ -38,7 +38,7 @@ from tasks.gbdt.silo_state import (
     prepare_silo_data,
 )
 from tasks.gbdt.sketch import summarize
-from tasks.metrics import classification_scores, regression_scores
+from tasks.metrics import evaluations
 from tasks.privacy.secagg import KeyPair, MaskContext
 from tasks.protocol.messages import Evaluation
 from tasks.silo.data import SiloData, worker_name
@@ -388,33 +388,14 @@ def evaluate(
     silo: BoostingSilo, setup: BoostingSetup, round_number: int
 ) -> list[Evaluation]:
     """Score the current model on the silo's train and test rows (sums included)."""
-    worker = worker_name()
-    out = []
+    labels = setup.task == "classification"
+    predictions = []
     for split in ("train", "test"):
         y, predicted = silo.predictions(split)
-        if setup.task == "classification":
-            proba = (
-                predicted
-                if predicted.ndim == 2
-                else np.column_stack([1.0 - predicted, predicted])
-            )
-            metrics, sums = classification_scores(
-                y.astype(np.int64), proba, setup.classes
-            )
-        else:
-            metrics, sums = regression_scores(y, predicted)
-        out.append(
-            Evaluation(
-                silo=silo.silo,
-                round=round_number,
-                worker=worker,
-                split=split,
-                n_samples=int(y.shape[0]),
-                metrics=metrics,
-                sums=sums,
-            )
-        )
-    return out
+        predictions.append((split, y.astype(np.int64) if labels else y, predicted))
+    return evaluations(
+        silo.silo, round_number, worker_name(), setup.task, setup.classes, predictions
+    )
 
 
 def n_rows(rows: BoostingRows) -> int:

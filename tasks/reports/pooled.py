@@ -20,7 +20,7 @@ import pandas as pd
 
 from fedsilo.errors import FedsiloError
 from fedsilo.spec import FederationSpec
-from tasks.metrics import classification_scores, regression_scores
+from tasks.metrics import evaluations
 from tasks.protocol.messages import Evaluation
 from tasks.silo.data import (
     FitConfig,
@@ -138,28 +138,16 @@ def score_trees(
             names = list(model.feature_names)
             X = data.test[names].to_numpy(dtype=np.float32, na_value=np.nan)
             y = data.test[target].to_numpy()
-            predicted = predict(model, X)
             if task == "classification":
-                proba = (
-                    predicted
-                    if predicted.ndim == 2
-                    else np.column_stack([1.0 - predicted, predicted])
-                )
-                classes = np.arange(max(model.num_class, 2))
-                metrics, sums = classification_scores(
-                    y.astype(np.int64), proba, classes
-                )
-            else:
-                metrics, sums = regression_scores(y, predicted)
-            out.append(
-                Evaluation(
-                    silo=silo,
-                    round=round_number,
-                    worker="coordinator",
-                    split="test",
-                    n_samples=len(y),
-                    metrics=metrics,
-                    sums=sums,
-                )
+                y = y.astype(np.int64)
+            classes = np.arange(max(model.num_class, 2))
+            predicted = predict(model, X)
+            out += evaluations(
+                silo,
+                round_number,
+                "coordinator",
+                task,
+                classes,
+                [("test", y, predicted)],
             )
     return out

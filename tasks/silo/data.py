@@ -23,7 +23,7 @@ from fedsilo.errors import SiloDataError
 from fedsilo.spec import FederationSpec, SiloSpec
 from tasks.averaging import sklearn_models
 from tasks.averaging.compression import SiloCompressor, quantization_rng
-from tasks.metrics import classification_scores, regression_scores
+from tasks.metrics import evaluations
 from tasks.privacy.secagg import KeyPair
 from tasks.privacy.silo_protect import STATE_TENSORS, PrivacyRequest, protect
 from tasks.protocol.messages import (
@@ -338,31 +338,20 @@ def silo_evaluate(
 ) -> list[Evaluation]:
     """Score the global model on the silo's train and test rows."""
     estimator = _estimator(config, params)
-    worker = worker_name()
-    out = []
-    for split, X, y in (
+    classification = config.task == "classification"
+    predict = estimator.predict_proba if classification else estimator.predict
+    splits = (
         ("train", prepared.X_train, prepared.y_train),
         ("test", prepared.X_test, prepared.y_test),
-    ):
-        if config.task == "classification":
-            classes = np.asarray(config.classes)
-            metrics, sums = classification_scores(
-                y, estimator.predict_proba(X), classes
-            )
-        else:
-            metrics, sums = regression_scores(y, estimator.predict(X))
-        out.append(
-            Evaluation(
-                silo=prepared.silo,
-                round=round_number,
-                worker=worker,
-                split=split,
-                n_samples=len(y),
-                metrics=metrics,
-                sums=sums,
-            )
-        )
-    return out
+    )
+    return evaluations(
+        prepared.silo,
+        round_number,
+        worker_name(),
+        config.task,
+        np.asarray(config.classes),
+        [(split, y, predict(X)) for split, X, y in splits],
+    )
 
 
 def row_count(prepared: PreparedSilo) -> int:
