@@ -7,6 +7,7 @@ from its spec (``fedsilo/strategy_spec.py``). No I/O, no Prefect, no Dask.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from tasks.averaging.strategy_base import (
     weights_apart,
 )
 from tasks.robust.aggregation import coordinate_median, krum, multi_krum, trimmed_mean
+
+B = TypeVar("B", bound=KrumSpec | MultiKrumSpec)
 
 
 @register_strategy("median")
@@ -44,32 +47,35 @@ class TrimmedMean(Strategy[TrimmedMeanSpec]):
         return trimmed_mean(params, self.spec.beta, weights)
 
 
-def _remaining_faults(byzantine: int, rejected: int) -> int:
-    """Return the faulty silos left among the kept: a rejected one was one of them."""
-    return max(byzantine - rejected, 0)
+class _ByzantineStrategy(Strategy[B]):
+    """Krum's family: tolerates the spec's ``byzantine`` faulty silos."""
+
+    @property
+    def faults(self) -> int:
+        """The faulty silos left among the kept: a rejected update was one of them."""
+        return max(self.spec.byzantine - self.rejected, 0)
 
 
 @register_strategy("krum")
-class Krum(Strategy[KrumSpec]):
+class Krum(_ByzantineStrategy[KrumSpec]):
     """The update of lowest Krum score (Blanchard et al. 2017)."""
 
     def aggregate(
         self, updates: Sequence[Update], global_params: Params
     ) -> dict[str, np.ndarray]:
         """Return a copy of the update Krum selects (weights do not count)."""
-        f = _remaining_faults(self.spec.byzantine, self.rejected)
-        return krum([u.params for u in updates], f)
+        return krum([u.params for u in updates], self.faults)
 
 
 @register_strategy("multi-krum")
-class MultiKrum(Strategy[MultiKrumSpec]):
+class MultiKrum(_ByzantineStrategy[MultiKrumSpec]):
     """The weighted mean of the ``m`` best Krum scores (El Mhamdi et al. 2018)."""
 
     def aggregate(
         self, updates: Sequence[Update], global_params: Params
     ) -> dict[str, np.ndarray]:
         """Return the mean of ``multi_krum_m`` selected updates (``n - f`` if unset)."""
-        f = _remaining_faults(self.spec.byzantine, self.rejected)
+        f = self.faults
         m = self.spec.multi_krum_m
         if m is None:
             m = len(updates) - f
