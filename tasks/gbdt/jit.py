@@ -32,6 +32,14 @@ def kernels() -> SimpleNamespace | None:
 
 if numba is not None:
     jit = numba.njit(cache=True, nogil=True)
+    _compiled: dict[str, Any] = {}
+
+    def kernel(fn: Any) -> Any:
+        """Compile ``fn`` with ``jit`` and list it among the ``kernels()``."""
+        compiled = jit(fn)
+        _compiled[fn.__name__] = compiled
+        return compiled
+
     intrinsic: Any = _intrinsic  # its stubs do not know the call drops typingctx
 
     #: Rows ahead of the current one whose data the row kernels prefetch.
@@ -91,7 +99,7 @@ if numba is not None:
 
         return sig, codegen
 
-    @jit
+    @kernel
     def partition(
         bins: Any,
         missing: Any,
@@ -154,7 +162,7 @@ if numba is not None:
             bounds[to_left + 1, 0] = mid
             bounds[to_left + 1, 1] = e
 
-    @jit
+    @kernel
     def logistic_gradients(
         tanh_half: Any, y: Any, scale: float, hess_eps: float, gh: Any
     ) -> None:  # pragma: no cover - compiled
@@ -177,7 +185,7 @@ if numba is not None:
             gh[i, 0] = np.rint(g * scale) * inverse
             gh[i, 1] = np.rint(h * scale) * inverse
 
-    @jit
+    @kernel
     def squared_gradients(
         margin: Any, offset: float, y: Any, scale: float, gh: Any
     ) -> None:  # pragma: no cover - compiled
@@ -192,7 +200,7 @@ if numba is not None:
             gh[i, 0] = np.rint(g * scale) * inverse
             gh[i, 1] = one
 
-    @jit
+    @kernel
     def histogram_rows(
         bins: Any,
         missing: Any,
@@ -247,7 +255,7 @@ if numba is not None:
             totals[s, 1] += h_sum
             totals[s, 2] += e - a
 
-    @jit
+    @kernel
     def add_leaf_values(
         bins: Any,
         missing: Any,
@@ -323,7 +331,7 @@ if numba is not None:
                     child = left[node]
                 margin[i, column] += np.float64(value[node])
 
-    @jit
+    @kernel
     def descend(
         bins: Any,
         missing: Any,
@@ -352,7 +360,7 @@ if numba is not None:
                 child = left[node]
             out[i] = node
 
-    @jit
+    @kernel
     def bin_tables(
         cuts: Any, offsets: Any, n_buckets: int
     ) -> tuple[Any, Any, Any]:  # pragma: no cover - compiled
@@ -382,7 +390,7 @@ if numba is not None:
             starts[j, n_buckets] = count
         return lows, scales, starts
 
-    @jit
+    @kernel
     def bin_rows(
         X: Any,
         cuts: Any,
@@ -441,7 +449,7 @@ if numba is not None:
                 bins[i, j] = b if b < last else last
         return any_missing
 
-    @jit
+    @kernel
     def leaves(
         X: Any,
         left: Any,
@@ -497,7 +505,7 @@ if numba is not None:
             t = g
         return (t * t) / (h + reg_lambda)
 
-    @jit
+    @kernel
     def best_splits(
         sums: Any,
         totals: Any,
@@ -571,15 +579,4 @@ if numba is not None:
                 found[i, 3] = g_total - gl
                 found[i, 4] = h_total - hl
 
-    _kernels = SimpleNamespace(
-        partition=partition,
-        logistic_gradients=logistic_gradients,
-        squared_gradients=squared_gradients,
-        bin_tables=bin_tables,
-        bin_rows=bin_rows,
-        histogram_rows=histogram_rows,
-        descend=descend,
-        add_leaf_values=add_leaf_values,
-        leaves=leaves,
-        best_splits=best_splits,
-    )
+    _kernels = SimpleNamespace(**_compiled)
