@@ -358,16 +358,12 @@ def tls_security(
         if not Path(path).is_file():
             raise CertError(f"TLS {what} {path}: no such file")
     ca, cert, key = str(ca_file), str(cert_file), str(key_file)
-    security = Security(
-        tls_ca_file=ca,
-        tls_client_cert=cert,
-        tls_client_key=key,
-        tls_scheduler_cert=cert,
-        tls_scheduler_key=key,
-        tls_worker_cert=cert,
-        tls_worker_key=key,
-        require_encryption=True,
-    )
+    in_every_role = {
+        f"tls_{role}_{part}": path
+        for role in ("client", "scheduler", "worker")
+        for part, path in (("cert", cert), ("key", key))
+    }
+    security = Security(tls_ca_file=ca, require_encryption=True, **in_every_role)
     try:
         security.get_connection_args("client")
     except (ssl.SSLError, OSError, ValueError) as error:
