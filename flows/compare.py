@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 from distributed import Worker
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from fedsilo.cluster import SiloCluster, spec_cluster
@@ -41,6 +41,7 @@ from flows.reporting import artifact_key
 from flows.training import federated_training
 from tasks import run_state
 from tasks.metrics import global_metrics
+from tasks.prefect_decorators import unstored_flow
 from tasks.protocol.messages import Evaluation
 from tasks.reports import comparison
 from tasks.reports.compare_report import markdown_summary, render_html
@@ -270,11 +271,7 @@ def _centralized(
     return _evaluation_rows("centralized", run_id, scored, spec.task)
 
 
-@flow(
-    name="federated-comparison",
-    flow_run_name="{spec.name}-compare",
-    persist_result=False,
-)
+@unstored_flow("federated-comparison", "{spec.name}-compare")
 def federated_comparison(
     spec: FederationSpec,
     compare_id: str | None = None,

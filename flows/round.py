@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from flows.reporting import format_metrics, publish_round, round_table
 from tasks import run_state
 from tasks.metrics import global_metrics
+from tasks.prefect_decorators import unstored_flow
 
 
-@flow(
-    name="federated-round",
-    flow_run_name="round-{round_number:04d}",
-    persist_result=False,
-    validate_parameters=False,
-)
+@unstored_flow("federated-round", "round-{round_number:04d}", validate_parameters=False)
 def federated_round(run_id: str, round_number: int) -> run_state.RoundResult:
     """Train one round of the run's model family, evaluate it, checkpoint it."""
     started = time.perf_counter()

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from fedsilo.cluster import SiloCluster, spec_cluster
 from fedsilo.spec import FederationSpec
 from flows.reporting import artifact_key
 from tasks.averaging.averaged import read_silos
-from tasks.prefect_task import uncached_task
+from tasks.prefect_decorators import uncached_task, unstored_flow
 from tasks.protocol.messages import SiloSchema
 from tasks.silo.link import SiloLink
 from tasks.silo.schema import categorical_features, check_schemas
@@ -122,7 +122,7 @@ def histograms(
     )
 
 
-@flow(name="federated-stats", flow_run_name="{spec.name}-stats", persist_result=False)
+@unstored_flow("federated-stats", "{spec.name}-stats")
 def federated_stats(
     spec: FederationSpec,
     stats_id: str | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from fedsilo.cluster import spec_cluster
@@ -19,6 +19,7 @@ from flows.reporting import finish_run
 from flows.round import federated_round
 from tasks import run_state
 from tasks.families import family_of
+from tasks.prefect_decorators import unstored_flow
 from tasks.run_state import Opening
 from tasks.store.checkpoints import new_run_id
 
@@ -44,11 +45,7 @@ def run_rounds(run: run_state.Run, rounds: range, logger: Any) -> str | None:
     return None
 
 
-@flow(
-    name="federated-training",
-    flow_run_name="{spec.name}",
-    persist_result=False,
-)
+@unstored_flow("federated-training", "{spec.name}")
 def federated_training(
     spec: FederationSpec,
     run_id: str | None = None,

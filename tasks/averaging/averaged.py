@@ -36,7 +36,7 @@ from tasks.averaging.round_tasks import (
 )
 from tasks.averaging.sampling import sample_silos
 from tasks.averaging.server_optimizers import make_server_optimizer
-from tasks.prefect_task import uncached_task
+from tasks.prefect_decorators import uncached_task
 from tasks.privacy.accountant import would_exceed
 from tasks.privacy.silo_protect import STATE_TENSORS
 from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema

@@ -18,7 +18,7 @@ import numpy as np
 from fedsilo.errors import SiloFailedError
 from tasks.averaging.averaged_state import AveragedState
 from tasks.averaging.combine import Combined, combine
-from tasks.prefect_task import uncached_task
+from tasks.prefect_decorators import uncached_task
 from tasks.privacy.accountant import epsilon_spent
 from tasks.privacy.secagg import MaskContext
 from tasks.privacy.silo_protect import PrivacyRequest

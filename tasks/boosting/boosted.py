@@ -48,7 +48,7 @@ from tasks.gbdt.xgb_export import (
     model_from_json,
     trees_dataframe,
 )
-from tasks.prefect_task import uncached_task
+from tasks.prefect_decorators import uncached_task
 from tasks.privacy.accountant import gbdt_epsilon
 from tasks.privacy.errors import PrivacyBudgetExceededError
 from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
