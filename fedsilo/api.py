@@ -16,7 +16,12 @@ from fedsilo.strategy_spec import StrategySpec, register_strategy_spec
 from flows.compare import federated_comparison
 from flows.stats import federated_stats
 from flows.training import federated_training
-from tasks.averaging.model_adapters import ModelAdapter, register_model
+from tasks.averaging.model_adapters import (
+    LocalTraining,
+    ModelAdapter,
+    StartingPoint,
+    register_model,
+)
 from tasks.averaging.strategies import Strategy, Update, register_strategy
 from tasks.run_state import RoundResult, Run, listening
 from tasks.store.checkpoints import CheckpointStore, list_runs
@@ -24,11 +29,13 @@ from tasks.store.model_io import load_estimator
 
 __all__ = [
     "CheckpointStore",
+    "LocalTraining",
     "ModelAdapter",
     "ModelKind",
     "RoundResult",
     "Run",
     "SourceKind",
+    "StartingPoint",
     "Strategy",
     "StrategySpec",
     "Update",
