@@ -44,6 +44,8 @@ def test_the_installed_code_imports_only_through_fedsilo(
         "import fedsilo.api, fedsilo.cli, fedsilo.flows.training\n"
         "import fedsilo.tasks.protocol.codec as codec\n"
         "codec.message_types()\n"
+        "import fedsilo.silo, fedsilo.tasks.silo.runtime as runtime\n"
+        "assert all(callable(runtime.operation(n)) for n in runtime.OPERATIONS)\n"
         "print(fedsilo.flows.training.__file__)\n"
         f"tops = {APP_PACKAGES!r}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in tops))\n"

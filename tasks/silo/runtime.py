@@ -40,28 +40,30 @@ if TYPE_CHECKING:
 PLUGIN_NAME = "fedsilo-silo"
 logger = logging.getLogger("fedsilo.silo")
 
-#: The operations a silo serves: name -> "module:callable". Nothing else runs.
+#: The operations a silo serves: name -> "module:callable", the module named
+#: inside this package's ``tasks`` (so an installed wheel finds it too).
+#: Nothing else runs.
 OPERATIONS: dict[str, str] = {
-    "load": "tasks.silo.data:load_silo",
-    "schema": "tasks.silo.data:silo_schema",
-    "moments": "tasks.silo.data:silo_moments",
-    "prepare": "tasks.silo.data:prepare_silo",
-    "row-count": "tasks.silo.data:row_count",
-    "categories": "tasks.statistics.silo_side:silo_categories",
-    "profile": "tasks.statistics.silo_side:silo_profile",
-    "histograms": "tasks.statistics.silo_side:silo_histograms",
-    "keypair": "tasks.privacy.silo_protect:make_keypair",
-    "public-key": "tasks.privacy.silo_protect:public_key",
-    "compressor": "tasks.averaging.compression:SiloCompressor",
-    "fit": "tasks.silo.batch:fit_silos",
-    "evaluate": "tasks.silo.batch:evaluate_silos",
-    "personalize": "tasks.averaging.personalize:personalize_silo",
-    "gbdt-rows": "tasks.boosting.silo_side:prepare_rows",
-    "gbdt-row-count": "tasks.boosting.silo_side:n_rows",
-    "gbdt-sketch": "tasks.boosting.silo_side:sketch_rows",
-    "gbdt-open": "tasks.boosting.silo_side:open_silo",
-    "gbdt-calls": "tasks.boosting.exchange:call_each",
-    "gbdt-exchange": "tasks.boosting.exchange:exchange",
+    "load": "silo.data:load_silo",
+    "schema": "silo.data:silo_schema",
+    "moments": "silo.data:silo_moments",
+    "prepare": "silo.data:prepare_silo",
+    "row-count": "silo.data:row_count",
+    "categories": "statistics.silo_side:silo_categories",
+    "profile": "statistics.silo_side:silo_profile",
+    "histograms": "statistics.silo_side:silo_histograms",
+    "keypair": "privacy.silo_protect:make_keypair",
+    "public-key": "privacy.silo_protect:public_key",
+    "compressor": "averaging.compression:SiloCompressor",
+    "fit": "silo.batch:fit_silos",
+    "evaluate": "silo.batch:evaluate_silos",
+    "personalize": "averaging.personalize:personalize_silo",
+    "gbdt-rows": "boosting.silo_side:prepare_rows",
+    "gbdt-row-count": "boosting.silo_side:n_rows",
+    "gbdt-sketch": "boosting.silo_side:sketch_rows",
+    "gbdt-open": "boosting.silo_side:open_silo",
+    "gbdt-calls": "boosting.exchange:call_each",
+    "gbdt-exchange": "boosting.exchange:exchange",
 }
 
 
@@ -75,7 +77,10 @@ def operation(name: str) -> Callable[..., Any]:
     if target is None:
         raise ValueError(f"not a silo operation: {name!r}")
     module, attr = target.split(":")
-    fn: Callable[..., Any] = getattr(importlib.import_module(module), attr)
+    package = __name__.removesuffix(".silo.runtime")  # "tasks" or "fedsilo.tasks"
+    fn: Callable[..., Any] = getattr(
+        importlib.import_module(f".{module}", package), attr
+    )
     return fn
 
 
