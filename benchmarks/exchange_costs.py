@@ -34,8 +34,8 @@ import numpy as np
 from distributed import Client, LocalCluster
 from distributed.protocol import to_serialize
 
-from fedsilo.prefect_env import quiet_dask_logs
 import tasks.boosting.messages  # noqa: F401 - registers the boosting messages
+from fedsilo.prefect_env import quiet_dask_logs
 from tasks.gbdt.histogram import NodeHistograms
 from tasks.gbdt.silo_state import NodeSplit
 from tasks.silo.channel import Channel, listen, new_token
