@@ -74,11 +74,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "a complete round to resume"
                 )
             print(f"resuming run {run_id}", flush=True)
+        elif not _has_rounds(spec, run_id):  # a cron line's first night
+            print(f"run {run_id} has no complete round yet: starting it", flush=True)
+            return _train(spec, run_id, True)
         store = locate_run(spec.checkpoints, run_id, spec.name, spec.storage_options)
         check_same_federation(spec, store)
         if _already_done(spec, store, args.rounds):
             return 0
     return _train(spec, run_id, args.resume)
+
+
+def _has_rounds(spec: Any, run_id: str) -> bool:
+    """Return whether ``run_id`` of the spec's federation has a complete round."""
+    from tasks.store.checkpoints import federations_of_run
+
+    found = federations_of_run(
+        spec.checkpoints, run_id, storage_options=spec.storage_options
+    )
+    return spec.name in found
 
 
 def _already_done(spec: Any, store: Any, asked: int | None) -> bool:
@@ -383,9 +396,27 @@ def _flow_command(
     parser.set_defaults(handler=handler)
 
 
+def _version() -> str:
+    """Return fedsilo's version and those of the libraries a run depends on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from fedsilo import __version__
+
+    parts = []
+    for name in ("prefect", "distributed", "scikit-learn", "xgboost"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} missing")
+    libraries = ", ".join(parts)
+    return f"fedsilo {__version__} ({libraries}; Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fedsilo", description=__doc__)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a federation described by a YAML spec")
@@ -395,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue --run-id (default: the federation's newest run) from its "
-        "last complete round",
+        "last complete round; a --run-id with no complete round yet starts",
     )
     _flow_command(run, cmd_run)
 

@@ -241,3 +241,30 @@ def test_bad_model_params_fail_once_before_any_silo_is_read(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "model.params" in line and "'alpha'" in line and "Got -1.0" in line
     assert "a.parquet" not in line and not (tmp_path / "store").exists()
+
+
+def test_version_names_fedsilo_and_its_libraries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import fedsilo
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+
+    assert caught.value.code == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"fedsilo {fedsilo.__version__} (prefect ")
+    assert "distributed " in line and "xgboost " in line and "Python 3." in line
+
+
+def test_python_dash_m_fedsilo_is_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fedsilo", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("fedsilo ")

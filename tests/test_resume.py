@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from fedsilo.cli import main
+from fedsilo.spec import load_spec
 from tasks.store.checkpoints import CheckpointStore
 
 ROUNDS = 8
@@ -147,6 +148,29 @@ def test_run_resume_without_run_id_continues_the_newest_run(
     assert "resuming run b-newer" in capsys.readouterr().out
     assert _store(tmp_path, spec_path, "b-newer").complete_rounds() == [1, 2, 3]
     assert _store(tmp_path, spec_path, "a-older").complete_rounds() == [1]
+
+
+@pytest.mark.integration
+def test_a_cron_resume_of_a_run_not_started_yet_starts_it(
+    breast_cancer_dir: Path,
+    tmp_path: Path,
+    shared_cluster: str,
+    prefect_api: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec_path = _spec_file(breast_cancer_dir, tmp_path, shared_cluster, rounds=2)
+    nightly = [str(spec_path), "--run-id", "nightly", "--resume"]
+
+    assert main(["run", *nightly, "--rounds", "1"]) == 0  # the first night
+    first = capsys.readouterr().out
+    assert main(["run", *nightly]) == 0  # the second night continues it
+    second = capsys.readouterr().out
+
+    assert "run nightly has no complete round yet: starting it" in first
+    assert "starting it" not in second
+    spec = load_spec(spec_path)
+    store = CheckpointStore(spec.checkpoints, spec.name, "nightly")
+    assert store.complete_rounds() == [1, 2]
 
 
 @pytest.mark.integration
