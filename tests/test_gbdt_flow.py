@@ -550,3 +550,33 @@ def test_a_failing_silo_is_named(shared_cluster: str) -> None:
                 calls.exchange("start_round", 40)
         finally:
             calls.free()
+
+
+def test_load_estimator_gives_xgboosts_own_estimator(
+    tmp_path: Path, shared_cluster: str
+) -> None:
+    from tasks.store.model_io import load_estimator
+
+    for objective in ("binary:logistic", "reg:squarederror"):
+        frame = make_data(objective, n=600)
+        data = tmp_path / objective / "data"
+        silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, data)
+        spec = make_spec(
+            silos, tmp_path / objective / "store", shared_cluster, objective
+        )
+        store = store_of(spec, run(spec))
+
+        estimator = load_estimator(store)
+
+        X = frame[FEATURES].iloc[500:]
+        text = store.read_model_json(2) or ""
+        booster = xgb.Booster(model_file=bytearray(text.encode()))
+        expected = booster.predict(xgb.DMatrix(X))
+        if objective == "binary:logistic":
+            assert isinstance(estimator, xgb.XGBClassifier)
+            got = estimator.predict_proba(X)[:, 1]
+        else:
+            assert isinstance(estimator, xgb.XGBRegressor)
+            got = estimator.predict(X)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        assert list(estimator.feature_names_in_) == FEATURES

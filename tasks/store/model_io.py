@@ -28,6 +28,10 @@ def _scaler(mean: list[float], scale: list[float]) -> StandardScaler:
 def load_estimator(store: CheckpointStore, round_number: int | None = None) -> Any:
     """Return the round's model as a fitted Pipeline (global scaler, estimator).
 
+    A boosted run's model comes back as xgboost's ``XGBClassifier`` or
+    ``XGBRegressor``, loaded from the round's ``model.json`` (it bins raw
+    features itself: no scaler).
+
     The pipeline takes the raw input columns in the order of its
     ``feature_names_``: the checkpoint's ``features``, or with one-hot encoding
     its ``encoding.inputs`` (strings and numbers together, e.g. a DataFrame's
@@ -45,6 +49,8 @@ def load_estimator(store: CheckpointStore, round_number: int | None = None) -> A
         raise CheckpointError(
             f"{store.round_path(round_number)}: metadata lacks {missing}"
         ) from None
+    if model["kind"] == "xgboost":
+        return _xgboost_estimator(store, round_number, spec["task"])
     classes = model["classes"]
     if classes and all(isinstance(c, float) and c.is_integer() for c in classes):
         classes = [int(c) for c in classes]
@@ -68,6 +74,19 @@ def load_estimator(store: CheckpointStore, round_number: int | None = None) -> A
     pipeline = Pipeline(steps)
     pipeline.feature_names_ = inputs
     return pipeline
+
+
+def _xgboost_estimator(store: CheckpointStore, round_number: int, task: str) -> Any:
+    """Return the round's trees as xgboost's own scikit-learn estimator."""
+    import xgboost
+
+    text = store.read_model_json(round_number)
+    if text is None:
+        raise CheckpointError(f"{store.round_path(round_number)}: no model.json")
+    cls = xgboost.XGBClassifier if task == "classification" else xgboost.XGBRegressor
+    estimator = cls()
+    estimator.load_model(bytearray(text.encode()))
+    return estimator
 
 
 def _encoder(
