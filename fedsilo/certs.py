@@ -7,6 +7,14 @@ signs a certificate for a silo worker, the coordinator or the scheduler into
 when it listens and when it connects, so every leaf certificate allows both
 server and client authentication. Private keys are written with mode 0600.
 
+Every leaf certificate carries its role as a URI subject alternative name:
+``urn:fedsilo:coordinator``, ``urn:fedsilo:scheduler`` or
+``urn:fedsilo:silo:<name>`` (:func:`role_uri`). A peer reads it back from the
+certificate a TLS handshake verified (:func:`peer_role`): the scheduler admits
+clients only with the coordinator role and a worker only under the silo name
+its certificate names, and a silo worker serves only the scheduler and the
+coordinator (``fedsilo/admission.py``, ``tasks/silo/guard.py``).
+
 The scheduler, every worker and the coordinator's client trust only this CA and
 require a peer certificate it signed (``distributed.Security`` with
 ``require_encryption``): see :func:`tls_security` and docs/tls.md.
@@ -23,7 +31,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -47,8 +55,81 @@ DEFAULT_HOSTS = ("127.0.0.1",)
 BACKDATE = dt.timedelta(minutes=5)
 
 
+ROLE_PREFIX = "urn:fedsilo:"
+COORDINATOR = "coordinator"
+SCHEDULER = "scheduler"
+SILO = "silo"
+ROLES = (COORDINATOR, SCHEDULER, SILO)
+
+
 class CertError(FedsiloError):
     """A CA or certificate cannot be made, read or used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """What a certificate lets its holder be: a role, and a silo's name."""
+
+    kind: str  # one of ROLES
+    silo: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.silo is None else f"{self.kind}:{self.silo}"
+
+
+def role_uri(role: Role) -> str:
+    """Return the URI subject alternative name that carries ``role``."""
+    return f"{ROLE_PREFIX}{role}"
+
+
+def parse_role_uri(uri: str) -> Role | None:
+    """Return the role a ``urn:fedsilo:...`` URI names, or None for another URI."""
+    if not uri.startswith(ROLE_PREFIX):
+        return None
+    kind, _, silo = uri.removeprefix(ROLE_PREFIX).partition(":")
+    if kind == SILO and re.match(NAME_PATTERN, silo) is not None:
+        return Role(SILO, silo)
+    if kind in (COORDINATOR, SCHEDULER) and not silo:
+        return Role(kind)
+    return None
+
+
+def default_role(name: str) -> Role:
+    """Return the role ``fedsilo certs issue NAME`` gives without ``--role``."""
+    if name in (COORDINATOR, SCHEDULER):
+        return Role(name)
+    return Role(SILO, name)
+
+
+def role_of(cert: x509.Certificate) -> Role | None:
+    """Return the one role a certificate carries, or None (none, or several)."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    roles = {
+        role
+        for uri in names.value.get_values_for_type(x509.UniformResourceIdentifier)
+        if (role := parse_role_uri(uri)) is not None
+    }
+    return roles.pop() if len(roles) == 1 else None
+
+
+def peer_role(peercert: dict[str, Any] | None) -> Role | None:
+    """Return the role in a verified peer certificate as ``ssl`` gives it.
+
+    ``peercert`` is ``SSLSocket.getpeercert()`` (Dask: ``comm.extra_info
+    ["peercert"]``); a certificate with no role, or with more than one, has
+    none.
+    """
+    if not peercert:
+        return None
+    roles = {
+        role
+        for kind, value in peercert.get("subjectAltName", ())
+        if kind == "URI" and (role := parse_role_uri(str(value))) is not None
+    }
+    return roles.pop() if len(roles) == 1 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +142,7 @@ class CertFiles:
     not_after: dt.datetime
     dns_names: tuple[str, ...] = ()
     ip_addresses: tuple[str, ...] = ()
+    role: Role | None = None
 
 
 def ca_paths(directory: str | Path) -> tuple[Path, Path]:
@@ -280,18 +362,26 @@ def issue_cert(
     *,
     days: int = LEAF_DAYS,
     hosts: Sequence[str] = DEFAULT_HOSTS,
+    role: Role | None = None,
     force: bool = False,
 ) -> CertFiles:
     """Sign a certificate for ``name`` with the CA in ``directory``.
 
-    The certificate carries subject alternative names (DNS ``name``,
-    ``localhost``, and each of ``hosts`` as an IP address or DNS name) and both
+    ``role`` defaults to :func:`default_role` (``coordinator`` and
+    ``scheduler`` by name, any other name a silo's). The certificate carries
+    subject alternative names (the role's URI, DNS ``name``, ``localhost``,
+    and each of ``hosts`` as an IP address or DNS name) and both
     serverAuth and clientAuth usages, since a Dask peer presents the same
     certificate when it listens and when it connects. It expires with the CA at
     the latest. Written to ``NAME.pem`` and ``NAME-key.pem`` (mode 0600).
     """
     _check_name(name)
     _check_days(days)
+    role = default_role(name) if role is None else role
+    if role.kind not in ROLES or (role.kind == SILO) != (role.silo is not None):
+        raise CertError(f"role {role}: give coordinator, scheduler or silo:<name>")
+    if role.silo is not None:
+        _check_name(role.silo)
     cert_path, key_path = leaf_paths(directory, name)
     ca_cert, ca_key = load_ca(directory)
     if not force:
@@ -315,7 +405,9 @@ def issue_cert(
         )
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName(d) for d in dns] + [x509.IPAddress(i) for i in ips]
+                [x509.UniformResourceIdentifier(role_uri(role))]
+                + [x509.DNSName(d) for d in dns]
+                + [x509.IPAddress(i) for i in ips]
             ),
             critical=False,
         )
@@ -338,6 +430,7 @@ def issue_cert(
         cert.not_valid_after_utc,
         tuple(dns),
         tuple(str(i) for i in ips),
+        role,
     )
 
 

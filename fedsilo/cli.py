@@ -359,19 +359,23 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
 
 def cmd_certs_issue(args: argparse.Namespace) -> int:
     """Sign a certificate for a silo worker, the coordinator or the scheduler."""
-    from fedsilo.certs import DEFAULT_HOSTS, issue_cert
+    from fedsilo.certs import DEFAULT_HOSTS, SILO, Role, default_role, issue_cert
 
+    role = default_role(args.name)
+    if args.role is not None:
+        role = Role(SILO, args.name) if args.role == SILO else Role(args.role)
     made = issue_cert(
         args.dir,
         args.name,
         days=args.days,
         hosts=args.host or DEFAULT_HOSTS,
+        role=role,
         force=args.force,
     )
     names = ", ".join([*made.dns_names, *made.ip_addresses])
     print(
-        f"wrote {made.cert} and {made.key} (mode 0600) for {args.name!r}: "
-        f"names {names}; valid until {made.not_after:%Y-%m-%d}"
+        f"wrote {made.cert} and {made.key} (mode 0600) for {args.name!r}: role "
+        f"{role}; names {names}; valid until {made.not_after:%Y-%m-%d}"
     )
     return 0
 
@@ -593,6 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     issue.add_argument("name", help="a silo's name, 'coordinator' or 'scheduler'")
     issue.add_argument("--dir", required=True, help="directory holding the CA")
+    issue.add_argument(
+        "--role",
+        choices=("coordinator", "scheduler", "silo"),
+        help="the role the certificate grants (default: coordinator and scheduler "
+        "by name, any other NAME the silo NAME)",
+    )
     issue.add_argument(
         "--days", type=int, default=365, help="validity in days (default 365)"
     )
