@@ -127,6 +127,12 @@ class PrivacyRequest:
     silo_index: int | None = None  # secure aggregation: my place in the roster
     peers_public: dict[int, bytes] | None = None
     context: MaskContext | None = None
+    # Distributed DP: add a share of N(0, (noise_multiplier * clip)**2) split
+    # over noise_shares silos (the roster) before masking; vote_stddev is the
+    # clip vote's noise share.
+    noise_multiplier: float | None = None
+    noise_shares: int = 1
+    vote_stddev: float = 0.0
 
     @property
     def secure(self) -> bool:
