@@ -1,0 +1,841 @@
+"""Secure aggregation that holds against the coordinator and survives dropouts.
+
+Bonawitz et al. (2017) double masking over the sparse neighbour graph of Bell
+et al. (2020, "SecAgg+"); docs/secure-aggregation.md describes the protocol,
+what each party sees, and what it does not protect. The coordinator learns
+the sum of the surviving silos' inputs (integers modulo ``2**64`` in the
+fixed point of :mod:`tasks.privacy.encoding`) and nothing about one silo's.
+
+Parties, one object per aggregation context (run, round, step):
+
+- :class:`SiloRound`, made by :meth:`SecAggPlusSilo.open` at the silo, keeps
+  the silo's secrets (two X25519 key pairs and a self-mask seed) and checks
+  every message the coordinator relays before it acts on it;
+- :class:`CoordinatorRound` collects, relays and finally unmasks.
+
+A silo's input ``x`` leaves it as ``y = x + PRG(b) + sum over neighbours v of
++-PRG(s_uv)`` where ``b`` is its self-mask seed and ``s_uv`` the seed it agrees
+with neighbour ``v`` (X25519 of its masking key with ``v``'s, then HKDF); the
+lower-named silo of a pair adds the stream, the other subtracts it. Before
+masking, each silo gives each neighbour a Shamir share of ``b`` and of its
+masking private key, encrypted under a key only the two share (X25519 of
+their encryption keys, HKDF, AES-256-GCM), so the coordinator relays shares
+it cannot read. At unmasking each survivor reveals, for each neighbour, the
+share of ``b`` if the neighbour survived or the share of its masking key if
+it dropped, never both; ``t`` shares rebuild either. The coordinator removes
+the survivors' self masks and, from the dropped silos' rebuilt keys, the
+pairwise masks survivors made with them; the survivors' pairwise masks with
+each other cancel in the sum.
+
+Streams are :func:`tasks.privacy.secagg.mask_stream` (AES-256-CTR) keyed by
+HKDF-SHA256 outputs whose ``info`` names the protocol, the session (context,
+configuration and the roster of signed keys) and the silos, so no key is used
+twice and the all-zero nonce is safe; the share-encryption keys likewise
+encrypt one message each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from enum import StrEnum
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tasks.privacy.encoding import FixedPoint
+from tasks.privacy.errors import SecureAggregationError
+from tasks.privacy.identity import SiloIdentity, TrustStore
+from tasks.privacy.neighbours import NeighbourGraph, neighbour_graph
+from tasks.privacy.secagg import generate_keypair, mask_stream
+from tasks.privacy.secagg_plus_messages import (
+    PROTOCOL,
+    AggregateResult,
+    EncryptedShare,
+    KeyAdvertisement,
+    KeyRoster,
+    MaskedInput,
+    MaskRequest,
+    MessageError,
+    RevealedShare,
+    SecAggConfig,
+    SecAggContext,
+    Secret,
+    ShareBundle,
+    UnmaskRequest,
+    UnmaskResponse,
+    advertisement_payload,
+)
+from tasks.privacy.shamir import SHARE_BYTES, ShamirError, Share, combine, split
+
+SEED_BYTES = 32
+_NONCE = bytes(12)
+
+
+class StageError(SecureAggregationError):
+    """A stage asked for out of order, or a second time."""
+
+
+class ContextReusedError(StageError):
+    """A silo was asked to open an aggregation context it opened before."""
+
+
+class DoubleMaskError(StageError):
+    """A silo was asked to mask a second input in one context."""
+
+
+class AlreadyUnmaskedError(StageError):
+    """A silo was asked to unmask again, for another set of survivors."""
+
+
+class BelowThresholdError(SecureAggregationError):
+    """Too few silos in the roster, among the sharers or among the survivors."""
+
+
+class DoubleRevealError(SecureAggregationError):
+    """Both shares of one silo were asked for: that would unmask its input."""
+
+
+class DisconnectedSurvivorsError(SecureAggregationError):
+    """The survivors' neighbour graph falls apart: the sum of a part would leak."""
+
+
+class ShareDecryptionError(SecureAggregationError):
+    """An encrypted share does not decrypt: tampered, misrouted or replayed."""
+
+
+class ReconstructionError(SecureAggregationError):
+    """The coordinator cannot rebuild a silo's secret from the shares revealed."""
+
+
+class Stage(StrEnum):
+    """Where a party is in one aggregation context."""
+
+    OPEN = "open"
+    ADVERTISED = "advertised"
+    SHARED = "shared"
+    MASKED = "masked"
+    UNMASKED = "unmasked"
+
+
+# -- what silos and coordinator compute alike ------------------------------
+
+
+def _hkdf(secret: bytes, info: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info
+    ).derive(secret)
+
+
+def _info(session: bytes, *parts: str) -> bytes:
+    return json.dumps([PROTOCOL, session.hex(), *parts]).encode()
+
+
+def _agree(private: bytes, public: bytes, pair: str) -> bytes:
+    try:
+        return X25519PrivateKey.from_private_bytes(private).exchange(
+            X25519PublicKey.from_public_bytes(public)
+        )
+    except ValueError as error:
+        raise SecureAggregationError(
+            f"key agreement of {pair} failed: {error}"
+        ) from None
+
+
+def _public_of(private: bytes) -> bytes:
+    return (
+        X25519PrivateKey.from_private_bytes(private)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+def _self_mask(seed: bytes, session: bytes, silo: str, length: int) -> np.ndarray:
+    return mask_stream(_hkdf(seed, _info(session, "self-mask", silo)), length)
+
+
+def _pair_mask(
+    private: bytes, public: bytes, session: bytes, a: str, b: str, length: int
+) -> np.ndarray:
+    low, high = sorted((a, b))
+    secret = _agree(private, public, f"silos {low!r} and {high!r}")
+    return mask_stream(_hkdf(secret, _info(session, "pair-mask", low, high)), length)
+
+
+def _share_cipher(
+    private: bytes, public: bytes, session: bytes, sender: str, receiver: str
+) -> tuple[AESGCM, bytes]:
+    info = _info(session, "share", sender, receiver)
+    secret = _agree(private, public, f"silos {sender!r} and {receiver!r}")
+    return AESGCM(_hkdf(secret, info)), info
+
+
+def _sorted_roster(
+    context: SecAggContext, advertisements: Iterable[KeyAdvertisement]
+) -> dict[str, KeyAdvertisement]:
+    by_name: dict[str, KeyAdvertisement] = {}
+    for ad in advertisements:
+        if ad.context != context:
+            raise MessageError(
+                f"silo {ad.silo!r}'s advertisement is for {ad.context.label()}, "
+                f"not {context.label()}"
+            )
+        if ad.silo in by_name:
+            raise MessageError(f"the roster holds silo {ad.silo!r} twice")
+        by_name[ad.silo] = ad
+    return {name: by_name[name] for name in sorted(by_name)}
+
+
+def session_of(
+    context: SecAggContext,
+    config: SecAggConfig,
+    roster: Mapping[str, KeyAdvertisement],
+) -> tuple[bytes, NeighbourGraph]:
+    """Return the session digest and the neighbour graph of a roster.
+
+    The digest is SHA-256 over the protocol, the context, the configuration
+    and every advertisement (name, keys, signature) in name order; the graph's
+    seed is derived from it, so neither is the coordinator's to choose beyond
+    which silos it puts in the roster.
+    """
+    digest = hashlib.sha256()
+    digest.update(
+        _info(config.digest(), context.run_id, str(context.round), context.step)
+    )
+    for name, ad in roster.items():
+        label = name.encode()
+        digest.update(struct.pack("<I", len(label)) + label)
+        digest.update(ad.encryption_key + ad.masking_key)
+        digest.update(struct.pack("<I", len(ad.signature)) + ad.signature)
+    session = digest.digest()
+    seed = hashlib.sha256(b"neighbour-graph" + session).digest()
+    graph = neighbour_graph(
+        list(roster),
+        seed,
+        dropout=config.dropout,
+        colluding=config.colluding,
+        failure_bits=config.failure_bits,
+    )
+    return session, graph
+
+
+def _names(values: Sequence[str], what: str) -> list[str]:
+    names = list(values)
+    if len(set(names)) != len(names):
+        raise MessageError(f"{what} names a silo twice")
+    return names
+
+
+# -- the silo -------------------------------------------------------------
+
+
+class SecAggPlusSilo:
+    """A silo's side of secure aggregation: its identity and the contexts it opened.
+
+    One per silo process. :meth:`open` refuses a context it opened before, so
+    a silo never masks two inputs (or one input twice) under one context
+    whatever the coordinator asks. ``min_silos`` is the silo's own floor on
+    roster and survivors, applied on top of the configuration's.
+    """
+
+    def __init__(
+        self, identity: SiloIdentity, trust: TrustStore, *, min_silos: int = 3
+    ) -> None:
+        if min_silos < 3:
+            raise MessageError(f"min_silos {min_silos}: give 3 or more")
+        self.identity = identity
+        self.trust = trust
+        self.min_silos = min_silos
+        self._opened: set[SecAggContext] = set()
+
+    @property
+    def name(self) -> str:
+        """Return the silo's name."""
+        return self.identity.name
+
+    def opened(self, context: SecAggContext) -> bool:
+        """Return whether this silo opened ``context`` before."""
+        return context in self._opened
+
+    def open(self, context: SecAggContext, config: SecAggConfig) -> SiloRound:
+        """Return the silo's state for a new context; refuse one opened before."""
+        if context in self._opened:
+            raise ContextReusedError(
+                f"silo {self.name!r} already took part in {context.label()}; a "
+                "context is used once"
+            )
+        self._opened.add(context)
+        return SiloRound(self, context, config)
+
+
+class SiloRound:
+    """One silo's secrets and checks for one aggregation context."""
+
+    def __init__(
+        self, silo: SecAggPlusSilo, context: SecAggContext, config: SecAggConfig
+    ) -> None:
+        self.name = silo.name
+        self.context = context
+        self.config = config
+        self.stage = Stage.OPEN
+        self._identity = silo.identity
+        self._trust = silo.trust
+        self._floor = max(config.min_silos, silo.min_silos)
+        self._encryption = generate_keypair()
+        self._masking = generate_keypair()
+        self._self_seed = secrets.token_bytes(SEED_BYTES)
+        self._advertisement: KeyAdvertisement | None = None
+        self._session = b""
+        self._graph: NeighbourGraph | None = None
+        self._roster: dict[str, KeyAdvertisement] = {}
+        self._sharing: frozenset[str] = frozenset()
+        self._held: dict[str, tuple[bytes, bytes]] = {}
+        self._revealed: dict[str, Secret] = {}
+        self._answer: tuple[UnmaskRequest, UnmaskResponse] | None = None
+
+    @property
+    def graph(self) -> NeighbourGraph:
+        """Return the neighbour graph (after :meth:`share`)."""
+        if self._graph is None:
+            raise StageError(f"silo {self.name!r} has no roster yet")
+        return self._graph
+
+    def _expect(self, stage: Stage, doing: str) -> None:
+        if self.stage != stage:
+            raise StageError(
+                f"silo {self.name!r} in {self.context.label()}: cannot {doing} at "
+                f"stage {self.stage.value!r} (needs {stage.value!r})"
+            )
+
+    def _check_context(self, context: SecAggContext, what: str) -> None:
+        if context != self.context:
+            raise MessageError(
+                f"silo {self.name!r}: a {what} for {context.label()} in "
+                f"{self.context.label()}"
+            )
+
+    # stage 1 ---------------------------------------------------------------
+
+    def advertise(self) -> KeyAdvertisement:
+        """Return the silo's public keys for this context, signed."""
+        self._expect(Stage.OPEN, "advertise its keys")
+        payload_fields = (
+            self.context,
+            self.config.digest(),
+            self.name,
+            self._encryption.public,
+            self._masking.public,
+        )
+        signature = self._identity.sign(advertisement_payload(*payload_fields))
+        self._advertisement = KeyAdvertisement(
+            context=self.context,
+            silo=self.name,
+            encryption_key=self._encryption.public,
+            masking_key=self._masking.public,
+            certificate=self._identity.certificate_der,
+            signature=signature,
+        )
+        self.stage = Stage.ADVERTISED
+        return self._advertisement
+
+    # stage 2 ---------------------------------------------------------------
+
+    def share(self, roster: KeyRoster) -> ShareBundle:
+        """Check the roster and the neighbours' signed keys; return shares for them."""
+        self._expect(Stage.ADVERTISED, "share its secrets")
+        self._check_context(roster.context, "roster")
+        by_name = _sorted_roster(self.context, roster.advertisements)
+        if by_name.get(self.name) != self._advertisement:
+            raise MessageError(
+                f"silo {self.name!r}: the roster does not hold its advertisement "
+                "as it sent it"
+            )
+        if len(by_name) < self._floor:
+            raise BelowThresholdError(
+                f"silo {self.name!r}: a roster of {len(by_name)} silos, below the "
+                f"minimum of {self._floor}"
+            )
+        self.config.fixed_point.check_capacity(len(by_name))
+        session, graph = session_of(self.context, self.config, by_name)
+        neighbours = graph.neighbours(self.name)
+        config_digest = self.config.digest()
+        for peer in neighbours:
+            ad = by_name[peer]
+            self._trust.verify(
+                ad.certificate,
+                peer,
+                ad.payload(config_digest),
+                ad.signature,
+                f"advertised keys for {self.context.label()}",
+            )
+        points = [graph.point(peer) for peer in neighbours]
+        self_shares = split(self._self_seed, graph.threshold, points)
+        key_shares = split(self._masking.private, graph.threshold, points)
+        encrypted = []
+        for peer, self_share, key_share in zip(
+            neighbours, self_shares, key_shares, strict=True
+        ):
+            cipher, info = _share_cipher(
+                self._encryption.private,
+                by_name[peer].encryption_key,
+                session,
+                self.name,
+                peer,
+            )
+            plaintext = self_share.value_bytes() + key_share.value_bytes()
+            encrypted.append(
+                EncryptedShare(
+                    sender=self.name,
+                    receiver=peer,
+                    ciphertext=cipher.encrypt(_NONCE, plaintext, info),
+                )
+            )
+        self._session, self._graph, self._roster = session, graph, by_name
+        self.stage = Stage.SHARED
+        return ShareBundle(
+            context=self.context, sender=self.name, shares=tuple(encrypted)
+        )
+
+    # stage 3 ---------------------------------------------------------------
+
+    def _receive_shares(
+        self, request: MaskRequest, expected: set[str]
+    ) -> dict[str, tuple[bytes, bytes]]:
+        held: dict[str, tuple[bytes, bytes]] = {}
+        point = self.graph.point(self.name)
+        for share in request.shares:
+            if share.receiver != self.name:
+                raise MessageError(
+                    f"silo {self.name!r} was sent a share for {share.receiver!r}"
+                )
+            if share.sender not in expected:
+                raise MessageError(
+                    f"silo {self.name!r} was sent a share from {share.sender!r}, "
+                    "which is not a neighbour that shared"
+                )
+            if share.sender in held:
+                raise MessageError(
+                    f"silo {self.name!r} was sent two shares from {share.sender!r}"
+                )
+            cipher, info = _share_cipher(
+                self._encryption.private,
+                self._roster[share.sender].encryption_key,
+                self._session,
+                share.sender,
+                self.name,
+            )
+            try:
+                plaintext = cipher.decrypt(_NONCE, share.ciphertext, info)
+            except InvalidTag:
+                raise ShareDecryptionError(
+                    f"silo {self.name!r}: the share from {share.sender!r} does not "
+                    f"decrypt for {self.context.label()}"
+                ) from None
+            if len(plaintext) != 2 * SHARE_BYTES:
+                raise ShareDecryptionError(
+                    f"silo {self.name!r}: the share from {share.sender!r} has "
+                    f"{len(plaintext)} bytes"
+                )
+            self_value, key_value = plaintext[:SHARE_BYTES], plaintext[SHARE_BYTES:]
+            Share.from_bytes(point, self_value)
+            Share.from_bytes(point, key_value)
+            held[share.sender] = (self_value, key_value)
+        missing = sorted(expected - set(held))
+        if missing:
+            raise MessageError(
+                f"silo {self.name!r}: no shares from neighbours {missing} that shared"
+            )
+        return held
+
+    def mask(self, request: MaskRequest, vector: np.ndarray) -> MaskedInput:
+        """Return ``vector`` masked; refuse a second input and thin neighbourhoods."""
+        if self.stage in (Stage.MASKED, Stage.UNMASKED):
+            raise DoubleMaskError(
+                f"silo {self.name!r} already masked its input for "
+                f"{self.context.label()}; it masks one input per context"
+            )
+        self._expect(Stage.SHARED, "mask its input")
+        self._check_context(request.context, "mask request")
+        if request.receiver != self.name:
+            raise MessageError(
+                f"silo {self.name!r} was sent the mask request of {request.receiver!r}"
+            )
+        sharing = set(_names(request.sharing, "the mask request's sharing list"))
+        unknown = sorted(sharing - set(self._roster))
+        if unknown:
+            raise MessageError(f"silos {unknown} shared but are not in the roster")
+        if self.name not in sharing:
+            raise MessageError(f"silo {self.name!r} is missing from the sharers")
+        if len(sharing) < self._floor:
+            raise BelowThresholdError(
+                f"silo {self.name!r}: {len(sharing)} silos shared, below the "
+                f"minimum of {self._floor}"
+            )
+        graph = self.graph
+        expected = {peer for peer in graph.neighbours(self.name) if peer in sharing}
+        if len(expected) < graph.threshold:
+            raise BelowThresholdError(
+                f"silo {self.name!r}: {len(expected)} of its {graph.degree} "
+                f"neighbours shared, below the threshold of {graph.threshold}"
+            )
+        held = self._receive_shares(request, expected)
+        x = np.asarray(vector, dtype=np.float64)
+        if x.shape != (self.config.length,):
+            raise MessageError(
+                f"silo {self.name!r}: input of shape {x.shape}, the configuration "
+                f"says {self.config.length} values"
+            )
+        masked = self.config.fixed_point.encode(x)
+        masked += _self_mask(self._self_seed, self._session, self.name, x.size)
+        for peer in sorted(expected):
+            stream = _pair_mask(
+                self._masking.private,
+                self._roster[peer].masking_key,
+                self._session,
+                self.name,
+                peer,
+                x.size,
+            )
+            if self.name < peer:
+                masked += stream  # uint64 wraps modulo 2**64
+            else:
+                masked -= stream
+        self._held = held
+        self._sharing = frozenset(sharing)
+        self.stage = Stage.MASKED
+        return MaskedInput(context=self.context, silo=self.name, values=masked)
+
+    # stage 4 ---------------------------------------------------------------
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Reveal one share per neighbour; refuse what would unmask a single input."""
+        if self.stage == Stage.UNMASKED and self._answer is not None:
+            answered, response = self._answer
+            if request == answered:
+                return response
+            raise AlreadyUnmaskedError(
+                f"silo {self.name!r} already unmasked {self.context.label()} for "
+                f"survivors {list(answered.survivors)}; it answers once"
+            )
+        self._expect(Stage.MASKED, "unmask")
+        self._check_context(request.context, "unmask request")
+        survivors = set(_names(request.survivors, "the unmask request's survivors"))
+        dropped = set(_names(request.dropped, "the unmask request's dropped silos"))
+        both = sorted(survivors & dropped)
+        if both:
+            raise DoubleRevealError(
+                f"silo {self.name!r}: silos {both} are listed as survivors and as "
+                "dropped; revealing both of their shares would unmask their inputs"
+            )
+        if survivors | dropped != self._sharing:
+            unknown = sorted((survivors | dropped) - self._sharing)
+            missing = sorted(self._sharing - (survivors | dropped))
+            raise MessageError(
+                f"silo {self.name!r}: survivors and dropped must be the silos that "
+                f"shared; unknown {unknown}, missing {missing}"
+            )
+        if self.name not in survivors:
+            raise MessageError(
+                f"silo {self.name!r} sent its masked input but is listed as dropped"
+            )
+        if len(survivors) < self._floor:
+            raise BelowThresholdError(
+                f"silo {self.name!r}: {len(survivors)} survivors, below the minimum "
+                f"of {self._floor}"
+            )
+        graph = self.graph
+        alive = [peer for peer in self._held if peer in survivors]
+        if len(alive) < graph.threshold:
+            raise BelowThresholdError(
+                f"silo {self.name!r}: the dropped set would leave {len(alive)} of "
+                f"its neighbours, fewer than the threshold of {graph.threshold}"
+            )
+        if not graph.connected(survivors):
+            raise DisconnectedSurvivorsError(
+                f"silo {self.name!r}: the survivors' neighbour graph is not "
+                "connected; unmasking would reveal the sums of its parts"
+            )
+        revealed = []
+        for owner, (self_value, key_value) in self._held.items():
+            secret = Secret.SELF_MASK if owner in survivors else Secret.MASKING_KEY
+            if self._revealed.setdefault(owner, secret) != secret:
+                raise DoubleRevealError(
+                    f"silo {self.name!r} revealed silo {owner!r}'s "
+                    f"{self._revealed[owner].value} share; it never reveals both"
+                )
+            value = self_value if secret == Secret.SELF_MASK else key_value
+            revealed.append(
+                RevealedShare(owner=owner, secret=secret.value, value=value)
+            )
+        response = UnmaskResponse(
+            context=self.context, silo=self.name, shares=tuple(revealed)
+        )
+        self._answer = (request, response)
+        self.stage = Stage.UNMASKED
+        return response
+
+
+# -- the coordinator --------------------------------------------------------
+
+
+class CoordinatorRound:
+    """The coordinator's side of one context: collect, relay, then unmask.
+
+    With a ``trust`` store it also checks each advertisement's signature when
+    it arrives and refuses a bad one, so one misconfigured silo does not make
+    its neighbours refuse the roster; the silos check regardless.
+    """
+
+    def __init__(
+        self,
+        context: SecAggContext,
+        config: SecAggConfig,
+        *,
+        trust: TrustStore | None = None,
+    ) -> None:
+        self.context = context
+        self.config = config
+        self.stage = Stage.OPEN
+        self._trust = trust
+        self._ads: dict[str, KeyAdvertisement] = {}
+        self._roster: dict[str, KeyAdvertisement] = {}
+        self._session = b""
+        self._graph: NeighbourGraph | None = None
+        self._bundles: dict[str, ShareBundle] = {}
+        self._sharing: tuple[str, ...] = ()
+        self._masked: dict[str, np.ndarray] = {}
+        self._request: UnmaskRequest | None = None
+        self._revealed: dict[tuple[str, Secret], list[Share]] = {}
+        self._responders: set[str] = set()
+
+    @property
+    def graph(self) -> NeighbourGraph:
+        """Return the neighbour graph (after :meth:`roster`)."""
+        if self._graph is None:
+            raise StageError("the coordinator has no roster yet")
+        return self._graph
+
+    def _expect(self, stage: Stage, doing: str) -> None:
+        if self.stage != stage:
+            raise StageError(
+                f"coordinator in {self.context.label()}: cannot {doing} at stage "
+                f"{self.stage.value!r} (needs {stage.value!r})"
+            )
+
+    def _check_context(self, context: SecAggContext, what: str, silo: str) -> None:
+        if context != self.context:
+            raise MessageError(
+                f"silo {silo!r} sent a {what} for {context.label()}, not "
+                f"{self.context.label()}"
+            )
+
+    def collect_advertisement(self, ad: KeyAdvertisement) -> None:
+        """Take a silo's signed keys."""
+        self._expect(Stage.OPEN, "take advertisements")
+        self._check_context(ad.context, "key advertisement", ad.silo)
+        if ad.silo in self._ads:
+            raise MessageError(f"silo {ad.silo!r} advertised twice")
+        if self._trust is not None:
+            self._trust.verify(
+                ad.certificate,
+                ad.silo,
+                ad.payload(self.config.digest()),
+                ad.signature,
+                f"advertised keys for {self.context.label()}",
+            )
+        self._ads[ad.silo] = ad
+
+    def roster(self) -> KeyRoster:
+        """Close stage 1: return the roster every silo receives."""
+        self._expect(Stage.OPEN, "close the roster")
+        if len(self._ads) < self.config.min_silos:
+            raise BelowThresholdError(
+                f"{len(self._ads)} silos advertised keys for {self.context.label()}, "
+                f"below the minimum of {self.config.min_silos}"
+            )
+        self.config.fixed_point.check_capacity(len(self._ads))
+        self._roster = _sorted_roster(self.context, self._ads.values())
+        self._session, self._graph = session_of(self.context, self.config, self._roster)
+        self.stage = Stage.ADVERTISED
+        return KeyRoster(
+            context=self.context, advertisements=tuple(self._roster.values())
+        )
+
+    def collect_shares(self, bundle: ShareBundle) -> None:
+        """Take a silo's encrypted shares for its neighbours."""
+        self._expect(Stage.ADVERTISED, "take shares")
+        self._check_context(bundle.context, "share bundle", bundle.sender)
+        if bundle.sender not in self._roster:
+            raise MessageError(f"silo {bundle.sender!r} is not in the roster")
+        if bundle.sender in self._bundles:
+            raise MessageError(f"silo {bundle.sender!r} sent its shares twice")
+        receivers = [share.receiver for share in bundle.shares]
+        if sorted(receivers) != sorted(self.graph.neighbours(bundle.sender)) or any(
+            share.sender != bundle.sender for share in bundle.shares
+        ):
+            raise MessageError(
+                f"silo {bundle.sender!r} sent shares for {receivers}, not one for "
+                "each of its neighbours"
+            )
+        self._bundles[bundle.sender] = bundle
+
+    def mask_requests(self) -> dict[str, MaskRequest]:
+        """Close stage 2: return each sharer's mask request, with its shares."""
+        self._expect(Stage.ADVERTISED, "close the sharing")
+        self._sharing = tuple(name for name in self._roster if name in self._bundles)
+        if len(self._sharing) < self.config.min_silos:
+            raise BelowThresholdError(
+                f"{len(self._sharing)} silos shared for {self.context.label()}, "
+                f"below the minimum of {self.config.min_silos}"
+            )
+        inbox: dict[str, list[EncryptedShare]] = {name: [] for name in self._sharing}
+        for sender in self._sharing:
+            for share in self._bundles[sender].shares:
+                if share.receiver in inbox:
+                    inbox[share.receiver].append(share)
+        self.stage = Stage.SHARED
+        return {
+            name: MaskRequest(
+                context=self.context,
+                receiver=name,
+                sharing=self._sharing,
+                shares=tuple(inbox[name]),
+            )
+            for name in self._sharing
+        }
+
+    def collect_masked(self, masked: MaskedInput) -> None:
+        """Take a silo's masked input."""
+        self._expect(Stage.SHARED, "take masked inputs")
+        self._check_context(masked.context, "masked input", masked.silo)
+        if masked.silo not in self._sharing:
+            raise MessageError(
+                f"silo {masked.silo!r} sent a masked input but never shared"
+            )
+        if masked.silo in self._masked:
+            raise MessageError(f"silo {masked.silo!r} sent two masked inputs")
+        values = np.asarray(masked.values)
+        if values.dtype != np.uint64 or values.shape != (self.config.length,):
+            raise MessageError(
+                f"silo {masked.silo!r}: masked input of dtype {values.dtype} and "
+                f"shape {values.shape}, expected uint64 of ({self.config.length},)"
+            )
+        self._masked[masked.silo] = values
+
+    def unmask_request(self) -> UnmaskRequest:
+        """Close stage 3: return the request every survivor receives."""
+        self._expect(Stage.SHARED, "close the masked inputs")
+        survivors = tuple(name for name in self._sharing if name in self._masked)
+        if len(survivors) < self.config.min_silos:
+            raise BelowThresholdError(
+                f"{len(survivors)} silos sent masked inputs for "
+                f"{self.context.label()}, below the minimum of {self.config.min_silos}"
+            )
+        dropped = tuple(name for name in self._sharing if name not in self._masked)
+        self._request = UnmaskRequest(
+            context=self.context, survivors=survivors, dropped=dropped
+        )
+        self.stage = Stage.MASKED
+        return self._request
+
+    def collect_unmask(self, response: UnmaskResponse) -> None:
+        """Take a survivor's revealed shares."""
+        self._expect(Stage.MASKED, "take revealed shares")
+        self._check_context(response.context, "unmask response", response.silo)
+        request = self._request
+        assert request is not None
+        if response.silo not in request.survivors:
+            raise MessageError(f"silo {response.silo!r} is not a survivor")
+        if response.silo in self._responders:
+            raise MessageError(f"silo {response.silo!r} answered twice")
+        survivors = set(request.survivors)
+        point = self.graph.point(response.silo)
+        shares: list[tuple[tuple[str, Secret], Share]] = []
+        for revealed in response.shares:
+            try:
+                secret = Secret(revealed.secret)
+            except ValueError:
+                raise MessageError(
+                    f"silo {response.silo!r} revealed a share of {revealed.secret!r}"
+                ) from None
+            owner = revealed.owner
+            wanted = Secret.SELF_MASK if owner in survivors else Secret.MASKING_KEY
+            if secret != wanted or not self.graph.adjacent(owner, response.silo):
+                raise MessageError(
+                    f"silo {response.silo!r} revealed {owner!r}'s {secret.value} share"
+                )
+            try:
+                share = Share.from_bytes(point, revealed.value)
+            except ShamirError as error:
+                raise MessageError(f"silo {response.silo!r}: {error}") from None
+            shares.append(((owner, secret), share))
+        self._responders.add(response.silo)
+        for key, share in shares:
+            self._revealed.setdefault(key, []).append(share)
+
+    def _rebuild(self, owner: str, secret: Secret) -> bytes:
+        shares = self._revealed.get((owner, secret), [])
+        try:
+            return combine(shares, self.graph.threshold)
+        except ShamirError as error:
+            raise ReconstructionError(
+                f"silo {owner!r}'s {secret.value} cannot be rebuilt: {error}"
+            ) from None
+
+    def result(self) -> AggregateResult:
+        """Close stage 4: return the exact sum of the survivors' inputs."""
+        self._expect(Stage.MASKED, "unmask")
+        request = self._request
+        assert request is not None
+        length = self.config.length
+        total = np.zeros(length, dtype=np.uint64)
+        for name in request.survivors:
+            total += self._masked[name]
+            seed = self._rebuild(name, Secret.SELF_MASK)
+            total -= _self_mask(seed, self._session, name, length)
+        survivors = set(request.survivors)
+        for gone in request.dropped:
+            private = self._rebuild(gone, Secret.MASKING_KEY)
+            if _public_of(private) != self._roster[gone].masking_key:
+                raise ReconstructionError(
+                    f"silo {gone!r}'s masking key rebuilt from the shares does not "
+                    "match the key it advertised"
+                )
+            for peer in self.graph.neighbours(gone):
+                if peer not in survivors:
+                    continue
+                stream = _pair_mask(
+                    private,
+                    self._roster[peer].masking_key,
+                    self._session,
+                    gone,
+                    peer,
+                    length,
+                )
+                if peer < gone:  # the survivor added this stream
+                    total -= stream
+                else:
+                    total += stream
+        self.stage = Stage.UNMASKED
+        return AggregateResult(
+            context=self.context,
+            survivors=request.survivors,
+            dropped=request.dropped,
+            total=total,
+        )
+
+    def decode(self, result: AggregateResult) -> np.ndarray:
+        """Return the float sum of a result, in the configuration's fixed point."""
+        fixed_point: FixedPoint = self.config.fixed_point
+        fixed_point.check_capacity(len(result.survivors))
+        return fixed_point.decode(result.total)
