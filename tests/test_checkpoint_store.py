@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import fsspec
@@ -27,10 +28,12 @@ from tasks.store.checkpoints import (
     MetricRow,
     list_runs,
     metrics_table,
+    migrate_store,
     new_run_id,
     params_to_table,
     table_to_params,
 )
+from tasks.store.tables import MANIFEST_SCHEMA, TREES_SCHEMA, trees_table
 
 FED = "fed-a"
 RUN_1 = "20261129T150102Z-3fa9c1"
@@ -50,6 +53,29 @@ def _params(round_number: int) -> dict[str, np.ndarray]:
         "coef": np.full((2, 3), float(round_number)),
         "intercept": np.array([round_number], dtype=np.float32),
     }
+
+
+def _trees(scale: float = 1.0) -> pd.DataFrame:
+    """One split and its two leaves, as ``trees_dataframe`` gives them."""
+    return pd.DataFrame(
+        {
+            "Tree": [0, 0, 0],
+            "Node": [0, 1, 2],
+            "ID": ["0-0", "0-1", "0-2"],
+            "Feature": ["x0", "Leaf", "Leaf"],
+            "Split": [0.5, np.nan, np.nan],
+            "Yes": ["0-1", np.nan, np.nan],
+            "No": ["0-2", np.nan, np.nan],
+            "Missing": ["0-1", np.nan, np.nan],
+            "Gain": [3.0 * scale, -0.25 * scale, 0.5 * scale],
+            "Cover": [10.0, 6.0, 4.0],
+            "Category": [np.nan, np.nan, np.nan],
+        }
+    ).astype({"Tree": "int64", "Node": "int64", "Category": "float64"})
+
+
+def _tree_table(scale: float = 1.0) -> pa.Table:
+    return pa.Table.from_pandas(_trees(scale), preserve_index=False)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -335,21 +361,26 @@ def test_every_parquet_file_carries_metadata(tmp_path: Path) -> None:
     spec_json = json.dumps({"name": FED, "rounds": 2})
     metadata = {"fedsilo.spec": spec_json, "fedsilo.spec_sha256": "ab" * 32}
     store = CheckpointStore(str(tmp_path), FED, RUN_1, metadata=metadata)
-    tree_model = pa.table({"tree": [0], "node": [1]})
+    boosted = CheckpointStore(str(tmp_path), FED, RUN_2, metadata=metadata)
     # Execute
     store.write_round(0, _metrics(0), _params(0))
-    store.write_round(1, _metrics(1), model_table=tree_model, model_json="{}")
+    store.write_round(1, _metrics(1), _params(1))
+    boosted.write_round(1, _metrics(1), model_table=_tree_table(), model_json="{}")
     # Assert
     files = sorted(tmp_path.rglob("*.parquet"))
-    assert len(files) == 4
+    assert [p.name for p in files].count("manifest.parquet") == 2
+    assert len(files) == 2 + 2 * 2 + 2
     for path in files:
         kv = pq.ParquetFile(path).metadata.metadata
         assert kv[b"fedsilo.spec"] == spec_json.encode()
         assert kv[b"fedsilo.spec_sha256"] == b"ab" * 32
-        round_number = int(path.parent.name.split("=")[1])
+        if path.name == "manifest.parquet":  # the run's latest round
+            round_number = 1
+        else:
+            round_number = int(path.parent.name.split("=")[1])
         assert kv[b"fedsilo.round"] == str(round_number).encode()
         assert kv[b"fedsilo.federation"] == FED.encode()
-        assert kv[b"fedsilo.run"] == RUN_1.encode()
+        assert kv[b"fedsilo.run"] in (RUN_1.encode(), RUN_2.encode())
         versions = json.loads(kv[b"fedsilo.versions"])
         assert set(versions) == {
             "fedsilo",
@@ -369,18 +400,69 @@ def test_metadata_cannot_override_store_keys(tmp_path: Path) -> None:
         CheckpointStore(str(tmp_path), FED, RUN_1, metadata={"fedsilo.round": "7"})
 
 
-def test_tree_model_table_and_json_roundtrip(tmp_path: Path) -> None:
+def test_tree_table_goes_to_trees_parquet_and_reads_back(tmp_path: Path) -> None:
     # Prepare
     store = CheckpointStore(str(tmp_path), FED, RUN_1)
-    tree_model = pa.table({"tree": [0, 0], "node": [0, 1], "gain": [1.5, 0.0]})
     booster_json = '{"learner": {"gradient_booster": {}}}'
     # Execute
-    store.write_round(0, _metrics(0), model_table=tree_model, model_json=booster_json)
+    store.write_round(
+        0, _metrics(0), model_table=_tree_table(), model_json=booster_json
+    )
     # Assert
-    assert store.read_model_table(0).select(["tree", "node", "gain"]).equals(tree_model)
+    round_dir = Path(store.round_path(0))
+    assert sorted(p.name for p in round_dir.iterdir()) == [
+        "_SUCCESS",
+        "metrics.parquet",
+        "model.json",
+        "trees.parquet",
+    ]
+    trees = store.read_trees(0)
+    assert trees.schema.equals(TREES_SCHEMA)
+    assert (
+        pq.read_schema(round_dir / "trees.parquet")
+        .remove_metadata()
+        .equals(TREES_SCHEMA)
+    )
+    assert trees.column("Gain").to_pylist() == [3.0, -0.25, 0.5]
+    assert trees.column("Yes").to_pylist() == ["0-1", None, None]
     assert store.read_model_json(0) == booster_json
-    with pytest.raises(CheckpointError, match=r"fedsilo\.tensors"):
+    with pytest.raises(CheckpointError, match=r"holds trees \(trees\.parquet\)"):
         store.read_params(0)
+
+
+def test_reading_trees_of_an_averaged_round_names_the_round(tmp_path: Path) -> None:
+    # Prepare
+    store = CheckpointStore(str(tmp_path), FED, RUN_1)
+    store.write_round(0, _metrics(0), _params(0))
+    # Execute / Assert
+    with pytest.raises(CheckpointError, match=re.escape(store.round_path(0))):
+        store.read_trees(0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.drop_columns(["Cover"]), r"missing column 'Cover'"),
+        (lambda t: t.append_column("extra", pa.array([1, 2, 3])), r"unexpected.*extra"),
+        (
+            lambda t: t.set_column(0, "Tree", pa.array(["a", "b", "c"])),
+            r"column 'Tree' cannot be cast to int64",
+        ),
+        (
+            lambda t: t.set_column(3, "Feature", pa.array(["x0", None, "Leaf"])),
+            r"column 'Feature' has 1 missing",
+        ),
+    ],
+)
+def test_a_bad_tree_table_is_refused_naming_the_column(
+    tmp_path: Path, change: Any, message: str
+) -> None:
+    # Prepare
+    store = CheckpointStore(str(tmp_path), FED, RUN_1)
+    # Execute / Assert
+    with pytest.raises(CheckpointError, match=message):
+        store.write_round(0, _metrics(0), model_table=change(_tree_table()))
+    assert _tree(tmp_path) == {}
 
 
 def test_read_back_metrics_and_rounds(tmp_path: Path) -> None:
@@ -474,7 +556,8 @@ def test_failure_mid_round_leaves_earlier_rounds_and_no_temp_files(
         store.write_round(1, _metrics(1), _params(1))
     # Assert
     after = _tree(tmp_path)
-    assert {k: v for k, v in after.items() if "round=00000" in k} == before
+    # Round 0 and the manifest (which still says round 0) are as they were.
+    assert {k: v for k, v in after.items() if "round=00001" not in k} == before
     assert store.complete_rounds() == [0]
     assert not [name for name in after if "tmp" in name]
 
@@ -586,3 +669,285 @@ def test_list_runs_is_sorted_and_empty_for_unknown_federation(tmp_path: Path) ->
     # Assert
     assert runs == [RUN_1, RUN_2]
     assert other == []
+
+
+# --- manifest.parquet ----------------------------------------------------------
+
+
+def _run_metadata(kind: str, rounds: int) -> dict[str, str]:
+    """What a training run gives its store (spec, hash, model), in miniature."""
+    spec = {"name": FED, "task": "classification", "rounds": rounds}
+    metadata = {
+        "fedsilo.spec": json.dumps(spec),
+        "fedsilo.spec_hash": "0123456789abcdef",
+        "fedsilo.model": json.dumps({"kind": kind, "params": {}}),
+    }
+    if kind == "xgboost":
+        metadata["fedsilo.xgboost_version"] = "9.9.9"
+    return metadata
+
+
+def test_manifest_is_one_row_of_plain_columns_kept_up_to_date(tmp_path: Path) -> None:
+    # Prepare
+    metadata = _run_metadata("sgd-logistic", rounds=2)
+    store = CheckpointStore(str(tmp_path), FED, RUN_1, metadata=metadata)
+    path = tmp_path / f"federation={FED}" / f"run={RUN_1}" / "manifest.parquet"
+    # Execute
+    store.write_round(1, _metrics(1), _params(1))
+    after_one = store.read_manifest()
+    store.write_round(2, _metrics(2), _params(2))
+    after_two = store.read_manifest()
+    # Assert
+    assert after_one is not None and after_two is not None
+    assert (after_one["status"], after_one["last_round"]) == ("partial", 1)
+    table = pq.read_table(path)
+    assert table.schema.remove_metadata().equals(MANIFEST_SCHEMA)
+    assert table.num_rows == 1
+    assert after_two["updated_at"] >= after_one["updated_at"]
+    assert after_two["updated_at"].tzinfo is not None
+    del after_two["updated_at"]
+    assert after_two == {
+        "model_kind": "sgd-logistic",
+        "task": "classification",
+        "model_file": "model.parquet",
+        "status": "complete",
+        "last_round": 2,
+        "rounds_done": 2,
+        "rounds_planned": 2,
+        "spec_hash": "0123456789abcdef",
+        "fedsilo_version": json.loads(store.read_metadata(2)["fedsilo.versions"])[
+            "fedsilo"
+        ],
+        "numpy_version": np.__version__,
+        "pyarrow_version": pa.__version__,
+        "pandas_version": pd.__version__,
+        "sklearn_version": json.loads(store.read_metadata(2)["fedsilo.versions"])[
+            "scikit-learn"
+        ],
+        "xgboost_version": None,
+        "spec": metadata["fedsilo.spec"],
+    }
+    assert table.schema.metadata[b"fedsilo.round"] == b"2"
+    assert table.schema.metadata[b"fedsilo.spec_hash"] == b"0123456789abcdef"
+
+
+def test_manifest_of_a_boosted_run_names_trees_parquet(tmp_path: Path) -> None:
+    # Prepare
+    metadata = _run_metadata("xgboost", rounds=3)
+    store = CheckpointStore(str(tmp_path), FED, RUN_2, metadata=metadata)
+    # Execute
+    store.write_round(1, _metrics(1), model_table=_tree_table(), model_json="{}")
+    manifest = store.read_manifest()
+    # Assert
+    assert manifest is not None
+    assert manifest["model_kind"] == "xgboost"
+    assert manifest["model_file"] == "trees.parquet"
+    assert manifest["xgboost_version"] == "9.9.9"
+    assert (manifest["status"], manifest["rounds_planned"]) == ("partial", 3)
+
+
+def test_store_without_spec_metadata_leaves_the_spec_columns_null(
+    memory_root: str,
+) -> None:
+    # Prepare
+    store = CheckpointStore(memory_root, FED, RUN_1)
+    assert store.read_manifest() is None
+    # Execute
+    store.write_round(0, _metrics(0), _params(0))
+    store.write_round(3, _metrics(3), _params(3))
+    manifest = store.read_manifest()
+    # Assert
+    assert manifest is not None
+    assert (manifest["last_round"], manifest["rounds_done"]) == (3, 2)
+    assert manifest["model_kind"] is None
+    assert manifest["rounds_planned"] is None
+    assert manifest["status"] == "partial"
+
+
+def test_each_file_name_holds_one_schema_across_runs_of_both_kinds(
+    tmp_path: Path,
+) -> None:
+    # Prepare
+    averaged = CheckpointStore(str(tmp_path), FED, RUN_1)
+    boosted = CheckpointStore(str(tmp_path), FED, RUN_2)
+    for round_number in (1, 2):
+        averaged.write_round(round_number, _metrics(round_number), _params(1))
+        boosted.write_round(
+            round_number, _metrics(round_number), model_table=_tree_table()
+        )
+    expected = {
+        "model.parquet": ["tensor", "flat_index", "value"],
+        "trees.parquet": TREES_SCHEMA.names,
+        "metrics.parquet": METRICS_SCHEMA.names,
+        "manifest.parquet": MANIFEST_SCHEMA.names,
+    }
+    # Execute
+    found: dict[str, set[tuple[str, ...]]] = {}
+    for path in tmp_path.rglob("*.parquet"):
+        names = tuple(pq.read_schema(path).names)
+        found.setdefault(path.name, set()).add(names)
+    # Assert
+    assert found == {name: {tuple(cols)} for name, cols in expected.items()}
+    rows = duckdb.sql(
+        "SELECT DISTINCT run FROM read_parquet("
+        f"'{tmp_path}/federation=*/run=*/round=*/model.parquet', "
+        "hive_partitioning = true)"
+    ).fetchall()
+    assert rows == [(RUN_1,)]
+
+
+# --- stores written before trees.parquet and manifest.parquet ------------------
+
+
+def _write_legacy_round(
+    root: Path, run: str, round_number: int, model: pa.Table, kind: str
+) -> None:
+    """Write a round as fedsilo did before: trees in model.parquet, no manifest."""
+    round_dir = root / f"federation={FED}" / f"run={run}" / f"round={round_number:05d}"
+    round_dir.mkdir(parents=True)
+    metadata = {
+        **_run_metadata(kind, rounds=3),
+        "fedsilo.federation": FED,
+        "fedsilo.run": run,
+        "fedsilo.round": str(round_number),
+        "fedsilo.versions": json.dumps({"fedsilo": "0.0.9", "numpy": "1.0"}),
+    }
+
+    def with_kv(table: pa.Table) -> pa.Table:
+        merged = dict(table.schema.metadata or {})
+        merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+        return table.replace_schema_metadata(merged)
+
+    pq.write_table(with_kv(model), round_dir / "model.parquet")
+    if kind == "xgboost":
+        (round_dir / "model.json").write_text(json.dumps({"round": round_number}))
+    pq.write_table(
+        with_kv(metrics_table(_metrics(round_number))), round_dir / "metrics.parquet"
+    )
+    (round_dir / "_SUCCESS").write_text(json.dumps({"round": round_number}))
+
+
+def _legacy_store(root: Path) -> None:
+    """Two rounds of an averaged run (RUN_1) and a boosted run (RUN_2)."""
+    for round_number in (1, 2):
+        _write_legacy_round(
+            root, RUN_1, round_number, params_to_table(_params(round_number)), "sgd"
+        )
+        _write_legacy_round(
+            root, RUN_2, round_number, _tree_table(round_number), "xgboost"
+        )
+
+
+def test_readers_accept_a_store_in_the_earlier_layout(tmp_path: Path) -> None:
+    # Prepare
+    _legacy_store(tmp_path)
+    before = _tree(tmp_path)
+    averaged = CheckpointStore(str(tmp_path), FED, RUN_1)
+    boosted = CheckpointStore(str(tmp_path), FED, RUN_2)
+    # Execute
+    runs = list_runs(str(tmp_path), FED)
+    params = averaged.read_params(2)
+    trees = boosted.read_trees(2)
+    # Assert
+    assert runs == [RUN_1, RUN_2]
+    np.testing.assert_array_equal(params["coef"], _params(2)["coef"])
+    assert trees.schema.equals(TREES_SCHEMA)
+    assert trees.column("Gain").to_pylist() == [6.0, -0.5, 1.0]
+    assert boosted.read_model_json(2) == '{"round": 2}'
+    assert averaged.read_manifest() is None
+    assert _tree(tmp_path) == before  # reading changes nothing
+
+
+def test_migrate_store_moves_trees_and_writes_manifests_once(tmp_path: Path) -> None:
+    # Prepare
+    _legacy_store(tmp_path)
+    run_2 = tmp_path / f"federation={FED}" / f"run={RUN_2}"
+    old_kv = pq.read_schema(run_2 / "round=00002" / "model.parquet").metadata
+    # Execute
+    changed = migrate_store(str(tmp_path))
+    again = migrate_store(str(tmp_path))
+    # Assert
+    assert sorted(changed) == [f"{FED}/{RUN_1}", f"{FED}/{RUN_2}"]
+    assert len(changed[f"{FED}/{RUN_1}"]) == 1  # the manifest only
+    assert len(changed[f"{FED}/{RUN_2}"]) == 3  # two trees.parquet, the manifest
+    assert again == {}
+    for round_dir in sorted(run_2.glob("round=*")):
+        assert sorted(p.name for p in round_dir.iterdir()) == [
+            "_SUCCESS",
+            "metrics.parquet",
+            "model.json",
+            "trees.parquet",
+        ]
+    schema = pq.read_schema(run_2 / "round=00002" / "trees.parquet")
+    assert schema.remove_metadata().equals(TREES_SCHEMA)
+    assert {k: v for k, v in schema.metadata.items() if k.startswith(b"fedsilo.")} == {
+        k: v for k, v in old_kv.items() if k.startswith(b"fedsilo.")
+    }
+    boosted = CheckpointStore(str(tmp_path), FED, RUN_2).read_manifest()
+    averaged = CheckpointStore(str(tmp_path), FED, RUN_1).read_manifest()
+    assert boosted is not None and averaged is not None
+    assert (boosted["model_file"], boosted["last_round"]) == ("trees.parquet", 2)
+    assert boosted["fedsilo_version"] == "0.0.9"  # the version that wrote it
+    assert (averaged["model_file"], averaged["model_kind"]) == ("model.parquet", "sgd")
+
+
+def test_migrate_finishes_a_migration_stopped_between_its_two_files(
+    tmp_path: Path,
+) -> None:
+    # Prepare: trees.parquet written, the old model.parquet not yet removed.
+    _legacy_store(tmp_path)
+    round_dir = tmp_path / f"federation={FED}" / f"run={RUN_2}" / "round=00001"
+    pq.write_table(trees_table(_tree_table(1.0)), round_dir / "trees.parquet")
+    # Execute
+    migrate_store(str(tmp_path))
+    # Assert
+    assert not (round_dir / "model.parquet").exists()
+    assert CheckpointStore(str(tmp_path), FED, RUN_2).read_trees(1).num_rows == 3
+
+
+def test_first_write_to_a_run_in_the_earlier_layout_migrates_it(
+    tmp_path: Path,
+) -> None:
+    # Prepare: resuming the boosted run writes its round 3.
+    _legacy_store(tmp_path)
+    store = CheckpointStore(
+        str(tmp_path), FED, RUN_2, metadata=_run_metadata("xgboost", rounds=3)
+    )
+    # Execute
+    store.write_round(3, _metrics(3), model_table=_tree_table(3.0), model_json="{}")
+    # Assert
+    run_dir = tmp_path / f"federation={FED}" / f"run={RUN_2}"
+    assert sorted(p.parent.name for p in run_dir.rglob("trees.parquet")) == [
+        "round=00001",
+        "round=00002",
+        "round=00003",
+    ]
+    assert not list(run_dir.rglob("model.parquet"))
+    manifest = store.read_manifest()
+    assert manifest is not None
+    assert (manifest["last_round"], manifest["rounds_done"]) == (3, 3)
+    assert manifest["status"] == "complete"
+    other = tmp_path / f"federation={FED}" / f"run={RUN_1}"
+    assert not (other / "manifest.parquet").exists()  # another run: untouched
+
+
+def test_cli_migrate_says_what_it_did_in_one_line_per_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    from fedsilo.cli import main
+
+    _legacy_store(tmp_path)
+    # Execute
+    first = main(["migrate", str(tmp_path)])
+    first_out = capsys.readouterr().out.splitlines()
+    second = main(["migrate", str(tmp_path)])
+    second_out = capsys.readouterr().out.splitlines()
+    # Assert
+    assert (first, second) == (0, 0)
+    assert first_out == [
+        f"{FED}/{RUN_1}: wrote 1 file(s)",
+        f"{FED}/{RUN_2}: wrote 3 file(s)",
+        f"{tmp_path}: 2 run(s) migrated; the rest were current",
+    ]
+    assert second_out == [f"{tmp_path}: 0 run(s) migrated; the rest were current"]

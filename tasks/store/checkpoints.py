@@ -2,15 +2,22 @@
 
 Layout (the contract analytics tools rely on, see docs/checkpoints.md)::
 
-    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/model.parquet
-    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/model.json    (optional)
+    <root>/federation=<name>/run=<run_id>/manifest.parquet   (after each round)
+    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/model.parquet   (tensors)
+    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/trees.parquet   (trees)
+    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/model.json      (optional)
     <root>/federation=<name>/run=<run_id>/round=<NNNNN>/metrics.parquet
-    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/_SUCCESS      (written last)
+    <root>/federation=<name>/run=<run_id>/round=<NNNNN>/_SUCCESS   (written last)
 
-A round is complete once ``_SUCCESS`` exists. Every file is written atomically: on
-the local filesystem to a hidden temporary name in the same directory, then
-``os.replace``; on any other fsspec filesystem as one object put of the finished
-bytes. The store assumes one writer per run.
+A round holds model.parquet or trees.parquet, never both: one file name, one
+schema. A round is complete once ``_SUCCESS`` exists. Every file is written
+atomically: on the local filesystem to a hidden temporary name in the same
+directory, then ``os.replace``; on any other fsspec filesystem as one object put
+of the finished bytes. The store assumes one writer per run.
+
+A store written before trees.parquet and manifest.parquet existed kept a boosted
+model's trees in model.parquet: the readers accept it, a run's first write
+brings that run to the current layout, and `migrate_store` brings a whole store.
 """
 
 from __future__ import annotations
@@ -38,6 +45,12 @@ from fsspec.implementations.local import LocalFileSystem
 
 import fedsilo
 from fedsilo.errors import CheckpointError
+from tasks.store.tables import (
+    MODEL_FILE,
+    TREES_FILE,
+    manifest_table,
+    trees_table,
+)
 
 if TYPE_CHECKING:
     from fedsilo.spec import FederationSpec
@@ -50,6 +63,7 @@ __all__ = [
     "check_run_id",
     "list_runs",
     "metrics_table",
+    "migrate_store",
     "new_run_id",
     "params_to_table",
     "table_to_params",
@@ -88,9 +102,9 @@ _RESERVED_KEYS = frozenset(
 )
 
 METRICS_FILE = "metrics.parquet"
-MODEL_FILE = "model.parquet"
 MODEL_JSON_FILE = "model.json"
 SUCCESS_FILE = "_SUCCESS"
+MANIFEST_FILE = "manifest.parquet"
 MAX_ROUND = 99_999
 
 # Same rule as spec.NAME_PATTERN: safe as a hive partition value and a path part.
@@ -432,6 +446,8 @@ class CheckpointStore:
             RUN_KEY: run_id,
             VERSIONS_KEY: _library_versions(),
         }
+        #: Complete rounds, read at the first write and kept up to date after.
+        self._done: set[int] | None = None
 
     @classmethod
     def of_run(
@@ -470,9 +486,12 @@ class CheckpointStore:
         """Write one complete round and return its directory.
 
         Exactly one of ``params`` (arrays, see `params_to_table`) and
-        ``model_table`` (stored as-is, e.g. a tree model) gives model.parquet.
-        Files are written model.parquet, model.json, metrics.parquet, then
-        _SUCCESS. A leftover incomplete round directory is removed first.
+        ``model_table`` (a boosted model's tree table, cast to `TREES_SCHEMA`)
+        gives the model: model.parquet or trees.parquet. Files are written in
+        that order: the model, model.json, metrics.parquet, _SUCCESS, and then
+        the run's manifest.parquet again. A leftover incomplete round directory
+        is removed first. The store's first write brings a run written in the
+        earlier layout to the current one (see `migrate_run`).
 
         Raises
         ------
@@ -488,14 +507,17 @@ class CheckpointStore:
         round_number = int(round_number)  # numpy integers are accepted too
         file_metadata = {**self._metadata, ROUND_KEY: str(round_number)}
         # Build every file before touching storage: invalid input writes nothing.
-        if model_table is not None and not isinstance(model_table, pa.Table):
-            raise CheckpointError(
-                f"round {round_number}: model_table must be a pyarrow.Table, "
-                f"got {type(model_table).__name__}"
-            )
-        model = model_table if params is None else params_to_table(params)
+        if params is not None:
+            model_file, model = MODEL_FILE, params_to_table(params)
+        else:
+            if not isinstance(model_table, pa.Table):
+                raise CheckpointError(
+                    f"round {round_number}: model_table must be a pyarrow.Table, "
+                    f"got {type(model_table).__name__}"
+                )
+            model_file, model = TREES_FILE, trees_table(model_table)
         files: list[tuple[str, bytes]] = [
-            (MODEL_FILE, _parquet_bytes(_with_metadata(model, file_metadata)))
+            (model_file, _parquet_bytes(_with_metadata(model, file_metadata)))
         ]
         if model_json is not None:
             files.append((MODEL_JSON_FILE, model_json.encode("utf-8")))
@@ -510,10 +532,115 @@ class CheckpointStore:
                 f"round {round_number} is already complete at "
                 f"{self._show(round_dir)}; refusing to overwrite it"
             )
+        if self._done is None:
+            self.migrate_run()
+            self._done = set(self.complete_rounds())
+        done = self._done | {round_number}
+        manifest = self._manifest_bytes(
+            self._metadata, model_file, max(done), len(done)
+        )
         self._remove_incomplete(round_dir)
         for name, data in files:
             self._put(posixpath.join(round_dir, name), data)
+        self._done = done
+        self._put(posixpath.join(self._run, MANIFEST_FILE), manifest)
         return self._show(round_dir)
+
+    def migrate_run(self) -> list[str]:
+        """Bring this run's checkpoints to the current layout; return what moved.
+
+        A complete round whose model.parquet holds trees (the layout before
+        trees.parquet) gets trees.parquet, cast to `TREES_SCHEMA` with its
+        key-value metadata kept, and loses that model.parquet. A run with
+        complete rounds and no manifest.parquet gets one, built from its latest
+        round's metadata. A run already in the current layout is left as it is.
+
+        Returns
+        -------
+        list[str]
+            The paths written, as a user sees them (empty if none).
+        """
+        manifest_path = posixpath.join(self._run, MANIFEST_FILE)
+        if self._isfile(manifest_path):
+            return []
+        rounds = self.complete_rounds()
+        if not rounds:
+            return []
+        written = []
+        for round_number in rounds:
+            moved = self._move_legacy_trees(self._round_dir(round_number))
+            if moved is not None:
+                written.append(moved)
+        latest = rounds[-1]
+        trees = self._isfile(posixpath.join(self._round_dir(latest), TREES_FILE))
+        self._put(
+            manifest_path,
+            self._manifest_bytes(
+                self.read_metadata(latest),
+                TREES_FILE if trees else MODEL_FILE,
+                latest,
+                len(rounds),
+            ),
+        )
+        written.append(self._show(manifest_path))
+        return written
+
+    def _move_legacy_trees(self, round_dir: str) -> str | None:
+        """Turn a round's tree model.parquet into trees.parquet; return its path.
+
+        The trees are cast to `TREES_SCHEMA` and keep their ``fedsilo.*``
+        metadata; trees.parquet is written before model.parquet is removed.
+        """
+        legacy = posixpath.join(round_dir, MODEL_FILE)
+        target = posixpath.join(round_dir, TREES_FILE)
+        if not self._isfile(legacy) or not _holds_trees(self._read_schema(legacy)):
+            return None
+        if self._isfile(target):  # moved before a crash, not yet removed
+            self._remove(legacy)
+            return None
+        table = self._read_table(legacy)
+        kept = {
+            key.decode(): value.decode()
+            for key, value in (table.schema.metadata or {}).items()
+            if key.startswith(b"fedsilo.")
+        }
+        try:
+            trees = trees_table(table)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{self._show(legacy)}: {exc.reason}") from exc
+        self._put(target, _parquet_bytes(_with_metadata(trees, kept)))
+        self._remove(legacy)
+        return self._show(target)
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """Return the run's manifest row as a dict, or None if it has none."""
+        path = posixpath.join(self._run, MANIFEST_FILE)
+        if not self._isfile(path):
+            return None
+        rows = self._read_table(path).to_pylist()
+        if len(rows) != 1:
+            raise CheckpointError(
+                f"{self._show(path)}: holds {len(rows)} rows, expected one"
+            )
+        return dict(rows[0])
+
+    def _manifest_bytes(
+        self,
+        metadata: Mapping[str, str],
+        model_file: str,
+        last_round: int,
+        rounds_done: int,
+    ) -> bytes:
+        """Return manifest.parquet's bytes, with ``metadata`` as key-value pairs."""
+        table = manifest_table(
+            metadata,
+            model_file=model_file,
+            last_round=last_round,
+            rounds_done=rounds_done,
+            updated_at=datetime.now(UTC),
+        )
+        file_metadata = {**metadata, ROUND_KEY: str(last_round)}
+        return _parquet_bytes(_with_metadata(table, file_metadata))
 
     def complete_rounds(self) -> list[int]:
         """Return the round numbers that have ``_SUCCESS``, sorted."""
@@ -533,18 +660,43 @@ class CheckpointStore:
 
     def read_params(self, round_number: int) -> dict[str, np.ndarray]:
         """Return the arrays of a complete round written from params."""
-        path = posixpath.join(self._complete_dir(round_number), MODEL_FILE)
+        round_dir = self._complete_dir(round_number)
+        path = posixpath.join(round_dir, MODEL_FILE)
+        if not self._isfile(path) and self._isfile(
+            posixpath.join(round_dir, TREES_FILE)
+        ):
+            raise CheckpointError(
+                f"{self._show(round_dir)}: holds trees ({TREES_FILE}), not tensors; "
+                "read it with read_trees"
+            )
         table = self._read_table(path)
         try:
             return table_to_params(table)
         except CheckpointError as exc:
             raise CheckpointError(f"{self._show(path)}: {exc.reason}") from exc
 
-    def read_model_table(self, round_number: int) -> pa.Table:
-        """Return model.parquet of a complete round as stored (e.g. tree models)."""
-        return self._read_table(
-            posixpath.join(self._complete_dir(round_number), MODEL_FILE)
-        )
+    def read_trees(self, round_number: int) -> pa.Table:
+        """Return the tree table of a complete round of a boosted run.
+
+        Reads trees.parquet, or in a round written before that file existed,
+        the trees its model.parquet holds (cast to `TREES_SCHEMA` alike).
+        """
+        round_dir = self._complete_dir(round_number)
+        path = posixpath.join(round_dir, TREES_FILE)
+        if not self._isfile(path):
+            legacy = posixpath.join(round_dir, MODEL_FILE)
+            if self._isfile(legacy) and _holds_trees(self._read_schema(legacy)):
+                path = legacy
+            else:
+                raise CheckpointError(
+                    f"{self._show(round_dir)}: no {TREES_FILE} (not a boosted run's "
+                    "round)"
+                )
+        table = self._read_table(path)
+        try:
+            return trees_table(table)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{self._show(path)}: {exc.reason}") from exc
 
     def read_metrics(self, round_number: int) -> pd.DataFrame:
         """Return metrics.parquet of a complete round as a DataFrame."""
@@ -629,6 +781,31 @@ class CheckpointStore:
         except _IO_ERRORS as exc:
             raise CheckpointError(f"cannot read {self._show(path)}: {exc}") from exc
 
+    def _read_schema(self, path: str) -> pa.Schema:
+        """Read one Parquet file's schema (its footer only)."""
+        try:
+            with self._fs.open(path, "rb") as handle:
+                return pq.read_schema(handle)
+        except _IO_ERRORS as exc:
+            raise CheckpointError(f"cannot read {self._show(path)}: {exc}") from exc
+
+    def _isfile(self, path: str) -> bool:
+        """Return True if ``path`` is a file (listing afresh), wrapping I/O errors."""
+        try:
+            self._fs.invalidate_cache(posixpath.dirname(path))
+            return bool(self._fs.isfile(path))
+        except _IO_ERRORS as exc:
+            raise CheckpointError(f"cannot check {self._show(path)}: {exc}") from exc
+
+    def _remove(self, path: str) -> None:
+        """Delete one file; a file already gone is no error."""
+        try:
+            self._fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        except _IO_ERRORS as exc:
+            raise CheckpointError(f"cannot remove {self._show(path)}: {exc}") from exc
+
     def _glob(self, pattern: str) -> list[str]:
         """Glob on the store's filesystem, wrapping I/O errors."""
         return _glob(self._fs, pattern)
@@ -636,6 +813,11 @@ class CheckpointStore:
     def _show(self, path: str) -> str:
         """Return ``path`` as a user sees it: local path or URL with protocol."""
         return _show(self._fs, path)
+
+
+def _holds_trees(schema: pa.Schema) -> bool:
+    """Return True for a tree table's schema (a boosted model.parquet of old)."""
+    return "tensor" not in schema.names and "Tree" in schema.names
 
 
 def _with_metadata(table: pa.Table, metadata: Mapping[str, str]) -> pa.Table:
@@ -740,3 +922,37 @@ def federations_of_run(
         if name.startswith("federation="):
             names.add(name.removeprefix("federation="))
     return sorted(names)
+
+
+def migrate_store(
+    root: str, *, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """Bring every run under ``root`` to the current layout (`migrate_run`).
+
+    Safe to run again: a run already in the current layout is left as it is.
+    Run it while no fedsilo of an earlier version writes to the store.
+
+    Returns
+    -------
+    dict[str, list[str]]
+        ``federation/run`` of each run that changed, with the paths written.
+    """
+    changed: dict[str, list[str]] = {}
+    runs = sorted(
+        {(f, r) for f, r, _ in _complete_rounds(root, storage_options, "*", "*")}
+    )
+    for federation_dir, run_dir in runs:
+        federation = federation_dir.removeprefix("federation=")
+        run = run_dir.removeprefix("run=")
+        if not (
+            federation_dir.startswith("federation=")
+            and run_dir.startswith("run=")
+            and _NAME_RE.match(federation)
+            and _NAME_RE.match(run)
+        ):
+            continue
+        store = CheckpointStore(root, federation, run, storage_options=storage_options)
+        written = store.migrate_run()
+        if written:
+            changed[f"{federation}/{run}"] = written
+    return changed
