@@ -5,9 +5,9 @@ A source is a bare path or fsspec URL (kind ``path``), or a mapping: with a
 (kind ``sql``, ``fedsilo.sources.SqlSource``). Each kind is a
 :class:`SourceKind` registered with :func:`register_source_kind`: the type its
 description validates as, and how the spec resolves it against the spec's
-folder, finds a password in it, records it in checkpoints and keeps it out of
-messages. The connector that reads it (``connectors/``) is registered under
-the same name.
+folder, finds a password or another credential in it, records it in
+checkpoints and keeps it out of messages. The connector that reads it
+(``connectors/``) is registered under the same name.
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from fedsilo.registry import Registry
-from fedsilo.sources import SqlSource, mask_url, resolve_sqlite_url, url_password
+from fedsilo.sources import (
+    SqlSource,
+    mask_url,
+    resolve_sqlite_url,
+    url_credential,
+    url_password,
+)
 
 #: What a checkpoint records in place of a source's hidden part (an SQL URL).
 HIDDEN = "<hidden>"
@@ -58,6 +64,10 @@ class SourceKind:
         """Return a password the source holds, which a central spec must not."""
         return None
 
+    def credential(self, source: Any) -> str | None:
+        """Describe any other credential the source carries (never its value)."""
+        return None
+
     def public(self, source: Any) -> Any:
         """Return the source as checkpoints may record it (JSON)."""
         if isinstance(source, str):
@@ -84,6 +94,10 @@ class PathKind(SourceKind):
         if _is_url(source) or Path(source).is_absolute():
             return source
         return str((base / source).resolve())
+
+    def credential(self, source: str) -> str | None:
+        """Describe the user-info or signed query parameter of a URL, if any."""
+        return url_credential(source) if _is_url(source) else None
 
 
 class SqlKind(SourceKind):

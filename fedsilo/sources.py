@@ -2,13 +2,17 @@
 
 The reading is the connectors' business (``connectors/files.py``,
 ``connectors/sql.py``); this module holds what a spec or a silo config may say
-of a source and how to print it without its password.
+of a source, how to print it without its password, and how to find a
+credential the central spec must not hold (options named as credentials, URLs
+with user-info).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -56,6 +60,98 @@ def url_password(url: str) -> str | None:
         return userinfo["password"]
     query = _QUERY_PASSWORD.search(match["rest"])
     return query[2] if query is not None and query[2] else None
+
+
+#: The one option of the checkpoint store's ``storage_options`` that names where
+#: its credentials are instead of holding them: a Prefect Secret block whose
+#: mapping the coordinator merges in when it opens the store.
+CREDENTIALS_BLOCK = "credentials_block"
+#: Words that make an option's name a credential, its name split at ``_ - .``
+#: and case changes (``aws_secret_access_key``, ``SSECustomerKey``, ``sas_token``).
+CREDENTIAL_WORDS = frozenset(
+    {
+        "auth",
+        "authorization",
+        "credential",
+        "credentials",
+        "key",
+        "passphrase",
+        "passwd",
+        "password",
+        "pkey",
+        "pwd",
+        "sas",
+        "secret",
+        "sig",
+        "signature",
+        "token",
+    }
+)
+#: Names that are credentials though none of their words says so (Azure's).
+CREDENTIAL_NAMES = frozenset({"connectionstring"})
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+_QUERY = re.compile(r"[?&]([^=&#]+)=[^&#]*")
+
+
+def is_credential_name(name: str) -> bool:
+    """Return whether an option or query parameter of this name holds a credential."""
+    words = {w.lower() for w in _WORD.findall(name)}
+    flat = re.sub(r"[^a-z0-9]", "", name.lower())
+    return bool(words & CREDENTIAL_WORDS) or flat in CREDENTIAL_NAMES
+
+
+def url_credential(url: str) -> str | None:
+    """Describe the credential a URL carries, or None.
+
+    That is user-info (``scheme://user:pw@host``, ``s3://KEY@bucket``) or a
+    query parameter named as a credential (``?sig=``, ``X-Amz-Signature``). The
+    description never holds any of the URL's user-info or values.
+    """
+    match = _SCHEME.match(url)
+    if match is None:
+        return None
+    rest = match["rest"]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        user = authority.rsplit("@", 1)[0]
+        return "user-info (***:***@)" if ":" in user else "user-info (***@)"
+    for name in _QUERY.findall(rest):
+        if is_credential_name(unquote(name)):
+            return f"the query parameter {unquote(name)!r}"
+    return None
+
+
+def find_credential(
+    options: Mapping[str, Any], allowed: frozenset[str] = frozenset()
+) -> tuple[str, str] | None:
+    """Return (dotted path, what) of the first credential in storage options.
+
+    A credential is an option named as one (at any depth, ``allowed`` names at
+    the top excepted) or a string value that is a URL carrying one
+    (:func:`url_credential`).
+    """
+
+    def walk(value: Any, path: str) -> tuple[str, str] | None:
+        if isinstance(value, Mapping):
+            for key, inner in value.items():
+                where = f"{path}.{key}" if path else str(key)
+                if not (path == "" and key in allowed) and is_credential_name(str(key)):
+                    return where, "a credential"
+                found = walk(inner, where)
+                if found is not None:
+                    return found
+        elif isinstance(value, list | tuple):
+            for i, inner in enumerate(value):
+                found = walk(inner, f"{path}.{i}")
+                if found is not None:
+                    return found
+        elif isinstance(value, str):
+            carried = url_credential(value)
+            if carried is not None:
+                return path, f"a URL with {carried}"
+        return None
+
+    return walk(options, "")
 
 
 def mask_url(url: str) -> str:

@@ -45,6 +45,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import fedsilo
 from fedsilo.errors import CheckpointError
+from tasks.store.credentials import resolve_storage_options
 from tasks.store.tables import (
     MODEL_FILE,
     TREES_FILE,
@@ -366,9 +367,14 @@ def _library_versions() -> str:
 def _open_fs(
     root: str, storage_options: Mapping[str, Any] | None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return the filesystem of ``root`` and the path of ``root`` inside it."""
+    """Return the filesystem of ``root`` and the path of ``root`` inside it.
+
+    A Prefect Secret block the options name is merged in here, in memory only
+    (``tasks/store/credentials.py``).
+    """
+    options = resolve_storage_options(storage_options)
     try:
-        fs, path = fsspec.core.url_to_fs(root, **dict(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(root, **options)
     except (ImportError, ValueError, *_IO_ERRORS) as exc:
         raise CheckpointError(f"cannot open checkpoint root {root!r}: {exc}") from exc
     return fs, str(path).rstrip("/") or "/"
