@@ -93,7 +93,7 @@ class Play:
 
     coordinator: CoordinatorRound
     rounds: dict[str, SiloRound]
-    roster: KeyRoster | None = None
+    rosters: dict[str, KeyRoster] = field(default_factory=dict)
     mask_requests: dict[str, MaskRequest] = field(default_factory=dict)
     unmask_request: UnmaskRequest | None = None
     result: AggregateResult | None = None
@@ -131,13 +131,13 @@ def play(
 
     for silo_round in rounds.values():
         coordinator.collect_advertisement(send(silo_round.advertise()))
-    out.roster = send(coordinator.roster())
+    out.rosters = {name: send(roster) for name, roster in coordinator.rosters().items()}
     graph = coordinator.graph
     absent_at_sharing = _named(absent_at_sharing, graph)
     dropped_after_masking = _named(dropped_after_masking, graph)
     silent_at_unmask = _named(silent_at_unmask, graph)
     for name, silo_round in rounds.items():
-        bundle = silo_round.share(out.roster)
+        bundle = silo_round.share(out.rosters[name])
         if name not in absent_at_sharing:
             coordinator.collect_shares(send(bundle))
     out.mask_requests = {

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,15 +28,18 @@ from tasks.privacy.neighbours import (
     choose_parameters,
     round_failure,
 )
+from tasks.privacy.secagg import mask_stream
 from tasks.privacy.secagg_plus import (
     AlreadyUnmaskedError,
     BelowThresholdError,
     ContextReusedError,
     CoordinatorRound,
     DoubleMaskError,
+    Keystreams,
     SecAggPlusSilo,
     ShareDecryptionError,
     StageError,
+    _hkdf,
 )
 from tasks.privacy.secagg_plus_messages import (
     MESSAGE_TYPES,
@@ -194,6 +199,17 @@ def test_bad_or_duplicate_shares_raise_named_errors() -> None:
         split(secret, 4, [1, 2, 3])
     assert interpolate(shares[:3]) == int.from_bytes(secret, "big")
     assert Share.from_bytes(3, shares[2].value_bytes()) == shares[2]
+
+
+def test_keystreams_and_key_derivation_are_the_standard_ones() -> None:
+    """The reused-buffer stream is secagg's AES-CTR stream; _hkdf is HKDF-SHA256."""
+    streams = Keystreams(1000)
+    for _ in range(3):
+        seed = secrets.token_bytes(32)
+        np.testing.assert_array_equal(streams(seed), mask_stream(seed, 1000))
+    secret, info = secrets.token_bytes(32), b"fedsilo info"
+    reference = HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(secret)
+    assert _hkdf(secret, info) == reference
 
 
 # -- the neighbour graph -------------------------------------------------------
@@ -386,10 +402,10 @@ def test_one_dropout_too_many_is_refused_by_the_silos(
     rounds = {name: party.open(ctx, config) for name, party in parties.items()}
     for silo_round in rounds.values():
         coordinator.collect_advertisement(silo_round.advertise())
-    roster = coordinator.roster()
+    rosters = coordinator.rosters()
     assert coordinator.graph.parameters == GraphParameters(7, 6, 4)
     for silo_round in rounds.values():
-        coordinator.collect_shares(silo_round.share(roster))
+        coordinator.collect_shares(silo_round.share(rosters[silo_round.name]))
     requests = coordinator.mask_requests()
     inputs = inputs_for(list(rounds), LENGTH)
     dropped = {"silo-00", "silo-01", "silo-02"}
@@ -452,10 +468,10 @@ def test_a_roster_or_a_neighbourhood_below_the_threshold_is_refused(
     rounds = {name: party.open(ctx, config) for name, party in parties.items()}
     for silo_round in rounds.values():
         coordinator.collect_advertisement(silo_round.advertise())
-    roster = coordinator.roster()
+    rosters = coordinator.rosters()
     for silo_round in rounds.values():
         with pytest.raises(BelowThresholdError, match="roster of 3 silos"):
-            silo_round.share(roster)
+            silo_round.share(rosters[silo_round.name])
 
     # A neighbourhood thinned below t before masking.
     parties = silos(identities, 7)  # complete: k = 6, t = 4
@@ -464,15 +480,15 @@ def test_a_roster_or_a_neighbourhood_below_the_threshold_is_refused(
     rounds = {name: party.open(ctx, config) for name, party in parties.items()}
     for silo_round in rounds.values():
         coordinator.collect_advertisement(silo_round.advertise())
-    roster = coordinator.roster()
-    bundles = {name: silo_round.share(roster) for name, silo_round in rounds.items()}
+    rosters = coordinator.rosters()
+    bundles = {name: r.share(rosters[name]) for name, r in rounds.items()}
     for name in ("silo-00", "silo-01", "silo-02", "silo-03"):
         coordinator.collect_shares(bundles[name])
     requests = coordinator.mask_requests()  # four sharers: 3 neighbours each
     with pytest.raises(BelowThresholdError, match="below the threshold of 4"):
         rounds["silo-00"].mask(requests["silo-00"], np.zeros(LENGTH))
     with pytest.raises(BelowThresholdError, match="below the minimum"):
-        CoordinatorRound(context(), config).roster()
+        CoordinatorRound(context(), config).rosters()
 
 
 def test_tampered_misrouted_or_missing_shares_are_refused(
@@ -485,9 +501,9 @@ def test_tampered_misrouted_or_missing_shares_are_refused(
     rounds = {name: party.open(ctx, config) for name, party in parties.items()}
     for silo_round in rounds.values():
         coordinator.collect_advertisement(silo_round.advertise())
-    roster = coordinator.roster()
+    rosters = coordinator.rosters()
     for silo_round in rounds.values():
-        coordinator.collect_shares(silo_round.share(roster))
+        coordinator.collect_shares(silo_round.share(rosters[silo_round.name]))
     requests = coordinator.mask_requests()
     request = requests["silo-00"]
     first = request.shares[0]
@@ -526,9 +542,9 @@ def test_bad_inputs_name_the_silo(
     rounds = {name: party.open(ctx, config) for name, party in parties.items()}
     for silo_round in rounds.values():
         coordinator.collect_advertisement(silo_round.advertise())
-    roster = coordinator.roster()
+    rosters = coordinator.rosters()
     for silo_round in rounds.values():
-        coordinator.collect_shares(silo_round.share(roster))
+        coordinator.collect_shares(silo_round.share(rosters[silo_round.name]))
     requests = coordinator.mask_requests()
     with pytest.raises(MessageError, match="silo 'silo-00': input of shape"):
         rounds["silo-00"].mask(requests["silo-00"], np.zeros(LENGTH + 1))
@@ -564,10 +580,10 @@ def test_silos_with_another_configuration_refuse_the_keys(
     }
     for silo_round in rounds.values():
         coordinator.collect_advertisement(silo_round.advertise())
-    roster = coordinator.roster()
+    rosters = coordinator.rosters()
     for name in ("silo-00", "silo-01", "silo-02"):
         with pytest.raises(IdentityError, match="silo 'silo-03': the signature"):
-            rounds[name].share(roster)
+            rounds[name].share(rosters[name])
 
 
 def test_an_identical_unmask_request_gets_the_same_answer_another_is_refused(
@@ -676,3 +692,46 @@ def test_a_coordinator_with_the_ca_turns_away_a_bad_advertisement(
     coordinator.collect_advertisement(ad)
     with pytest.raises(MessageError, match="advertised twice"):
         coordinator.collect_advertisement(ad)
+
+
+def test_the_roster_binds_each_advertisement_to_its_digest(
+    identities: Identities,
+) -> None:
+    """A silo gets its neighbours' advertisements in full, the rest as digests."""
+    config = SecAggConfig(length=LENGTH, **SPARSE)
+    parties = silos(identities, 20)
+    ctx = context()
+    coordinator = CoordinatorRound(ctx, config)
+    rounds = {name: party.open(ctx, config) for name, party in parties.items()}
+    ads = {name: silo_round.advertise() for name, silo_round in rounds.items()}
+    for ad in ads.values():
+        coordinator.collect_advertisement(ad)
+    rosters = coordinator.rosters()
+    roster = rosters["silo-00"]
+    neighbours = coordinator.graph.neighbours("silo-00")
+    assert [ad.silo for ad in roster.advertisements] == list(neighbours)
+    assert len(roster.entries) == 20
+    stranger = next(n for n in ads if n not in neighbours and n != "silo-00")
+    with pytest.raises(MessageError, match="not its neighbours"):
+        rounds["silo-00"].share(
+            dataclasses.replace(
+                roster, advertisements=(*roster.advertisements, ads[stranger])
+            )
+        )
+    with pytest.raises(MessageError, match=r"lacks \['"):
+        rounds["silo-00"].share(
+            dataclasses.replace(roster, advertisements=roster.advertisements[1:])
+        )
+    swapped = dataclasses.replace(roster.advertisements[0], signature=b"\x30\x00")
+    with pytest.raises(MessageError, match="does not match its digest"):
+        rounds["silo-00"].share(
+            dataclasses.replace(
+                roster, advertisements=(swapped, *roster.advertisements[1:])
+            )
+        )
+    with pytest.raises(MessageError, match="sorted order"):
+        rounds["silo-00"].share(
+            dataclasses.replace(roster, entries=tuple(reversed(roster.entries)))
+        )
+    # None of those was taken: the roster as sent still works.
+    assert rounds["silo-00"].share(roster).sender == "silo-00"

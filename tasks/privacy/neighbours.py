@@ -46,6 +46,7 @@ gives the complete graph (``k = 9``, ``t = 5``); ``n = 100`` gives ``k = 22``,
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ def round_failure(n: int, degree: int, threshold: int, dropout: float) -> float:
     return min(1.0, n * (lost + split))
 
 
+@functools.lru_cache(maxsize=256)
 def choose_parameters(
     n: int,
     *,

@@ -27,7 +27,8 @@ the survivors' self masks and, from the dropped silos' rebuilt keys, the
 pairwise masks survivors made with them; the survivors' pairwise masks with
 each other cancel in the sum.
 
-Streams are :func:`tasks.privacy.secagg.mask_stream` (AES-256-CTR) keyed by
+Streams are those of :func:`tasks.privacy.secagg.mask_stream` (AES-256-CTR,
+written into a reused buffer by :class:`Keystreams`) keyed by
 HKDF-SHA256 outputs whose ``info`` names the protocol, the session (context,
 configuration and the roster of signed keys) and the silos, so no key is used
 twice and the all-zero nonce is safe; the share-encryption keys likewise
@@ -37,7 +38,7 @@ encrypt one message each.
 from __future__ import annotations
 
 import hashlib
-import json
+import hmac
 import secrets
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,19 +46,19 @@ from enum import StrEnum
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
 )
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tasks.privacy.encoding import FixedPoint
 from tasks.privacy.errors import SecureAggregationError
 from tasks.privacy.identity import SiloIdentity, TrustStore
 from tasks.privacy.neighbours import NeighbourGraph, neighbour_graph
-from tasks.privacy.secagg import generate_keypair, mask_stream
+from tasks.privacy.secagg import generate_keypair
 from tasks.privacy.secagg_plus_messages import (
     PROTOCOL,
     AggregateResult,
@@ -68,6 +69,7 @@ from tasks.privacy.secagg_plus_messages import (
     MaskRequest,
     MessageError,
     RevealedShare,
+    RosterEntry,
     SecAggConfig,
     SecAggContext,
     Secret,
@@ -80,6 +82,8 @@ from tasks.privacy.shamir import SHARE_BYTES, ShamirError, Share, combine, split
 
 SEED_BYTES = 32
 _NONCE = bytes(12)
+_NO_SALT = bytes(32)
+_PROTOCOL_BYTES = PROTOCOL.encode()
 
 
 class StageError(SecureAggregationError):
@@ -132,51 +136,98 @@ class Stage(StrEnum):
 
 
 def _hkdf(secret: bytes, info: bytes) -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info
-    ).derive(secret)
+    """Return 32 bytes of HKDF-SHA256 (RFC 5869) with no salt: extract, then expand.
+
+    One output block, written with :func:`hmac.digest` (equal to
+    ``cryptography``'s HKDF, tests/test_secagg_plus.py checks it), because a
+    silo derives a few keys per neighbour and the object's setup dominated.
+    """
+    prk = hmac.digest(_NO_SALT, secret, "sha256")
+    return hmac.digest(prk, info + b"\x01", "sha256")
 
 
 def _info(session: bytes, *parts: str) -> bytes:
-    return json.dumps([PROTOCOL, session.hex(), *parts]).encode()
+    """Return the protocol, the session and ``parts``, each length-prefixed."""
+    fields = [_PROTOCOL_BYTES, session, *(part.encode() for part in parts)]
+    return b"".join(struct.pack("<H", len(field)) + field for field in fields)
 
 
-def _agree(private: bytes, public: bytes, pair: str) -> bytes:
+def _private(raw: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def _agree(private: X25519PrivateKey, public: bytes, a: str, b: str) -> bytes:
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(public)
-        )
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError as error:
         raise SecureAggregationError(
-            f"key agreement of {pair} failed: {error}"
+            f"key agreement of silos {a!r} and {b!r} failed: {error}"
         ) from None
 
 
-def _public_of(private: bytes) -> bytes:
-    return (
-        X25519PrivateKey.from_private_bytes(private)
-        .public_key()
-        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def _public_of(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
 
 
-def _self_mask(seed: bytes, session: bytes, silo: str, length: int) -> np.ndarray:
-    return mask_stream(_hkdf(seed, _info(session, "self-mask", silo)), length)
+class Keystreams:
+    """AES-256-CTR keystreams of one length, written into one reused buffer.
+
+    The stream of a seed is :func:`tasks.privacy.secagg.mask_stream`'s
+    (tests/test_secagg_plus.py checks they are equal); writing each into the
+    same buffer saves an allocation and a copy per stream, which at 10**5
+    values and one stream per neighbour is most of a silo's masking. An
+    array returned is valid until the next call.
+    """
+
+    __slots__ = ("_buffer", "_words", "_zeros")
+
+    def __init__(self, length: int) -> None:
+        self._zeros = bytes(8 * length)
+        self._buffer = bytearray(8 * length + 15)  # update_into wants a block spare
+        self._words = np.frombuffer(self._buffer, dtype="<u8", count=length)
+
+    def __call__(self, seed: bytes) -> np.ndarray:
+        """Return the keystream of ``seed`` as uint64 words."""
+        if len(seed) != SEED_BYTES:
+            raise SecureAggregationError(
+                f"a seed has {SEED_BYTES} bytes, got {len(seed)}"
+            )
+        cipher = Cipher(algorithms.AES256(seed), modes.CTR(bytes(16))).encryptor()
+        cipher.update_into(self._zeros, self._buffer)
+        cipher.finalize()
+        return self._words
+
+
+def _self_mask(
+    streams: Keystreams, seed: bytes, session: bytes, silo: str
+) -> np.ndarray:
+    return streams(_hkdf(seed, _info(session, "self-mask", silo)))
 
 
 def _pair_mask(
-    private: bytes, public: bytes, session: bytes, a: str, b: str, length: int
+    streams: Keystreams,
+    private: X25519PrivateKey,
+    public: bytes,
+    session: bytes,
+    a: str,
+    b: str,
 ) -> np.ndarray:
     low, high = sorted((a, b))
-    secret = _agree(private, public, f"silos {low!r} and {high!r}")
-    return mask_stream(_hkdf(secret, _info(session, "pair-mask", low, high)), length)
+    secret = _agree(private, public, low, high)
+    return streams(_hkdf(secret, _info(session, "pair-mask", low, high)))
 
 
 def _share_cipher(
-    private: bytes, public: bytes, session: bytes, sender: str, receiver: str
+    private: X25519PrivateKey,
+    public: bytes,
+    session: bytes,
+    sender: str,
+    receiver: str,
 ) -> tuple[AESGCM, bytes]:
     info = _info(session, "share", sender, receiver)
-    secret = _agree(private, public, f"silos {sender!r} and {receiver!r}")
+    secret = _agree(private, public, sender, receiver)
     return AESGCM(_hkdf(secret, info)), info
 
 
@@ -191,36 +242,37 @@ def _sorted_roster(
                 f"not {context.label()}"
             )
         if ad.silo in by_name:
-            raise MessageError(f"the roster holds silo {ad.silo!r} twice")
+            raise MessageError(f"silo {ad.silo!r} advertised twice")
         by_name[ad.silo] = ad
     return {name: by_name[name] for name in sorted(by_name)}
 
 
+def _entries(entries: Sequence[RosterEntry]) -> dict[str, bytes]:
+    """Return the roster's digests by name; refuse repeats and disorder."""
+    names = [entry.silo for entry in entries]
+    if names != sorted(set(names)):
+        raise MessageError("the roster's entries are not unique names in sorted order")
+    return {entry.silo: entry.digest for entry in entries}
+
+
 def session_of(
-    context: SecAggContext,
-    config: SecAggConfig,
-    roster: Mapping[str, KeyAdvertisement],
+    context: SecAggContext, config: SecAggConfig, entries: Mapping[str, bytes]
 ) -> tuple[bytes, NeighbourGraph]:
     """Return the session digest and the neighbour graph of a roster.
 
     The digest is SHA-256 over the protocol, the context, the configuration
-    and every advertisement (name, keys, signature) in name order; the graph's
-    seed is derived from it, so neither is the coordinator's to choose beyond
-    which silos it puts in the roster.
+    and every advertisement's digest in name order; the graph's seed is
+    derived from it, so neither is the coordinator's to choose beyond which
+    silos it puts in the roster.
     """
-    digest = hashlib.sha256()
-    digest.update(
-        _info(config.digest(), context.run_id, str(context.round), context.step)
-    )
-    for name, ad in roster.items():
+    parts = [_info(config.digest(), context.run_id, str(context.round), context.step)]
+    for name, digest in entries.items():
         label = name.encode()
-        digest.update(struct.pack("<I", len(label)) + label)
-        digest.update(ad.encryption_key + ad.masking_key)
-        digest.update(struct.pack("<I", len(ad.signature)) + ad.signature)
-    session = digest.digest()
+        parts += (len(label).to_bytes(4, "little"), label, digest)
+    session = hashlib.sha256(b"".join(parts)).digest()
     seed = hashlib.sha256(b"neighbour-graph" + session).digest()
     graph = neighbour_graph(
-        list(roster),
+        list(entries),
         seed,
         dropout=config.dropout,
         colluding=config.colluding,
@@ -293,11 +345,14 @@ class SiloRound:
         self._floor = max(config.min_silos, silo.min_silos)
         self._encryption = generate_keypair()
         self._masking = generate_keypair()
+        self._encryption_key = _private(self._encryption.private)
+        self._masking_key = _private(self._masking.private)
         self._self_seed = secrets.token_bytes(SEED_BYTES)
         self._advertisement: KeyAdvertisement | None = None
         self._session = b""
         self._graph: NeighbourGraph | None = None
-        self._roster: dict[str, KeyAdvertisement] = {}
+        self._roster: dict[str, KeyAdvertisement] = {}  # the neighbours'
+        self._names: frozenset[str] = frozenset()
         self._sharing: frozenset[str] = frozenset()
         self._held: dict[str, tuple[bytes, bytes]] = {}
         self._revealed: dict[str, Secret] = {}
@@ -354,23 +409,37 @@ class SiloRound:
         """Check the roster and the neighbours' signed keys; return shares for them."""
         self._expect(Stage.ADVERTISED, "share its secrets")
         self._check_context(roster.context, "roster")
-        by_name = _sorted_roster(self.context, roster.advertisements)
-        if by_name.get(self.name) != self._advertisement:
+        entries = _entries(roster.entries)
+        assert self._advertisement is not None
+        if entries.get(self.name) != self._advertisement.digest():
             raise MessageError(
                 f"silo {self.name!r}: the roster does not hold its advertisement "
                 "as it sent it"
             )
-        if len(by_name) < self._floor:
+        if len(entries) < self._floor:
             raise BelowThresholdError(
-                f"silo {self.name!r}: a roster of {len(by_name)} silos, below the "
+                f"silo {self.name!r}: a roster of {len(entries)} silos, below the "
                 f"minimum of {self._floor}"
             )
-        self.config.fixed_point.check_capacity(len(by_name))
-        session, graph = session_of(self.context, self.config, by_name)
+        self.config.fixed_point.check_capacity(len(entries))
+        session, graph = session_of(self.context, self.config, entries)
         neighbours = graph.neighbours(self.name)
+        by_name = _sorted_roster(self.context, roster.advertisements)
+        strangers = sorted(set(by_name) - set(neighbours))
+        missing = sorted(set(neighbours) - set(by_name))
+        if strangers or missing:
+            raise MessageError(
+                f"silo {self.name!r}: the roster gives the advertisements of "
+                f"{strangers} that are not its neighbours, and lacks {missing}"
+            )
         config_digest = self.config.digest()
         for peer in neighbours:
             ad = by_name[peer]
+            if ad.digest() != entries[peer]:
+                raise MessageError(
+                    f"silo {self.name!r}: silo {peer!r}'s advertisement does not "
+                    "match its digest in the roster"
+                )
             self._trust.verify(
                 ad.certificate,
                 peer,
@@ -386,7 +455,7 @@ class SiloRound:
             neighbours, self_shares, key_shares, strict=True
         ):
             cipher, info = _share_cipher(
-                self._encryption.private,
+                self._encryption_key,
                 by_name[peer].encryption_key,
                 session,
                 self.name,
@@ -401,6 +470,7 @@ class SiloRound:
                 )
             )
         self._session, self._graph, self._roster = session, graph, by_name
+        self._names = frozenset(entries)
         self.stage = Stage.SHARED
         return ShareBundle(
             context=self.context, sender=self.name, shares=tuple(encrypted)
@@ -428,7 +498,7 @@ class SiloRound:
                     f"silo {self.name!r} was sent two shares from {share.sender!r}"
                 )
             cipher, info = _share_cipher(
-                self._encryption.private,
+                self._encryption_key,
                 self._roster[share.sender].encryption_key,
                 self._session,
                 share.sender,
@@ -471,7 +541,7 @@ class SiloRound:
                 f"silo {self.name!r} was sent the mask request of {request.receiver!r}"
             )
         sharing = set(_names(request.sharing, "the mask request's sharing list"))
-        unknown = sorted(sharing - set(self._roster))
+        unknown = sorted(sharing - self._names)
         if unknown:
             raise MessageError(f"silos {unknown} shared but are not in the roster")
         if self.name not in sharing:
@@ -496,15 +566,16 @@ class SiloRound:
                 f"says {self.config.length} values"
             )
         masked = self.config.fixed_point.encode(x)
-        masked += _self_mask(self._self_seed, self._session, self.name, x.size)
+        streams = Keystreams(x.size)
+        masked += _self_mask(streams, self._self_seed, self._session, self.name)
         for peer in sorted(expected):
             stream = _pair_mask(
-                self._masking.private,
+                streams,
+                self._masking_key,
                 self._roster[peer].masking_key,
                 self._session,
                 self.name,
                 peer,
-                x.size,
             )
             if self.name < peer:
                 masked += stream  # uint64 wraps modulo 2**64
@@ -620,7 +691,7 @@ class CoordinatorRound:
 
     @property
     def graph(self) -> NeighbourGraph:
-        """Return the neighbour graph (after :meth:`roster`)."""
+        """Return the neighbour graph (after :meth:`rosters`)."""
         if self._graph is None:
             raise StageError("the coordinator has no roster yet")
         return self._graph
@@ -655,8 +726,8 @@ class CoordinatorRound:
             )
         self._ads[ad.silo] = ad
 
-    def roster(self) -> KeyRoster:
-        """Close stage 1: return the roster every silo receives."""
+    def rosters(self) -> dict[str, KeyRoster]:
+        """Close stage 1: return each silo's roster (digests, neighbours in full)."""
         self._expect(Stage.OPEN, "close the roster")
         if len(self._ads) < self.config.min_silos:
             raise BelowThresholdError(
@@ -665,11 +736,20 @@ class CoordinatorRound:
             )
         self.config.fixed_point.check_capacity(len(self._ads))
         self._roster = _sorted_roster(self.context, self._ads.values())
-        self._session, self._graph = session_of(self.context, self.config, self._roster)
+        digests = {name: ad.digest() for name, ad in self._roster.items()}
+        self._session, self._graph = session_of(self.context, self.config, digests)
+        entries = tuple(RosterEntry(name, digest) for name, digest in digests.items())
         self.stage = Stage.ADVERTISED
-        return KeyRoster(
-            context=self.context, advertisements=tuple(self._roster.values())
-        )
+        return {
+            name: KeyRoster(
+                context=self.context,
+                entries=entries,
+                advertisements=tuple(
+                    self._roster[peer] for peer in self._graph.neighbours(name)
+                ),
+            )
+            for name in self._roster
+        }
 
     def collect_shares(self, bundle: ShareBundle) -> None:
         """Take a silo's encrypted shares for its neighbours."""
@@ -784,9 +864,15 @@ class CoordinatorRound:
             self._revealed.setdefault(key, []).append(share)
 
     def _rebuild(self, owner: str, secret: Secret) -> bytes:
+        """Rebuild from ``t`` shares, checked against one more where there is one.
+
+        A wrong share among those used then fails the check (its polynomial
+        misses the extra point); shares beyond ``t + 1`` would change nothing.
+        """
         shares = self._revealed.get((owner, secret), [])
+        threshold = self.graph.threshold
         try:
-            return combine(shares, self.graph.threshold)
+            return combine(shares[: threshold + 1], threshold)
         except ShamirError as error:
             raise ReconstructionError(
                 f"silo {owner!r}'s {secret.value} cannot be rebuilt: {error}"
@@ -798,14 +884,15 @@ class CoordinatorRound:
         request = self._request
         assert request is not None
         length = self.config.length
+        streams = Keystreams(length)
         total = np.zeros(length, dtype=np.uint64)
         for name in request.survivors:
             total += self._masked[name]
             seed = self._rebuild(name, Secret.SELF_MASK)
-            total -= _self_mask(seed, self._session, name, length)
+            total -= _self_mask(streams, seed, self._session, name)
         survivors = set(request.survivors)
         for gone in request.dropped:
-            private = self._rebuild(gone, Secret.MASKING_KEY)
+            private = _private(self._rebuild(gone, Secret.MASKING_KEY))
             if _public_of(private) != self._roster[gone].masking_key:
                 raise ReconstructionError(
                     f"silo {gone!r}'s masking key rebuilt from the shares does not "
@@ -815,12 +902,12 @@ class CoordinatorRound:
                 if peer not in survivors:
                     continue
                 stream = _pair_mask(
+                    streams,
                     private,
                     self._roster[peer].masking_key,
                     self._session,
                     gone,
                     peer,
-                    length,
                 )
                 if peer < gone:  # the survivor added this stream
                     total -= stream

@@ -10,7 +10,8 @@ The stages (docs/secure-aggregation.md):
 
 1. silo -> coordinator: :class:`KeyAdvertisement` (two X25519 public keys,
    signed with the silo's certificate key);
-   coordinator -> every silo: :class:`KeyRoster` (the advertisements received).
+   coordinator -> each silo: :class:`KeyRoster` (the digests of every
+   advertisement received, its neighbours' in full).
 2. silo -> coordinator: :class:`ShareBundle` (one :class:`EncryptedShare` per
    neighbour: shares of the silo's self-mask seed and masking key, encrypted
    with AES-GCM under a key only that neighbour shares);
@@ -200,12 +201,41 @@ class KeyAdvertisement:
             self.masking_key,
         )
 
+    def digest(self) -> bytes:
+        """Return the SHA-256 of the name, keys, certificate and signature."""
+        fields = (
+            self.silo.encode(),
+            self.encryption_key,
+            self.masking_key,
+            self.certificate,
+            self.signature,
+        )
+        return hashlib.sha256(
+            b"".join(len(f).to_bytes(4, "little") + f for f in fields)
+        ).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class RosterEntry:
+    """A silo of the roster and the digest of its advertisement."""
+
+    silo: str
+    digest: bytes
+
 
 @dataclass(frozen=True, slots=True)
 class KeyRoster:
-    """The advertisements the coordinator received, relayed to every silo."""
+    """To one silo: every advertisement's digest, and its neighbours' in full.
+
+    The digests (in name order) fix the session every party derives its
+    graph and keys from; a silo checks its neighbours' advertisements against
+    them and verifies their signatures. Sending the others only as digests
+    keeps what a silo receives at 36 bytes and its name per silo of the
+    roster.
+    """
 
     context: SecAggContext
+    entries: tuple[RosterEntry, ...]
     advertisements: tuple[KeyAdvertisement, ...]
 
 
@@ -288,6 +318,7 @@ MESSAGE_TYPES: tuple[type, ...] = (
     SecAggContext,
     SecAggConfig,
     KeyAdvertisement,
+    RosterEntry,
     KeyRoster,
     EncryptedShare,
     ShareBundle,

@@ -124,18 +124,43 @@ def split(secret: bytes, threshold: int, points: Sequence[int]) -> tuple[Share, 
     return shares
 
 
+def _inverses(values: Sequence[int]) -> list[int]:
+    """Return the inverses of non-zero field elements with one exponentiation."""
+    prefix = [1]
+    for value in values:
+        prefix.append(prefix[-1] * value % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = inverse * prefix[i] % PRIME
+        inverse = inverse * values[i] % PRIME
+    return out
+
+
 def _lagrange_at(shares: Sequence[Share], at: int) -> int:
-    """Return the value at ``at`` of the polynomial through ``shares``."""
+    """Return the value at ``at`` of the polynomial through ``shares``.
+
+    The basis polynomials' numerators and denominators are products of
+    differences of the points, reduced once; one exponentiation inverts all
+    denominators.
+    """
     xs = [share.x for share in shares]
-    total = 0
-    for i, share in enumerate(shares):
+    numerators = []
+    denominators = []
+    for i, xi in enumerate(xs):
         numerator = 1
         denominator = 1
         for j, xj in enumerate(xs):
             if j != i:
-                numerator = numerator * (at - xj) % PRIME
-                denominator = denominator * (xs[i] - xj) % PRIME
-        total += share.y * numerator * pow(denominator, -1, PRIME)
+                numerator *= at - xj
+                denominator *= xi - xj
+        numerators.append(numerator % PRIME)
+        denominators.append(denominator % PRIME)
+    total = 0
+    for share, numerator, inverse in zip(
+        shares, numerators, _inverses(denominators), strict=True
+    ):
+        total += share.y * numerator * inverse
     return total % PRIME
 
 

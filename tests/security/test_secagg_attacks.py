@@ -42,6 +42,7 @@ from tasks.privacy.secagg_plus_messages import (
     MESSAGE_TYPES,
     KeyRoster,
     MessageError,
+    RosterEntry,
     SecAggConfig,
     SecAggContext,
     UnmaskRequest,
@@ -70,13 +71,13 @@ def parties(tmp_path: Path, n: int) -> dict[str, SecAggPlusSilo]:
 
 def advertised(
     silos: dict[str, SecAggPlusSilo], context: SecAggContext, config: SecAggConfig
-) -> tuple[CoordinatorRound, dict[str, SiloRound], KeyRoster]:
+) -> tuple[CoordinatorRound, dict[str, SiloRound], dict[str, KeyRoster]]:
     """Open the context at every silo and close the roster."""
     coordinator = CoordinatorRound(context, config)
     rounds = {name: silo.open(context, config) for name, silo in silos.items()}
     for silo_round in rounds.values():
         coordinator.collect_advertisement(silo_round.advertise())
-    return coordinator, rounds, coordinator.roster()
+    return coordinator, rounds, coordinator.rosters()
 
 
 def masked_round(
@@ -86,9 +87,9 @@ def masked_round(
     inputs: dict[str, np.ndarray],
 ) -> tuple[CoordinatorRound, dict[str, SiloRound]]:
     """Run stages 1 to 3 honestly; every silo's masked input arrives."""
-    coordinator, rounds, roster = advertised(silos, context, config)
-    for silo_round in rounds.values():
-        coordinator.collect_shares(silo_round.share(roster))
+    coordinator, rounds, rosters = advertised(silos, context, config)
+    for name, silo_round in rounds.items():
+        coordinator.collect_shares(silo_round.share(rosters[name]))
     for name, request in coordinator.mask_requests().items():
         coordinator.collect_masked(rounds[name].mask(request, inputs[name]))
     return coordinator, rounds
@@ -218,7 +219,10 @@ def _forge(
     masking_key: bytes,
     signer: tuple[bytes, ec.EllipticCurvePrivateKey] | None,
 ) -> KeyRoster:
-    """Return the roster with ``target``'s masking key replaced, maybe re-signed."""
+    """Return the roster with ``target``'s masking key replaced, maybe re-signed.
+
+    The coordinator writes the roster, so the digests match the forgery.
+    """
     ads = []
     for ad in roster.advertisements:
         if ad.silo == target:
@@ -232,7 +236,11 @@ def _forge(
                     signature=key.sign(payload, ec.ECDSA(hashes.SHA256())),
                 )
         ads.append(ad)
-    return dataclasses.replace(roster, advertisements=tuple(ads))
+    digests = {ad.silo: ad.digest() for ad in ads}
+    entries = tuple(
+        RosterEntry(e.silo, digests.get(e.silo, e.digest)) for e in roster.entries
+    )
+    return KeyRoster(roster.context, entries, tuple(ads))
 
 
 def test_substituted_public_keys_are_refused_by_every_honest_silo(
@@ -272,23 +280,26 @@ def test_substituted_public_keys_are_refused_by_every_honest_silo(
     for step, (signer, refusal) in enumerate(signers.values()):
         silos = silos_of(identities, trust)
         context = SecAggContext("run", 1, step=f"attempt-{step}")
-        _, rounds, roster = advertised(silos, context, CONFIG)
-        forged = _forge(roster, "silo-01", mine, signer)
+        _, rounds, rosters = advertised(silos, context, CONFIG)
         for name in ("silo-00", "silo-02", "silo-03"):
+            forged = _forge(rosters[name], "silo-01", mine, signer)
             with pytest.raises(IdentityError, match=refusal):
                 rounds[name].share(forged)
+        # silo-01 sees its own digest changed in the roster.
+        own = _forge(rosters["silo-00"], "silo-01", mine, signer)
+        mismatch = dataclasses.replace(rosters["silo-01"], entries=own.entries)
         with pytest.raises(MessageError, match="as it sent it"):
-            rounds["silo-01"].share(forged)
+            rounds["silo-01"].share(mismatch)
 
     # An expired certificate: the silos' clocks are a year and a day ahead.
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=certs.LEAF_DAYS + 1)
     late = TrustStore(trust.ca, clock=lambda: later)
-    _, rounds, roster = advertised(
+    _, rounds, rosters = advertised(
         silos_of(identities, late), SecAggContext("run", 2), CONFIG
     )
     for name in ("silo-00", "silo-02", "silo-03"):
         with pytest.raises(IdentityError, match="valid from"):
-            rounds[name].share(roster)
+            rounds[name].share(rosters[name])
 
 
 def test_declared_dropouts_that_split_the_graph_are_refused(tmp_path: Path) -> None:
