@@ -155,15 +155,42 @@ class FedAvgSpec(StrategySpec):
     sums_suffice: ClassVar[bool] = True
 
 
+class _WeighingSpec(StrategySpec):
+    """A robust kind that counts every update once unless told to weigh by rows.
+
+    A silo reports its own training row count, so a weight taken from it is
+    the silo's word: ``weighting: uniform`` (the default) ignores it;
+    ``weighting: rows`` weighs each update by its silo's reported rows, at
+    most ``max_rows`` when given.
+    """
+
+    weighting: Literal["uniform", "rows"] = Field(
+        "uniform", description="uniform: each update once; rows: by reported rows"
+    )
+    max_rows: int | None = Field(
+        None, ge=1, description="weighting rows: the most rows a silo's weight counts"
+    )
+
+    @model_validator(mode="after")
+    def _cap_with_rows(self) -> _WeighingSpec:
+        """Refuse a row cap that would have no effect."""
+        if self.max_rows is not None and self.weighting != "rows":
+            raise ValueError(
+                "max_rows caps the rows an update is weighted by; give it with "
+                "weighting: rows"
+            )
+        return self
+
+
 @register_strategy_spec
-class MedianSpec(StrategySpec):
-    """The coordinate-wise weighted median of the updates."""
+class MedianSpec(_WeighingSpec):
+    """The coordinate-wise median of the updates."""
 
     kind: Literal["median"] = "median"
 
 
 @register_strategy_spec
-class TrimmedMeanSpec(StrategySpec):
+class TrimmedMeanSpec(_WeighingSpec):
     """The coordinate-wise mean without the ``beta`` share of extremes each side."""
 
     kind: Literal["trimmed-mean"] = "trimmed-mean"
@@ -192,8 +219,8 @@ class KrumSpec(_ByzantineSpec):
 
 
 @register_strategy_spec
-class MultiKrumSpec(_ByzantineSpec):
-    """Multi-Krum: the weighted mean of the ``multi_krum_m`` best Krum scores."""
+class MultiKrumSpec(_ByzantineSpec, _WeighingSpec):
+    """Multi-Krum: the mean of the ``multi_krum_m`` best Krum scores."""
 
     kind: Literal["multi-krum"] = "multi-krum"
     multi_krum_m: int | None = Field(None, ge=1, description="multi-krum: kept")

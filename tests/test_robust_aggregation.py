@@ -329,3 +329,86 @@ def test_trimmed_mean_breaks_ties_by_weight_not_arrival_order() -> None:
     b = trimmed_mean([batch[i] for i in order], 0.2, [weights[i] for i in order])
 
     np.testing.assert_array_equal(a["x"], b["x"])
+
+
+# --- weighting: a silo's reported row count is its own word ------------------
+
+HONEST = [{"x": np.array([1.0])}, {"x": np.array([1.1])}, {"x": np.array([0.9])}]
+LIAR = {"x": np.array([-5.0])}
+
+
+def _claims(liar_rows: float) -> list[Update]:
+    honest = [Update(f"silo-{i}", p, 100.0) for i, p in enumerate(HONEST)]
+    return [*honest, Update("liar", LIAR, liar_rows)]
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"kind": "median"},
+        {"kind": "trimmed-mean", "beta": 0.25},
+        {"kind": "multi-krum", "byzantine": 0, "multi_krum_m": 2},
+        {"kind": "krum", "byzantine": 0},
+    ],
+)
+def test_a_silo_claiming_more_rows_gains_nothing_by_default(
+    strategy: dict[str, object],
+) -> None:
+    chosen = strategy_for(StrategySpec.model_validate(strategy))
+    glob = {"x": np.zeros(1)}
+
+    truthful = chosen.aggregate(_claims(100.0), glob)
+    boasting = chosen.aggregate(_claims(100.0 * 20), glob)
+
+    _close(truthful, boasting)
+    assert 0.9 <= float(boasting["x"][0]) <= 1.1
+
+
+@pytest.mark.parametrize("kind", ["median", "trimmed-mean", "multi-krum"])
+def test_weighting_by_rows_lets_the_boasting_silo_win_and_max_rows_caps_it(
+    kind: str,
+) -> None:
+    extra = {"byzantine": 0, "multi_krum_m": 4} if kind == "multi-krum" else {}
+    rows = strategy_for(StrategySpec(kind=kind, weighting="rows", **extra))
+    capped = strategy_for(
+        StrategySpec(kind=kind, weighting="rows", max_rows=100, **extra)
+    )
+    glob = {"x": np.zeros(1)}
+
+    # 20x its rows: over half the weight, the lie decides the median.
+    won = float(rows.aggregate(_claims(100.0 * 20), glob)["x"][0])
+    held = float(capped.aggregate(_claims(100.0 * 20), glob)["x"][0])
+
+    assert won < 0.0
+    assert held > won
+    if kind == "median":
+        assert 0.9 <= held <= 1.1
+
+
+def test_max_rows_needs_row_weighting_and_krum_takes_no_weighting() -> None:
+    with pytest.raises(ValueError, match="give it with weighting: rows"):
+        StrategySpec(kind="median", max_rows=100)
+    with pytest.raises(ValueError, match="weighting"):
+        StrategySpec(kind="krum", weighting="rows")
+    assert StrategySpec(kind="trimmed-mean").weighting == "uniform"  # type: ignore[attr-defined]
+
+
+def test_a_spec_recorded_before_weighting_existed_resumes_as_the_same_spec() -> None:
+    from fedsilo.spec import parse_recorded_spec, parse_spec
+
+    spec = {
+        "name": "fed",
+        "task": "classification",
+        "target": "label",
+        "rounds": 3,
+        "silos": [{"name": f"s{i}", "train": f"/data/{i}.parquet"} for i in range(3)],
+    }
+    # What a checkpoint of a median run recorded: every kind's old fields, no
+    # weighting (resume.check_same_federation compares public_dict()s).
+    old = {"kind": "median", "beta": 0.1, "byzantine": 1, "multi_krum_m": None}
+
+    back = parse_recorded_spec({**spec, "strategy": old}, "checkpoint")
+    today = parse_spec({**spec, "strategy": {"kind": "median"}})
+
+    assert back.strategy.weighting == "uniform"  # type: ignore[attr-defined]
+    assert back.public_dict() == today.public_dict()

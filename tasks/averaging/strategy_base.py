@@ -64,6 +64,23 @@ def register_strategy(kind: str) -> Callable[[T], T]:
     return register
 
 
-def weights_apart(updates: Sequence[Update]) -> tuple[list[Params], list[float]]:
-    """Return the updates' parameters and their weights as two lists."""
-    return [u.params for u in updates], [u.weight for u in updates]
+def weights_apart(
+    updates: Sequence[Update],
+    weighting: str = "rows",
+    max_rows: float | None = None,
+) -> tuple[list[Params], list[float] | None]:
+    """Return the updates' parameters and the weights to combine them with.
+
+    ``weighting="rows"``: each update's weight (its silo's reported training
+    rows), at most ``max_rows`` when given. ``"uniform"``: None, every update
+    counts once whatever its silo reports.
+    """
+    params = [u.params for u in updates]
+    if weighting == "uniform":
+        return params, None
+    if weighting != "rows":
+        raise ValueError(f"weighting must be 'uniform' or 'rows', got {weighting!r}")
+    weights = [u.weight for u in updates]
+    if max_rows is not None:
+        weights = [min(w, float(max_rows)) for w in weights]
+    return params, weights

@@ -1,7 +1,10 @@
 """The robust strategies: median, trimmed mean, Krum and Multi-Krum, by kind.
 
 Each picks its function of ``tasks/robust/aggregation.py`` and its options
-from its spec (``fedsilo/strategy_spec.py``). No I/O, no Prefect, no Dask.
+from its spec (``fedsilo/strategy_spec.py``). Every update counts once unless
+the spec says ``weighting: rows``: a row count is the silo's own report, and
+weighing by it would let one silo that overstates it outvote the rest. Krum
+never weighs. No I/O, no Prefect, no Dask.
 """
 
 from __future__ import annotations
@@ -22,17 +25,29 @@ from tasks.averaging.strategy_base import (
 from tasks.robust.aggregation import coordinate_median, krum, multi_krum, trimmed_mean
 
 B = TypeVar("B", bound=KrumSpec | MultiKrumSpec)
+Weighing = MedianSpec | TrimmedMeanSpec | MultiKrumSpec
+
+
+def _apart(
+    updates: Sequence[Update], spec: Weighing
+) -> tuple[list[Params], list[float] | None]:
+    """Return the parameters and the weights the spec's ``weighting`` gives them.
+
+    Uniform (the default) ignores the row counts the silos report, so a silo
+    that claims more rows than it has gains nothing.
+    """
+    return weights_apart(updates, spec.weighting, spec.max_rows)
 
 
 @register_strategy("median")
 class Median(Strategy[MedianSpec]):
-    """The coordinate-wise weighted median."""
+    """The coordinate-wise median (weighted only with ``weighting: rows``)."""
 
     def aggregate(
         self, updates: Sequence[Update], global_params: Params
     ) -> dict[str, np.ndarray]:
-        """Return the weighted median of every coordinate."""
-        return coordinate_median(*weights_apart(updates))
+        """Return the median of every coordinate."""
+        return coordinate_median(*_apart(updates, self.spec))
 
 
 @register_strategy("trimmed-mean")
@@ -42,8 +57,8 @@ class TrimmedMean(Strategy[TrimmedMeanSpec]):
     def aggregate(
         self, updates: Sequence[Update], global_params: Params
     ) -> dict[str, np.ndarray]:
-        """Return the weighted mean of what trimming ``beta`` each side keeps."""
-        params, weights = weights_apart(updates)
+        """Return the mean of what trimming ``beta`` each side keeps."""
+        params, weights = _apart(updates, self.spec)
         return trimmed_mean(params, self.spec.beta, weights)
 
 
@@ -69,7 +84,7 @@ class Krum(_ByzantineStrategy[KrumSpec]):
 
 @register_strategy("multi-krum")
 class MultiKrum(_ByzantineStrategy[MultiKrumSpec]):
-    """The weighted mean of the ``m`` best Krum scores (El Mhamdi et al. 2018)."""
+    """The mean of the ``m`` best Krum scores (El Mhamdi et al. 2018)."""
 
     def aggregate(
         self, updates: Sequence[Update], global_params: Params
@@ -79,5 +94,5 @@ class MultiKrum(_ByzantineStrategy[MultiKrumSpec]):
         m = self.spec.multi_krum_m
         if m is None:
             m = len(updates) - f
-        params, weights = weights_apart(updates)
+        params, weights = _apart(updates, self.spec)
         return multi_krum(params, f, m, weights)
