@@ -14,14 +14,14 @@ Printed per cell (seconds are wall time of this process, the best of
 - ``plain``: adding the survivors' vectors;
 - ``secure``: the whole protocol, all silos one after another;
 - ``coord``: the coordinator's share of that (roster, relaying, unmasking);
-- ``silo``: the slowest silo's own time over the four stages, what one silo
+- ``silo``: the slowest silo's own time over all its steps, what one silo
   adds to a round when silos run in parallel, as they do; ``silo med`` the
   median silo's (the slowest is often one that a busy machine paused);
 - ``round``: ``coord`` plus, per stage, the slowest silo's time in it: the
   secure round's critical path with the silos in parallel;
 - ``round/plain``: that over ``plain``;
 - ``k``, ``t``: the neighbour graph's degree and threshold;
-- ``sent``: the bytes one silo sends over the four stages (codec-encoded,
+- ``sent``: the bytes one silo sends over the whole protocol (codec-encoded,
   median over silos), and ``recv`` what it receives.
 
 Run from the repository root::
@@ -53,7 +53,7 @@ from tasks.privacy.secagg_plus_messages import (
 )
 from tasks.protocol import codec
 
-STAGES = ("advertise", "share", "mask", "unmask")
+STAGES = ("advertise", "share", "mask", "confirm", "unmask")
 
 
 def make_silos(directory: Path, n: int) -> dict[str, SecAggPlusSilo]:
@@ -86,6 +86,7 @@ def run_once(
     names = list(silos)
     dropped = set(names[:drop])
     ads: dict[str, Any] = {}
+    confirmations: dict[str, Any] = {}
     bundles: dict[str, Any] = {}
 
     def size(message: Any) -> int:
@@ -130,10 +131,20 @@ def run_once(
     tick = time.perf_counter()
     unmask = coordinator.unmask_request()
     coord += time.perf_counter() - tick
-    responses = {}
     for name in unmask.survivors:
         tick = time.perf_counter()
-        response = rounds[name].unmask(unmask)
+        confirmation = confirmations[name] = rounds[name].confirm(unmask)
+        silo_time[name]["confirm"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        coordinator.collect_confirmation(confirmation)
+        coord += time.perf_counter() - tick
+    tick = time.perf_counter()
+    reveals = coordinator.reveal_requests()
+    coord += time.perf_counter() - tick
+    responses = {}
+    for name, reveal in reveals.items():
+        tick = time.perf_counter()
+        response = rounds[name].unmask(reveal)
         silo_time[name]["unmask"] = time.perf_counter() - tick
         responses[name] = response
         tick = time.perf_counter()
@@ -163,9 +174,15 @@ def run_once(
             size(ads[name])
             + size(bundles[name])
             + size(masked_inputs[name])
+            + size(confirmations[name])
             + size(responses[name])
         )
-        received[name] = size(rosters[name]) + size(requests[name]) + size(unmask)
+        received[name] = (
+            size(rosters[name])
+            + size(requests[name])
+            + size(unmask)
+            + size(reveals[name])
+        )
     per_stage_max = {
         stage: max(t.get(stage, 0.0) for t in silo_time.values()) for stage in STAGES
     }

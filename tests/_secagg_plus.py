@@ -23,6 +23,7 @@ from tasks.privacy.secagg_plus_messages import (
     AggregateResult,
     KeyRoster,
     MaskRequest,
+    RevealRequest,
     SecAggConfig,
     SecAggContext,
     UnmaskRequest,
@@ -96,6 +97,7 @@ class Play:
     rosters: dict[str, KeyRoster] = field(default_factory=dict)
     mask_requests: dict[str, MaskRequest] = field(default_factory=dict)
     unmask_request: UnmaskRequest | None = None
+    reveal_requests: dict[str, RevealRequest] = field(default_factory=dict)
     result: AggregateResult | None = None
     transcript: list[Any] = field(default_factory=list)
 
@@ -115,7 +117,7 @@ def play(
 
     ``absent_at_sharing`` advertise keys and then send nothing;
     ``dropped_after_masking`` mask their input but it never arrives;
-    ``silent_at_unmask`` send their masked input but not their shares. Every
+    ``silent_at_unmask`` send their masked input, then nothing. Every
     message passes through ``wire`` and is kept in the transcript. Each may
     be a function of the round's neighbour graph instead (the graph depends
     on the keys, so it is known once the roster is).
@@ -149,8 +151,13 @@ def play(
             coordinator.collect_masked(send(masked))
     out.unmask_request = send(coordinator.unmask_request())
     for name in out.unmask_request.survivors:
-        response = rounds[name].unmask(out.unmask_request)
         if name not in silent_at_unmask:
-            coordinator.collect_unmask(send(response))
+            confirmation = rounds[name].confirm(out.unmask_request)
+            coordinator.collect_confirmation(send(confirmation))
+    out.reveal_requests = {
+        name: send(reveal) for name, reveal in coordinator.reveal_requests().items()
+    }
+    for name, reveal in out.reveal_requests.items():
+        coordinator.collect_unmask(send(rounds[name].unmask(reveal)))
     out.result = send(coordinator.result())
     return out

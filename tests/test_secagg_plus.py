@@ -45,6 +45,7 @@ from tasks.privacy.secagg_plus_messages import (
     MESSAGE_TYPES,
     EncryptedShare,
     MessageError,
+    RevealRequest,
     SecAggConfig,
     SecAggContext,
     UnmaskRequest,
@@ -417,7 +418,7 @@ def test_one_dropout_too_many_is_refused_by_the_silos(
     assert set(request.dropped) == dropped
     for name in request.survivors:
         with pytest.raises(BelowThresholdError, match="fewer than the threshold"):
-            rounds[name].unmask(request)
+            rounds[name].confirm(request)
 
 
 def test_masking_twice_in_one_context_is_refused(
@@ -448,7 +449,9 @@ def test_stages_out_of_order_are_refused(
     silo_round = party.open(context(), config)
     request = UnmaskRequest(silo_round.context, ("silo-00",), ())
     with pytest.raises(StageError, match="needs 'masked'"):
-        silo_round.unmask(request)
+        silo_round.confirm(request)
+    with pytest.raises(StageError, match="needs 'confirmed'"):
+        silo_round.unmask(RevealRequest(silo_round.context, ()))
     silo_round.advertise()
     with pytest.raises(StageError, match="needs 'open'"):
         silo_round.advertise()
@@ -586,7 +589,7 @@ def test_silos_with_another_configuration_refuse_the_keys(
             rounds[name].share(rosters[name])
 
 
-def test_an_identical_unmask_request_gets_the_same_answer_another_is_refused(
+def test_an_identical_request_gets_the_same_answer_another_is_refused(
     identities: Identities,
 ) -> None:
     config = SecAggConfig(length=LENGTH)
@@ -596,15 +599,60 @@ def test_an_identical_unmask_request_gets_the_same_answer_another_is_refused(
     request = run.unmask_request
     assert request is not None
     silo_round = run.rounds["silo-02"]
-    first = silo_round.unmask(request)
-    assert silo_round.unmask(dataclasses.replace(request)) == first
+    confirmed = silo_round.confirm(dataclasses.replace(request))
+    assert run.coordinator.graph.threshold == 3
     other = dataclasses.replace(
         request,
         survivors=tuple(s for s in request.survivors if s != "silo-04"),
         dropped=("silo-04",),
     )
+    with pytest.raises(AlreadyUnmaskedError, match="confirms once"):
+        silo_round.confirm(other)
+    reveal = run.reveal_requests["silo-02"]
+    first = silo_round.unmask(dataclasses.replace(reveal))
+    assert silo_round.unmask(reveal) == first
+    fewer = dataclasses.replace(reveal, signatures=reveal.signatures[:3])
     with pytest.raises(AlreadyUnmaskedError, match="answers once"):
-        silo_round.unmask(other)
+        silo_round.unmask(fewer)
+    assert confirmed.silo == "silo-02"
+
+
+def test_a_silo_reveals_only_after_t_neighbours_confirmed_its_view(
+    identities: Identities,
+) -> None:
+    config = SecAggConfig(length=LENGTH)
+    parties = silos(identities, 5)  # complete: k = 4, t = 3
+    ctx = context()
+    coordinator = CoordinatorRound(ctx, config)
+    rounds = {name: party.open(ctx, config) for name, party in parties.items()}
+    for silo_round in rounds.values():
+        coordinator.collect_advertisement(silo_round.advertise())
+    rosters = coordinator.rosters()
+    for name, silo_round in rounds.items():
+        coordinator.collect_shares(silo_round.share(rosters[name]))
+    inputs = inputs_for(list(rounds), LENGTH)
+    for name, mask_request in coordinator.mask_requests().items():
+        coordinator.collect_masked(rounds[name].mask(mask_request, inputs[name]))
+    request = coordinator.unmask_request()
+    confirmations = {name: rounds[name].confirm(request) for name in rounds}
+    target = rounds["silo-00"]
+    others = [confirmations[n] for n in ("silo-01", "silo-02", "silo-03", "silo-04")]
+    with pytest.raises(BelowThresholdError, match="2 of its neighbours confirmed"):
+        target.unmask(RevealRequest(ctx, tuple(others[:2])))
+    with pytest.raises(MessageError, match="two confirmations"):
+        target.unmask(RevealRequest(ctx, (others[0], others[0], others[1])))
+    with pytest.raises(MessageError, match="not a surviving neighbour"):
+        target.unmask(RevealRequest(ctx, (confirmations["silo-00"], *others[:2])))
+    forged = dataclasses.replace(others[2], signature=others[1].signature)
+    with pytest.raises(IdentityError, match="confirmation of the survivors"):
+        target.unmask(RevealRequest(ctx, (others[0], others[1], forged)))
+    response = target.unmask(RevealRequest(ctx, tuple(others[:3])))
+    assert {share.owner for share in response.shares} == {
+        "silo-01",
+        "silo-02",
+        "silo-03",
+        "silo-04",
+    }
 
 
 def test_a_masked_vector_is_uncorrelated_with_the_input(
@@ -672,6 +720,8 @@ def test_every_message_crosses_the_silo_codec(
         "MaskRequest",
         "MaskedInput",
         "UnmaskRequest",
+        "SurvivorsSignature",
+        "RevealRequest",
         "UnmaskResponse",
         "AggregateResult",
     }

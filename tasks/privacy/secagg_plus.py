@@ -20,16 +20,17 @@ lower-named silo of a pair adds the stream, the other subtracts it. Before
 masking, each silo gives each neighbour a Shamir share of ``b`` and of its
 masking private key, encrypted under a key only the two share (X25519 of
 their encryption keys, HKDF, AES-256-GCM), so the coordinator relays shares
-it cannot read. At unmasking each survivor reveals, for each neighbour, the
-share of ``b`` if the neighbour survived or the share of its masking key if
-it dropped, never both; ``t`` shares rebuild either. The coordinator removes
-the survivors' self masks and, from the dropped silos' rebuilt keys, the
-pairwise masks survivors made with them; the survivors' pairwise masks with
-each other cancel in the sum.
+it cannot read. At unmasking each survivor signs the list of survivors and
+dropped silos it was sent and, once ``t`` of its neighbours signed the same
+list, reveals for each neighbour the share of ``b`` if the neighbour survived
+or the share of its masking key if it dropped, never both; ``t`` shares
+rebuild either. The coordinator removes the survivors' self masks and, from
+the dropped silos' rebuilt keys, the pairwise masks survivors made with them;
+the survivors' pairwise masks with each other cancel in the sum.
 
 Streams are those of :func:`tasks.privacy.secagg.mask_stream` (AES-256-CTR,
-written into a reused buffer by :class:`Keystreams`) keyed by
-HKDF-SHA256 outputs whose ``info`` names the protocol, the session (context,
+written into a reused buffer by :class:`Keystreams`) keyed by HKDF-SHA256
+outputs whose ``info`` names the protocol, the session (context,
 configuration and the roster of signed keys) and the silos, so no key is used
 twice and the all-zero nonce is safe; the share-encryption keys likewise
 encrypt one message each.
@@ -69,14 +70,17 @@ from tasks.privacy.secagg_plus_messages import (
     MaskRequest,
     MessageError,
     RevealedShare,
+    RevealRequest,
     RosterEntry,
     SecAggConfig,
     SecAggContext,
     Secret,
     ShareBundle,
+    SurvivorsSignature,
     UnmaskRequest,
     UnmaskResponse,
     advertisement_payload,
+    survivors_payload,
 )
 from tasks.privacy.shamir import SHARE_BYTES, ShamirError, Share, combine, split
 
@@ -129,6 +133,7 @@ class Stage(StrEnum):
     ADVERTISED = "advertised"
     SHARED = "shared"
     MASKED = "masked"
+    CONFIRMED = "confirmed"
     UNMASKED = "unmasked"
 
 
@@ -356,7 +361,10 @@ class SiloRound:
         self._sharing: frozenset[str] = frozenset()
         self._held: dict[str, tuple[bytes, bytes]] = {}
         self._revealed: dict[str, Secret] = {}
-        self._answer: tuple[UnmaskRequest, UnmaskResponse] | None = None
+        self._view: tuple[UnmaskRequest, SurvivorsSignature] | None = None
+        self._view_payload = b""
+        self._survivors: frozenset[str] = frozenset()
+        self._answer: tuple[RevealRequest, UnmaskResponse] | None = None
 
     @property
     def graph(self) -> NeighbourGraph:
@@ -529,7 +537,7 @@ class SiloRound:
 
     def mask(self, request: MaskRequest, vector: np.ndarray) -> MaskedInput:
         """Return ``vector`` masked; refuse a second input and thin neighbourhoods."""
-        if self.stage in (Stage.MASKED, Stage.UNMASKED):
+        if self.stage in (Stage.MASKED, Stage.CONFIRMED, Stage.UNMASKED):
             raise DoubleMaskError(
                 f"silo {self.name!r} already masked its input for "
                 f"{self.context.label()}; it masks one input per context"
@@ -588,17 +596,17 @@ class SiloRound:
 
     # stage 4 ---------------------------------------------------------------
 
-    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        """Reveal one share per neighbour; refuse what would unmask a single input."""
-        if self.stage == Stage.UNMASKED and self._answer is not None:
-            answered, response = self._answer
-            if request == answered:
-                return response
+    def confirm(self, request: UnmaskRequest) -> SurvivorsSignature:
+        """Check the survivors and dropped silos; sign them (once per context)."""
+        if self._view is not None:
+            view, signature = self._view
+            if request == view:
+                return signature
             raise AlreadyUnmaskedError(
-                f"silo {self.name!r} already unmasked {self.context.label()} for "
-                f"survivors {list(answered.survivors)}; it answers once"
+                f"silo {self.name!r} already confirmed survivors "
+                f"{list(view.survivors)} for {self.context.label()}; it confirms once"
             )
-        self._expect(Stage.MASKED, "unmask")
+        self._expect(Stage.MASKED, "confirm the survivors")
         self._check_context(request.context, "unmask request")
         survivors = set(_names(request.survivors, "the unmask request's survivors"))
         dropped = set(_names(request.dropped, "the unmask request's dropped silos"))
@@ -636,22 +644,84 @@ class SiloRound:
                 f"silo {self.name!r}: the survivors' neighbour graph is not "
                 "connected; unmasking would reveal the sums of its parts"
             )
+        payload = survivors_payload(
+            self._session, tuple(sorted(survivors)), tuple(sorted(dropped))
+        )
+        signature = SurvivorsSignature(
+            context=self.context, silo=self.name, signature=self._identity.sign(payload)
+        )
+        self._view = (request, signature)
+        self._view_payload = payload
+        self._survivors = frozenset(survivors)
+        self.stage = Stage.CONFIRMED
+        return signature
+
+    def unmask(self, reveal: RevealRequest) -> UnmaskResponse:
+        """Reveal one share per neighbour once ``t`` neighbours confirmed the same view.
+
+        Every honest silo confirms one view; a silo reveals only when at least
+        ``t`` of its neighbours signed exactly the survivors and dropped silos
+        it signed. Two silos sharing a neighbour ``v`` then cannot act on
+        different verdicts about ``v``: to rebuild ``v``'s masking key while
+        ``v`` reveals as a survivor would take ``t`` of ``v``'s neighbours
+        confirming each view, ``2t > k`` of them.
+        """
+        if self.stage == Stage.UNMASKED and self._answer is not None:
+            answered, response = self._answer
+            if reveal == answered:
+                return response
+            raise AlreadyUnmaskedError(
+                f"silo {self.name!r} already unmasked {self.context.label()}; it "
+                "answers once"
+            )
+        self._expect(Stage.CONFIRMED, "unmask")
+        self._check_context(reveal.context, "reveal request")
+        graph = self.graph
+        confirmed: set[str] = set()
+        for signed in reveal.signatures:
+            self._check_context(signed.context, "confirmation")
+            peer = signed.silo
+            if peer not in self._roster or peer not in self._survivors:
+                raise MessageError(
+                    f"silo {self.name!r} was sent the confirmation of {peer!r}, not "
+                    "a surviving neighbour"
+                )
+            if peer in confirmed:
+                raise MessageError(
+                    f"silo {self.name!r} was sent two confirmations of {peer!r}"
+                )
+            ad = self._roster[peer]
+            self._trust.verify(
+                ad.certificate,
+                peer,
+                self._view_payload,
+                signed.signature,
+                f"confirmation of the survivors of {self.context.label()} (it "
+                "confirmed another view, or the signature was altered)",
+            )
+            confirmed.add(peer)
+        if len(confirmed) < graph.threshold:
+            raise BelowThresholdError(
+                f"silo {self.name!r}: {len(confirmed)} of its neighbours confirmed "
+                f"the survivors it confirmed, below the threshold of {graph.threshold}"
+            )
         revealed = []
         for owner, (self_value, key_value) in self._held.items():
-            secret = Secret.SELF_MASK if owner in survivors else Secret.MASKING_KEY
+            survived = owner in self._survivors
+            secret = Secret.SELF_MASK if survived else Secret.MASKING_KEY
             if self._revealed.setdefault(owner, secret) != secret:
                 raise DoubleRevealError(
                     f"silo {self.name!r} revealed silo {owner!r}'s "
                     f"{self._revealed[owner].value} share; it never reveals both"
                 )
-            value = self_value if secret == Secret.SELF_MASK else key_value
+            value = self_value if survived else key_value
             revealed.append(
                 RevealedShare(owner=owner, secret=secret.value, value=value)
             )
         response = UnmaskResponse(
             context=self.context, silo=self.name, shares=tuple(revealed)
         )
-        self._answer = (request, response)
+        self._answer = (reveal, response)
         self.stage = Stage.UNMASKED
         return response
 
@@ -687,6 +757,7 @@ class CoordinatorRound:
         self._masked: dict[str, np.ndarray] = {}
         self._request: UnmaskRequest | None = None
         self._revealed: dict[tuple[str, Secret], list[Share]] = {}
+        self._confirmations: dict[str, SurvivorsSignature] = {}
         self._responders: set[str] = set()
 
     @property
@@ -828,14 +899,42 @@ class CoordinatorRound:
         self.stage = Stage.MASKED
         return self._request
 
+    def collect_confirmation(self, signed: SurvivorsSignature) -> None:
+        """Take a survivor's signature on the unmask request."""
+        self._expect(Stage.MASKED, "take confirmations")
+        self._check_context(signed.context, "confirmation", signed.silo)
+        request = self._request
+        assert request is not None
+        if signed.silo not in request.survivors:
+            raise MessageError(f"silo {signed.silo!r} is not a survivor")
+        if signed.silo in self._confirmations:
+            raise MessageError(f"silo {signed.silo!r} confirmed twice")
+        self._confirmations[signed.silo] = signed
+
+    def reveal_requests(self) -> dict[str, RevealRequest]:
+        """Close the confirmations: each signer gets its neighbours' signatures."""
+        self._expect(Stage.MASKED, "close the confirmations")
+        self.stage = Stage.CONFIRMED
+        return {
+            name: RevealRequest(
+                context=self.context,
+                signatures=tuple(
+                    self._confirmations[peer]
+                    for peer in self.graph.neighbours(name)
+                    if peer in self._confirmations
+                ),
+            )
+            for name in self._confirmations
+        }
+
     def collect_unmask(self, response: UnmaskResponse) -> None:
         """Take a survivor's revealed shares."""
-        self._expect(Stage.MASKED, "take revealed shares")
+        self._expect(Stage.CONFIRMED, "take revealed shares")
         self._check_context(response.context, "unmask response", response.silo)
         request = self._request
         assert request is not None
-        if response.silo not in request.survivors:
-            raise MessageError(f"silo {response.silo!r} is not a survivor")
+        if response.silo not in self._confirmations:
+            raise MessageError(f"silo {response.silo!r} did not confirm the survivors")
         if response.silo in self._responders:
             raise MessageError(f"silo {response.silo!r} answered twice")
         survivors = set(request.survivors)
@@ -880,7 +979,7 @@ class CoordinatorRound:
 
     def result(self) -> AggregateResult:
         """Close stage 4: return the exact sum of the survivors' inputs."""
-        self._expect(Stage.MASKED, "unmask")
+        self._expect(Stage.CONFIRMED, "unmask")
         request = self._request
         assert request is not None
         length = self.config.length

@@ -19,7 +19,9 @@ The stages (docs/secure-aggregation.md):
    addressed to it).
 3. silo -> coordinator: :class:`MaskedInput`.
 4. coordinator -> every survivor: :class:`UnmaskRequest` (who survived, who
-   dropped); silo -> coordinator: :class:`UnmaskResponse`
+   dropped); silo -> coordinator: :class:`SurvivorsSignature` (its signature
+   on that request); coordinator -> each signer: :class:`RevealRequest` (its
+   neighbours' signatures); silo -> coordinator: :class:`UnmaskResponse`
    (:class:`RevealedShare` per neighbour: one of its two shares, never both).
 """
 
@@ -285,6 +287,36 @@ class UnmaskRequest:
     dropped: tuple[str, ...]
 
 
+def survivors_payload(
+    session: bytes, survivors: tuple[str, ...], dropped: tuple[str, ...]
+) -> bytes:
+    """Return the bytes a silo signs to confirm the unmask request it received."""
+    return json.dumps(
+        [PROTOCOL, "survivors", session.hex(), list(survivors), list(dropped)]
+    ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class SurvivorsSignature:
+    """A silo's signature on the unmask request it received (its view)."""
+
+    context: SecAggContext
+    silo: str
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RevealRequest:
+    """To one silo: its neighbours' signatures on the unmask request they received.
+
+    A silo reveals shares only when at least ``t`` of its neighbours signed
+    the very request it signed (docs/secure-aggregation.md, "consistency").
+    """
+
+    context: SecAggContext
+    signatures: tuple[SurvivorsSignature, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class RevealedShare:
     """The share the revealing silo holds of ``owner``'s ``secret``."""
@@ -325,6 +357,8 @@ MESSAGE_TYPES: tuple[type, ...] = (
     MaskRequest,
     MaskedInput,
     UnmaskRequest,
+    SurvivorsSignature,
+    RevealRequest,
     RevealedShare,
     UnmaskResponse,
     AggregateResult,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedsilo import certs
 from tasks.privacy.identity import IdentityError, TrustStore
@@ -34,20 +36,24 @@ from tasks.privacy.secagg_plus import (
     DisconnectedSurvivorsError,
     DoubleMaskError,
     DoubleRevealError,
-    ReconstructionError,
+    Keystreams,
     SecAggPlusSilo,
     SiloRound,
+    _pair_mask,
+    _self_mask,
 )
 from tasks.privacy.secagg_plus_messages import (
     MESSAGE_TYPES,
     KeyRoster,
+    MaskedInput,
     MessageError,
+    RevealRequest,
     RosterEntry,
     SecAggConfig,
     SecAggContext,
     UnmaskRequest,
 )
-from tasks.privacy.shamir import SHARE_BYTES
+from tasks.privacy.shamir import SHARE_BYTES, Share, combine
 from tasks.protocol import codec
 from tests._secagg_plus import (
     exact_sum,
@@ -62,6 +68,7 @@ LENGTH = 32
 CONFIG = SecAggConfig(length=LENGTH)
 #: 20 silos on a sparse graph: degree 6, threshold 4.
 SPARSE = SecAggConfig(length=LENGTH, dropout=0.01, failure_bits=10)
+CONFIG_SPARSE_FP = SPARSE.fixed_point
 
 
 def parties(tmp_path: Path, n: int) -> dict[str, SecAggPlusSilo]:
@@ -85,14 +92,16 @@ def masked_round(
     context: SecAggContext,
     config: SecAggConfig,
     inputs: dict[str, np.ndarray],
-) -> tuple[CoordinatorRound, dict[str, SiloRound]]:
+) -> tuple[CoordinatorRound, dict[str, SiloRound], dict[str, MaskedInput]]:
     """Run stages 1 to 3 honestly; every silo's masked input arrives."""
     coordinator, rounds, rosters = advertised(silos, context, config)
     for name, silo_round in rounds.items():
         coordinator.collect_shares(silo_round.share(rosters[name]))
+    masked = {}
     for name, request in coordinator.mask_requests().items():
-        coordinator.collect_masked(rounds[name].mask(request, inputs[name]))
-    return coordinator, rounds
+        masked[name] = rounds[name].mask(request, inputs[name])
+        coordinator.collect_masked(masked[name])
+    return coordinator, rounds, masked
 
 
 def test_the_coordinator_relays_no_secret_it_could_read(tmp_path: Path) -> None:
@@ -132,28 +141,28 @@ def test_asking_for_both_shares_of_one_silo_is_refused(tmp_path: Path) -> None:
     """Listing a silo as survivor and as dropped asks for both its shares."""
     silos = parties(tmp_path, 5)
     context = SecAggContext("run", 1)
-    coordinator, rounds = masked_round(
+    coordinator, rounds, _ = masked_round(
         silos, context, CONFIG, inputs_for(list(silos), LENGTH)
     )
     honest = coordinator.unmask_request()
     greedy = dataclasses.replace(honest, dropped=("silo-02",))
     for name in honest.survivors:
         with pytest.raises(DoubleRevealError, match="'silo-02'"):
-            rounds[name].unmask(greedy)
+            rounds[name].confirm(greedy)
 
 
 def test_a_split_view_cannot_rebuild_both_secrets_of_a_silo(tmp_path: Path) -> None:
     """Tell half of the target's neighbours it survived, the rest it dropped.
 
-    Each honest neighbour reveals one share of the target, so the coordinator
-    holds at most k shares split between the two secrets; with 2t > k, one
-    side always lacks shares. Asking the same silos again with the other view
-    is refused.
+    Each honest neighbour would reveal one share of the target, so the
+    coordinator could hold at most k shares split between the two secrets;
+    with 2t > k one side always lacks shares. With the confirmations, no
+    neighbour reveals at all: fewer than t neighbours confirmed either view.
     """
     silos = parties(tmp_path, 7)  # complete graph: k = 6, t = 4
     context = SecAggContext("run", 1)
     inputs = inputs_for(list(silos), LENGTH)
-    coordinator, rounds = masked_round(silos, context, CONFIG, inputs)
+    coordinator, rounds, _ = masked_round(silos, context, CONFIG, inputs)
     graph = coordinator.graph
     assert (graph.degree, graph.threshold) == (6, 4)
     target = "silo-00"
@@ -164,22 +173,143 @@ def test_a_split_view_cannot_rebuild_both_secrets_of_a_silo(tmp_path: Path) -> N
         dropped=(target,),
     )
     neighbours = graph.neighbours(target)
-    survived_view, dropped_view = neighbours[:3], neighbours[3:]
-    responses = [rounds[n].unmask(everyone) for n in survived_view]
-    responses += [rounds[n].unmask(without_target) for n in dropped_view]
-    for name in survived_view:
-        with pytest.raises(AlreadyUnmaskedError):
-            rounds[name].unmask(without_target)
-    for name in dropped_view:
-        with pytest.raises(AlreadyUnmaskedError):
-            rounds[name].unmask(everyone)
-    of_target = [s for r in responses for s in r.shares if s.owner == target]
-    kinds = [s.secret for s in of_target]
-    assert kinds.count("self-mask") == 3 and kinds.count("masking-key") == 3
-    for response in responses[:3]:
-        coordinator.collect_unmask(response)
-    with pytest.raises(ReconstructionError, match="3 shares, 4 needed"):
-        coordinator.result()
+    views = {n: everyone for n in (target, *neighbours[:3])}
+    views.update({n: without_target for n in neighbours[3:]})
+    confirmations = {n: rounds[n].confirm(view) for n, view in views.items()}
+    for name, view in views.items():
+        other = without_target if view is everyone else everyone
+        with pytest.raises(AlreadyUnmaskedError, match="confirms once"):
+            rounds[name].confirm(other)
+    for name in neighbours:
+        same = tuple(
+            confirmations[peer]
+            for peer in graph.neighbours(name)
+            if views.get(peer) is views[name]
+        )
+        with pytest.raises(BelowThresholdError, match="below the threshold of 4"):
+            rounds[name].unmask(RevealRequest(context, same))
+
+
+def _max_flow(
+    capacity: dict[tuple[object, object], int], source: str, sink: str
+) -> dict[tuple[object, object], int]:
+    """Return a maximum flow (Ford-Fulkerson with depth-first augmenting paths)."""
+    flow: dict[tuple[object, object], int] = defaultdict(int)
+    nodes: dict[object, set[object]] = defaultdict(set)
+    for a, b in capacity:
+        nodes[a].add(b)
+        nodes[b].add(a)
+
+    def residual(a: object, b: object) -> int:
+        return capacity.get((a, b), 0) - flow[(a, b)] + flow[(b, a)]
+
+    def augment(node: object, seen: set[object]) -> bool:
+        if node == sink:
+            return True
+        seen.add(node)
+        for nxt in nodes[node]:
+            if nxt not in seen and residual(node, nxt) > 0 and augment(nxt, seen):
+                back = min(flow[(nxt, node)], 1)
+                flow[(nxt, node)] -= back
+                flow[(node, nxt)] += 1 - back
+                return True
+        return False
+
+    while augment(source, set()):
+        pass
+    return flow
+
+
+def test_tailored_views_cannot_unmask_one_silo(tmp_path: Path) -> None:
+    """Rebuild u's self-mask seed and the masking keys of all its neighbours.
+
+    Every silo gets its own unmask request: u survives in all of them, and
+    each silo declares at most k - t of u's neighbours dropped, so each
+    request alone passes every check a silo makes. Spread over the silos
+    near u, they would reveal t shares of u's seed and t shares of each
+    neighbour's masking key: enough to strip every mask from u's input (the
+    first half of the test does it with the shares the silos would reveal).
+    Because a silo reveals only when t of its neighbours confirmed exactly
+    its request, hardly any silo reveals, and the coordinator gets neither.
+    """
+    silos = parties(tmp_path, 20)
+    context = SecAggContext("run", 1)
+    inputs = inputs_for(list(silos), LENGTH)
+    coordinator, rounds, masked = masked_round(silos, context, SPARSE, inputs)
+    graph = coordinator.graph
+    k, t = graph.degree, graph.threshold
+    assert (k, t) == (6, 4)
+    target = "silo-00"
+    around = graph.neighbours(target)
+    # Who declares which of u's neighbours dropped: at most k - t each, and
+    # t declarations per neighbour, from silos that hold its shares.
+    capacity: dict[tuple[object, object], int] = {}
+    for z in graph.names:
+        capacity[("source", z)] = k - t
+        for v in around:
+            if v != z and graph.adjacent(v, z):
+                capacity[(z, ("v", v))] = 1
+    for v in around:
+        capacity[(("v", v), "sink")] = t
+    flow = _max_flow(capacity, "source", "sink")
+    assert sum(flow[(("v", v), "sink")] for v in around) == k * t
+    marks = {
+        z: tuple(sorted(v for v in around if flow[(z, ("v", v))] > 0))
+        for z in graph.names
+    }
+    views = {
+        z: UnmaskRequest(
+            context,
+            survivors=tuple(n for n in graph.names if n not in marks[z]),
+            dropped=marks[z],
+        )
+        for z in graph.names
+    }
+    confirmations = {z: rounds[z].confirm(view) for z, view in views.items()}
+
+    # Without the confirmations' check: the shares each silo would reveal.
+    would: dict[tuple[str, str], list[Share]] = defaultdict(list)
+    for z, view in views.items():
+        for owner, (self_value, key_value) in rounds[z]._held.items():
+            if owner in view.survivors:
+                would[(owner, "self")].append(
+                    Share.from_bytes(graph.point(z), self_value)
+                )
+            else:
+                would[(owner, "key")].append(
+                    Share.from_bytes(graph.point(z), key_value)
+                )
+    seed = combine(would[(target, "self")][:t], t)
+    session = coordinator._session
+    streams = Keystreams(LENGTH)
+    exposed = masked[target].values - _self_mask(streams, seed, session, target)
+    target_public = coordinator._roster[target].masking_key
+    for v in around:
+        private = X25519PrivateKey.from_private_bytes(combine(would[(v, "key")][:t], t))
+        stream = _pair_mask(streams, private, target_public, session, v, target)
+        if target < v:
+            exposed -= stream
+        else:
+            exposed += stream
+    np.testing.assert_array_equal(exposed, CONFIG_SPARSE_FP.encode(inputs[target]))
+
+    # With it: each silo is sent the confirmations that match its request.
+    got: dict[tuple[str, str], int] = defaultdict(int)
+    refused = 0
+    for z, view in views.items():
+        same = tuple(
+            confirmations[peer] for peer in graph.neighbours(z) if views[peer] == view
+        )
+        try:
+            response = rounds[z].unmask(RevealRequest(context, same))
+        except BelowThresholdError:
+            refused += 1
+            continue
+        for share in response.shares:
+            got[(share.owner, share.secret)] += 1
+    assert refused > 0
+    keys_rebuilt = all(got[(v, "masking-key")] >= t for v in around)
+    assert not (got[(target, "self-mask")] >= t and keys_rebuilt)
 
 
 def test_a_retry_after_a_dropout_cannot_subtract_two_rosters(tmp_path: Path) -> None:
@@ -312,7 +442,7 @@ def test_declared_dropouts_that_split_the_graph_are_refused(tmp_path: Path) -> N
     """
     silos = parties(tmp_path, 20)
     context = SecAggContext("run", 1)
-    coordinator, rounds = masked_round(
+    coordinator, rounds, _ = masked_round(
         silos, context, SPARSE, inputs_for(list(silos), LENGTH)
     )
     graph = coordinator.graph
@@ -326,6 +456,6 @@ def test_declared_dropouts_that_split_the_graph_are_refused(tmp_path: Path) -> N
     refusals: dict[str, type] = {}
     for name in survivors:
         with pytest.raises((BelowThresholdError, DisconnectedSurvivorsError)) as error:
-            rounds[name].unmask(request)
+            rounds[name].confirm(request)
         refusals[name] = error.type
     assert set(refusals.values()) == {BelowThresholdError, DisconnectedSurvivorsError}
