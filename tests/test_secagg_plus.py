@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tasks.averaging.weighted import weighted_average
+from tasks.privacy.encoding import flatten, unflatten
 from tasks.privacy.errors import FixedPointRangeError
 from tasks.privacy.identity import IdentityError, SiloIdentity, TrustStore
 from tasks.privacy.neighbours import (
@@ -785,3 +787,42 @@ def test_the_roster_binds_each_advertisement_to_its_digest(
         )
     # None of those was taken: the roster as sent still works.
     assert rounds["silo-00"].share(roster).sender == "silo-00"
+
+
+def test_one_silo_dropped_mid_round_gives_fedavg_over_the_others(
+    identities: Identities,
+) -> None:
+    """Named arrays masked with their weight: the round ends with plain FedAvg.
+
+    Each silo masks ``w * params`` and ``w`` (its row count) in one vector; one
+    silo vanishes after masking; the decoded weighted mean equals
+    ``weighted_average`` over the other silos, within the fixed point's step.
+    """
+    names = silo_names(6)
+    rng = np.random.default_rng(5)
+    params = {
+        name: {"coef": rng.normal(size=(3, 4)), "intercept": rng.normal(size=3)}
+        for name in names
+    }
+    weights = {name: float(rng.integers(50, 500)) for name in names}
+    flat = {name: flatten(params[name]) for name in names}
+    layout = flat[names[0]][1]
+    inputs = {
+        name: np.append(flat[name][0] * weights[name], weights[name]) for name in names
+    }
+    config = SecAggConfig(length=layout.size + 1)
+    run = play(
+        silos(identities, 6),
+        context(),
+        config,
+        inputs,
+        dropped_after_masking=["silo-03"],
+    )
+    assert run.result is not None and run.result.dropped == ("silo-03",)
+    total = run.coordinator.decode(run.result)
+    averaged = unflatten(total[:-1] / total[-1], layout)
+    others = [(params[n], weights[n]) for n in names if n != "silo-03"]
+    expected = weighted_average(others)
+    assert total[-1] == sum(w for _, w in others)
+    for name, value in expected.items():
+        np.testing.assert_allclose(averaged[name], value, atol=1e-6, rtol=0)
