@@ -47,6 +47,7 @@ from tasks.privacy.secagg import (
     mask_update,
     unmask_sum,
 )
+from tasks.privacy.secure_random import NoiseSource
 
 #: Largest per-row hessian of each objective (the hessian clip under DP).
 HESSIAN_BOUNDS = {
@@ -194,7 +195,7 @@ def noisy(
     histograms: NodeHistograms,
     dp: HistogramDP,
     n_trees: int,
-    rng: np.random.Generator,
+    rng: NoiseSource,
 ) -> NodeHistograms:
     """Return summed histograms plus Gaussian noise, hessians and counts >= 0."""
     out = noise_histograms(
@@ -214,7 +215,8 @@ class NoisyFederation:
     ``n_trees`` is the number of trees grown together per round (``num_class``
     for ``multi:softprob``, else 1): a row sits in one node of each. The noise
     comes from ``rng``, which must not be predictable by whoever reads the
-    model (fedsilo seeds it from the operating system).
+    model: a run gives ``tasks.privacy.secure_random.SecureRandom`` (the OS's
+    CSPRNG, no seed or state to record or recover).
     """
 
     def __init__(
@@ -222,7 +224,7 @@ class NoisyFederation:
         inner: Federation,
         dp: HistogramDP,
         n_trees: int,
-        rng: np.random.Generator,
+        rng: NoiseSource,
         releases: int = 0,
     ) -> None:
         self.inner = inner
@@ -251,7 +253,7 @@ class NoisyFederation:
 
 
 def noisy_label_stats(
-    stats: np.ndarray, noise_multiplier: float, rng: np.random.Generator
+    stats: np.ndarray, noise_multiplier: float, rng: NoiseSource
 ) -> np.ndarray:
     """Return label sums plus Gaussian noise for a DP intercept (one release).
 

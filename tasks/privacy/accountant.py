@@ -23,6 +23,17 @@ plain composition of Gaussian mechanisms.
 The stop rule: before round ``r`` starts, ``would_exceed(..., rounds_done=r-1)``
 is true if the run would spend more than its budget after ``r`` rounds; or ask
 ``rounds_within_budget`` once at the start.
+
+What a run records (``fedavg_epsilon``, ``sampled_fedavg_epsilon``):
+amplification by sampling protects a silo only from whoever does not learn
+the sample. The coordinator picks it, and a checkpoint's ``metrics.parquet``
+names it (``selected`` rows, each trained silo's traffic rows), so a run's
+``epsilon`` and its budget use no amplification: ``rounds`` Gaussian mechanisms
+of multiplier z, neighbouring = add or remove one silo (its clipped change in
+the sum or not: sensitivity ``clip``), as if a silo took part in every round.
+With ``strategy.fraction < 1`` the amplified figure (fixed-size sampling,
+replace one silo) is recorded as ``epsilon_sampled``: it holds against a reader
+of the models alone, who never learns the sample.
 """
 
 from __future__ import annotations
@@ -224,3 +235,44 @@ def gbdt_epsilon(
 ) -> float:
     """Return the row-level epsilon of ``releases`` noisy histogram releases."""
     return epsilon_spent(noise_multiplier, 1.0, releases, delta, accountant=accountant)
+
+
+def fedavg_epsilon(
+    noise_multiplier: float,
+    rounds: int,
+    delta: float,
+    *,
+    accountant: Accountant = "rdp",
+) -> float:
+    """Return the epsilon of ``rounds`` DP-FedAvg rounds to whoever knows the sample.
+
+    No amplification by sampling (the coordinator and checkpoint readers learn
+    which silos trained); add or remove one silo, which the worst case has in
+    every round.
+    """
+    return epsilon_spent(noise_multiplier, 1.0, rounds, delta, accountant=accountant)
+
+
+def sampled_fedavg_epsilon(
+    noise_multiplier: float,
+    sampled: int,
+    population: int,
+    rounds: int,
+    delta: float,
+) -> float | None:
+    """Return the epsilon amplified by fixed-size sampling; None if all silos train.
+
+    ``sampled`` of ``population`` silos a round, without replacement (replace
+    one silo, RDP): the guarantee towards whoever sees the models but never
+    learns which silos each round sampled.
+    """
+    if sampled >= population:
+        return None
+    return epsilon_spent(
+        noise_multiplier,
+        sampled / population,
+        rounds,
+        delta,
+        sampling="fixed",
+        population=population,
+    )

@@ -16,13 +16,22 @@ Client-level DP-FedAvg (McMahan et al. 2018), one round:
 4. ``global + mean`` (or a server optimiser step: post-processing, free).
 
 The privacy spent is computed in ``accountant`` from ``noise_multiplier``, the
-sampling rate and the number of rounds. With secure aggregation the coordinator
-never sees the clean sum if every silo adds its share of the noise before
-masking: ``add_gaussian_noise(..., n_shares=m)`` gives variance ``1/m`` of the
-total; the sum of ``m`` shares has the full variance while all ``m`` silos stay.
-(Silos that drop out abort a secure round anyway, so the shares never fall
-short.) Fixed-point rounding after noising is post-processing; fedsilo does not
-use the discrete Gaussian, whose guarantee would survive a finite ring exactly.
+sampling rate and the number of rounds.
+
+Distributed noise (``privacy.dp.noise: distributed``, secure aggregation only):
+step 3's noise is added by the silos instead. Each of the ``m`` silos of the
+round's roster adds ``add_gaussian_noise(..., n_shares=m)``, variance ``1/m`` of
+the total, to its clipped change before masking it
+(``tasks.privacy.silo_protect.protect``), so the coordinator only ever decodes
+the noisy sum and adds nothing. A secure round that loses a silo is masked
+again among the ``m' < m`` silos left, and they draw their shares again for
+``m'``: the sum always carries the full variance. Fixed-point rounding after
+noising is post-processing; fedsilo does not use the discrete Gaussian, whose
+guarantee would survive a finite ring exactly.
+
+Noise comes from a ``NoiseSource``: ``tasks.privacy.secure_random.SecureRandom``
+(the OS's CSPRNG, nothing recorded) in every run; a seeded numpy ``Generator``
+only where a test needs the same draws twice.
 
 Adaptive clipping (Andrew et al. 2021): the clip follows a target quantile of
 the silos' update norms. Each silo sends only ``clip_vote(norm, clip)``, +1/2
@@ -62,6 +71,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedsilo.errors import InconsistentUpdatesError
+from tasks.privacy.secure_random import NoiseSource
 
 if TYPE_CHECKING:  # no runtime import: the GBDT package pulls in numba
     from tasks.gbdt.histogram import NodeHistograms
@@ -119,7 +129,7 @@ def add_gaussian_noise(
     total: Params,
     clip: float,
     noise_multiplier: float,
-    rng: np.random.Generator,
+    rng: NoiseSource,
     *,
     n_shares: int = 1,
 ) -> dict[str, np.ndarray]:
@@ -174,7 +184,7 @@ def update_clip(
     state: AdaptiveClip,
     vote_sum: float,
     expected_silos: float,
-    rng: np.random.Generator,
+    rng: NoiseSource,
 ) -> AdaptiveClip:
     """Return the state with the clip moved geometrically toward the target quantile.
 
@@ -229,7 +239,7 @@ def noise_histograms(
     *,
     sensitivity: float,
     noise_multiplier: float,
-    rng: np.random.Generator,
+    rng: NoiseSource,
 ) -> NodeHistograms:
     """Return summed histograms plus N(0, (noise_multiplier * sensitivity)**2)."""
     std = noise_multiplier * sensitivity
