@@ -302,6 +302,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 host=args.host,
                 port=args.port,
                 timeout=args.timeout,
+                insecure_plain_tcp=args.insecure_plain_tcp,
                 on_ready=ready,
             )
         )
@@ -567,6 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--tls-key", metavar="PEM", help="this silo's private key (mode 0600)"
+    )
+    worker.add_argument(
+        "--insecure-plain-tcp",
+        action="store_true",
+        help="serve over plain TCP beyond loopback: neither encrypted nor "
+        "authenticated (default: refused)",
     )
     worker.add_argument("--verbose", action="store_true", help="show Dask's logs")
     worker.set_defaults(handler=cmd_worker)

@@ -14,14 +14,14 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dask
-from distributed import Client, Future, Nanny, Scheduler, Security, SpecCluster
+from distributed import Client, Nanny, Scheduler, Security, SpecCluster
 
 from fedsilo.errors import ClusterError
 
@@ -67,17 +67,6 @@ class SiloCluster:
     def worker_name(self, silo: str) -> str:
         """Return the name of the worker holding ``silo`` (the silo's own name)."""
         return self.hosts.get(silo, silo)
-
-    def submit(self, silo: str, fn: Callable[..., Any], *args: Any, key: str) -> Future:
-        """Run ``fn`` on the worker holding ``silo`` and nowhere else."""
-        return self.client.submit(
-            fn,
-            *args,
-            key=key,
-            workers=[self.workers[silo]],
-            allow_other_workers=False,
-            pure=False,
-        )
 
     def by_worker(self, silos: Sequence[str]) -> dict[str, list[str]]:
         """Group ``silos`` by the name of their worker, keeping their order."""
@@ -201,8 +190,11 @@ def embedded_cluster(
     forked from a fork server that preloaded the silo code (:func:`start_forkserver`);
     ``start_method="spawn"`` (Dask's default, slower) is kept for comparison.
     With ``security`` (mutual TLS, see ``fedsilo.certs.tls_security``) the
-    scheduler, the workers and their nannies speak tls:// only.
+    scheduler, the workers and their nannies speak tls:// only. Modules in
+    Dask's own ``distributed.worker.preload`` setting load after the silo
+    runtime (diagnostics; they pass through the silo's guard like any peer).
     """
+    preload = [SILO_PRELOAD, *dask.config.get("distributed.worker.preload", [])]
     tls: dict[str, Any] = (
         {} if security is None else {"security": security, "protocol": "tls"}
     )
@@ -219,7 +211,7 @@ def embedded_cluster(
                 "host": "127.0.0.1",
                 "silence_logs": logging.CRITICAL,
                 "config": WORKER_CONFIG,
-                "preload": [SILO_PRELOAD],
+                "preload": preload,
                 # Forked from a fork server started earlier, a worker would see
                 # the environment of that moment; give it today's, as a spawned
                 # one would get (AWS_* credentials set since, for instance).

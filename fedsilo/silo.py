@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from connectors.silo_config import SiloConfig, SiloConfigError, load_silo_config
-from fedsilo.errors import ClusterError
+from fedsilo.errors import ClusterError, FedsiloError
 from tasks.silo.runtime import SiloRuntime
 
 
@@ -32,8 +32,16 @@ from tasks.silo.runtime import SiloRuntime
     default=None,
     help="the silo's own data config (YAML); its rows never leave this worker",
 )
-async def dask_setup(worker: Any, silo_config: str | None) -> None:
-    """Install the silo runtime before the worker joins the scheduler."""
+@click.option(
+    "--insecure-plain-tcp",
+    is_flag=True,
+    default=False,
+    help="serve over plain TCP beyond loopback: neither encrypted nor authenticated",
+)
+async def dask_setup(
+    worker: Any, silo_config: str | None, insecure_plain_tcp: bool
+) -> None:
+    """Install the silo runtime (which guards the worker) before it joins."""
     config: SiloConfig | None = None
     if silo_config is not None:
         try:
@@ -41,7 +49,8 @@ async def dask_setup(worker: Any, silo_config: str | None) -> None:
         except SiloConfigError as error:
             raise SystemExit(f"fedsilo silo {worker.name!r}: {error}") from None
     name = None if config is None else str(worker.name)
-    await worker.plugin_add(plugin=SiloRuntime(name, config), catch_errors=False)
+    runtime = SiloRuntime(name, config, insecure_plain_tcp=insecure_plain_tcp)
+    await worker.plugin_add(plugin=runtime, catch_errors=False)
 
 
 async def serve_silo_worker(
@@ -52,6 +61,7 @@ async def serve_silo_worker(
     host: str = "127.0.0.1",
     port: int = 0,
     timeout: float = 60.0,
+    insecure_plain_tcp: bool = False,
     on_ready: Callable[[str], None] | None = None,
 ) -> str:
     """Run a single-threaded Dask worker named ``silo`` until a signal or its end.
@@ -70,12 +80,20 @@ async def serve_silo_worker(
         port=port,
         dashboard_address=f"{host}:0",
         death_timeout=timeout,
-        plugins=(SiloRuntime(None if config is None else silo, config),),
+        plugins=(
+            SiloRuntime(
+                None if config is None else silo,
+                config,
+                insecure_plain_tcp=insecure_plain_tcp,
+            ),
+        ),
     )
     try:
         await worker
     except (OSError, RuntimeError, TimeoutError, ValueError) as error:
         cause = error.__cause__ or error
+        if isinstance(cause, FedsiloError):
+            raise cause from None
         text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise ClusterError(
             f"silo {silo!r}: cannot join the Dask scheduler at {scheduler}: {text}"

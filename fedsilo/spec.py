@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -169,6 +170,11 @@ class ClusterSpec(_Strict):
         description="embedded cluster: host the silos on this many pool workers "
         "(contiguous blocks in spec order); null: one worker per silo",
     )
+    insecure_plain_tcp: bool = Field(
+        False,
+        description="accept a plain tcp:// scheduler beyond loopback: neither "
+        "encrypted nor authenticated",
+    )
 
     @model_validator(mode="after")
     def _tls_address(self) -> ClusterSpec:
@@ -184,7 +190,28 @@ class ClusterSpec(_Strict):
                 f"address {self.address!r}: with tls set, give the scheduler's "
                 "tls:// address"
             )
+        if plain and not self.insecure_plain_tcp and not _loopback(self.address):
+            raise ValueError(
+                f"address {self.address!r}: plain TCP beyond loopback is neither "
+                "encrypted nor authenticated; give tls (docs/tls.md) or set "
+                "insecure_plain_tcp: true to accept that"
+            )
         return self
+
+
+def _loopback(address: str | None) -> bool:
+    """Return whether a scheduler address's host is a loopback address."""
+    location = (address or "").split("://", 1)[-1]
+    host = location.rsplit(":", 1)[0] if location.count(":") == 1 else location
+    host = host.strip("[]")
+    if "]:" in location:  # [v6]:port
+        host = location.split("]:", 1)[0].strip("[")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class AdaptiveClipSpec(_Strict):

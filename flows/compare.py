@@ -210,7 +210,7 @@ def _pooled_worker(cluster: SiloCluster, name: str) -> Worker:
             nthreads=1,
             host="127.0.0.1" if loopback else None,
             security=cluster.client.security,
-            plugins=(SiloRuntime(),),
+            plugins=(SiloRuntime(guard=False),),  # in this very process
         )
 
     worker = cluster.client.sync(start)

@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 import pytest
 
 from fedsilo.prefect_env import apply_defaults, quiet_dask_logs
 
 # Before Prefect starts its test API, so the subprocess inherits them.
 apply_defaults(quiet=False)
+# Embedded silo workers also load the tests' probe (tests/_probe.py): the
+# silo's guard refuses Client.run, so tests look into a worker through it.
+dask.config.set({"distributed.worker.preload": ["tests._probe"]})
 
 SHARED_SILOS = ("silo-0", "silo-1", "silo-2", "silo-3")
 

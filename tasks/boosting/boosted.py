@@ -559,7 +559,7 @@ def open_boosting(
     """Open a boosting run's silos: rows checked and binned at every silo, once."""
     logger = get_run_logger()
     params = boosting_params(spec)
-    link = SiloLink(cluster, run_id, spec.cluster.silo_timeout)
+    link = SiloLink(cluster, run_id, spec.cluster.silo_timeout, ("boosting",))
     calls = SiloCalls(link)
     try:
         # The channels first: a silo frees what it holds when its channel closes.

@@ -94,7 +94,7 @@ class SiloCalls:
         per_silo: dict[str, Sequence[Any]],
         keep: str | None = None,
     ) -> dict[str, Any]:
-        """Run silo operation ``op`` as a setup task at every silo; count traffic."""
+        """Run silo operation ``op`` at every silo as a setup step; count traffic."""
         replies = self.link.each(op, per_silo, name=name, keep=keep)
         self._count(name, per_silo, replies)
         return replies
@@ -133,10 +133,14 @@ class SiloCalls:
         """Send one ``op`` request per worker; raise the first failure, named."""
         answers = self.link.ask_all(
             {
-                address: (
-                    op,
-                    ([self.link.ref(s, STATE) for s in silos], silos, *make(silos)),
-                )
+                address: {
+                    "op": op,
+                    "args": [
+                        [self.link.ref(s, STATE) for s in silos],
+                        silos,
+                        *make(silos),
+                    ],
+                }
                 for address, silos in groups.items()
             }
         )

@@ -13,7 +13,7 @@ import numpy as np
 
 from tasks.gbdt.histogram import Backend, NodeHistograms
 from tasks.gbdt.model import Tree
-from tasks.gbdt.objective import Objective, make_objective
+from tasks.gbdt.objective import Intercept, Objective, make_objective
 from tasks.gbdt.private_histograms import MaskedHistograms
 from tasks.gbdt.silo_state import LossSum, NodeSplit
 from tasks.gbdt.sketch import QuantileSummary
@@ -64,6 +64,7 @@ class SiloCallFailed:
 
 codec.register(
     BoostingSetup,
+    Intercept,
     SiloSketch,
     SiloCallFailed,
     NodeHistograms,

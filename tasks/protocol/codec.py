@@ -23,8 +23,16 @@ from typing import Any, cast
 
 import msgpack
 import numpy as np
+from pydantic import BaseModel
 
-from fedsilo.errors import FedsiloError
+from fedsilo.errors import (
+    CheckpointError,
+    EmptyAggregationError,
+    FedsiloError,
+    InconsistentUpdatesError,
+    SiloDataError,
+    SpecError,
+)
 from tasks.averaging.compression import EncodedTensor, EncodedUpdate
 from tasks.privacy.secagg import MaskContext, MaskedUpdate
 from tasks.protocol.messages import (
@@ -81,16 +89,41 @@ class RemoteError(FedsiloError):
 
 _TYPES: dict[str, type] = {}
 
+#: fedsilo's errors that cross as themselves: a user's mistake found at a silo
+#: reads the same as one found here. Any other exception is a RemoteError.
+_ERRORS: dict[str, type[FedsiloError]] = {
+    cls.__name__: cls
+    for cls in (
+        SpecError,
+        InconsistentUpdatesError,
+        EmptyAggregationError,
+        CheckpointError,
+        CodecError,
+    )
+}
+
+
+def _error(kind: str, text: str, fields: Any) -> FedsiloError:
+    """Return the error a decoded (kind, text, fields) names."""
+    if kind == SiloDataError.__name__ and isinstance(fields, dict):
+        silo, column = fields.get("silo"), fields.get("column")
+        if isinstance(silo, str) and (column is None or isinstance(column, str)):
+            where = f"silo {silo!r}" + (f", column {column!r}" if column else "")
+            return SiloDataError(silo, text.removeprefix(f"{where}: "), column)
+    cls = _ERRORS.get(kind)
+    return cls(text) if cls is not None else RemoteError(kind, text)
+
 
 def register(*types: type) -> None:
-    """Allow these frozen dataclasses across the boundary, by their names.
+    """Allow these frozen dataclasses (or pydantic models) across, by their names.
 
     The core messages are registered here; a model family registers its own
     in its messages module, so a process accepts them once it runs that
-    family. A name stays bound to one class.
+    family. A name stays bound to one class. A pydantic model crosses as its
+    fields and is validated again on arrival.
     """
     for cls in types:
-        if not dataclasses.is_dataclass(cls):
+        if not (dataclasses.is_dataclass(cls) or issubclass(cls, BaseModel)):
             raise TypeError(f"{cls.__name__} is not a dataclass")
         known = _TYPES.setdefault(cls.__name__, cls)
         if known is not cls:
@@ -152,7 +185,17 @@ def _to_ext(obj: Any, buffers: list[memoryview], default: Any) -> Any:
     if isinstance(obj, BaseException):
         kind = obj.kind if isinstance(obj, RemoteError) else type(obj).__name__
         text = obj.message if isinstance(obj, RemoteError) else str(obj)
-        return msgpack.ExtType(_ERROR, _pack([kind, text], default))
+        fields = (
+            {"silo": obj.silo, "column": obj.column}
+            if isinstance(obj, SiloDataError)
+            else {}
+        )
+        return msgpack.ExtType(_ERROR, _pack([kind, text, fields], default))
+    if isinstance(obj, BaseModel):
+        name = type(obj).__name__
+        if _TYPES.get(name) is not type(obj):
+            raise TypeError(f"{name} is not a message type")
+        return msgpack.ExtType(_MESSAGE, _pack([name, obj.model_dump()], default))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         name = type(obj).__name__
         if _TYPES.get(name) is not type(obj):
@@ -223,8 +266,8 @@ def _from_ext(code: int, data: bytes, views: list[memoryview], hook: Any) -> Any
             raise CodecError(f"a scalar of dtype {dtype!r}")
         return np.frombuffer(raw, dtype=np.dtype(dtype), count=1)[0]
     if code == _ERROR:
-        kind, text = items
-        return RemoteError(str(kind), str(text))
+        kind, text, *rest = items
+        return _error(str(kind), str(text), rest[0] if rest else {})
     if code == _MESSAGE:
         name, values = items
         cls = _TYPES.get(name)

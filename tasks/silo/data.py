@@ -26,6 +26,7 @@ from tasks.averaging.compression import SiloCompressor, quantization_rng
 from tasks.metrics import evaluations
 from tasks.privacy.secagg import KeyPair
 from tasks.privacy.silo_protect import STATE_TENSORS, PrivacyRequest, protect
+from tasks.protocol import codec
 from tasks.protocol.messages import (
     Evaluation,
     FeatureMoments,
@@ -361,3 +362,7 @@ def row_count(prepared: PreparedSilo) -> int:
     import Prefect.
     """
     return len(prepared.X_train)
+
+
+# The central spec's sources cross to the silo in a channel's setup request.
+codec.register(SiloSource, SqlSource)

@@ -1,12 +1,14 @@
 """The coordinator's way to a run's silo runtimes (tasks/silo/runtime.py).
 
-Setup steps (read, check, prepare, make keys) go as pinned Dask tasks running
-one silo operation each; what they make stays held in the silo's runtime under
-a :class:`~tasks.protocol.messages.Resident` name, and only small replies come
-back. A round's requests go over one channel per worker, opened for the run
-(:mod:`tasks.silo.channel`): msgpack and numpy buffers, never a pickle.
-Closing the link closes the channels, and each silo then frees what it held
-for the run.
+Every request, setup steps (read, check, prepare, make keys) and a round's
+work alike, goes over one channel per worker, opened for the run
+(:mod:`tasks.silo.channel`): msgpack and numpy buffers, never a pickle. The
+coordinator asks a worker for the channel through the runtime's one Dask
+handler, on a connection whose replies it refuses to unpickle. What a setup
+step makes stays held in the silo's runtime under a
+:class:`~tasks.protocol.messages.Resident` name, and only small replies come
+back. Closing the link closes the channels, and each silo then frees what it
+held for the run.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed import Future
-
+from fedsilo.certs import SILO, Role
 from fedsilo.cluster import SiloCluster
-from fedsilo.errors import SiloFailedError
+from fedsilo.errors import FedsiloError, SiloFailedError
+from fedsilo.peers import PEER, refuse_pickles
+from tasks.protocol.codec import RemoteError
 from tasks.protocol.messages import Resident
 from tasks.silo.channel import WATCH_SECONDS, Channel, first_ready, new_token
-from tasks.silo.failures import wait_silo
-from tasks.silo.runtime import serve_operation
+from tasks.silo.failures import silo_failure
+from tasks.silo.runtime import CHANNEL_HANDLER
+
+#: What the coordinator refuses to unpickle: anything a silo sends.
+refuse_pickles(lambda role: role is not None and role.kind == SILO)
 
 
 class WorkerLeftError(RuntimeError):
@@ -41,20 +47,37 @@ async def check_worker(client: Any, address: str) -> None:
         raise WorkerLeftError("its worker left the cluster")
 
 
-def at_silo(
-    cluster: SiloCluster,
+async def request_channel(
+    address: str,
     silo: str,
-    op: str,
-    *args: Any,
-    key: str,
-    keep: Resident | None = None,
-) -> Future:
-    """Run silo operation ``op`` as a Dask task on the silo's own worker.
+    run: str,
+    token: bytes,
+    families: Sequence[str],
+    connection_args: dict[str, Any],
+) -> tuple[str, int]:
+    """Ask the worker at ``address`` to listen for ``run``'s channel.
 
-    With ``keep`` the result stays held in the silo's runtime under that name
-    and the task's value is only ``True``.
+    The connection is marked as a silo's (``fedsilo.peers.PEER``), so a pickle
+    in its reply is refused rather than run.
     """
-    return cluster.submit(silo, serve_operation, op, args, keep, key=key)
+    from distributed.comm import connect
+    from distributed.core import send_recv
+
+    PEER.set(Role(SILO, silo))
+    comm = await connect(address, **connection_args)
+    try:
+        reply = await send_recv(
+            comm, op=CHANNEL_HANDLER, run=run, token=token, families=list(families)
+        )
+    finally:
+        comm.abort()
+    if not (
+        isinstance(reply, dict)
+        and isinstance(reply.get("host"), str)
+        and isinstance(reply.get("port"), int)
+    ):
+        raise ConnectionError(f"{address} answered no channel endpoint")
+    return reply["host"], reply["port"]
 
 
 @dataclass(slots=True)
@@ -64,6 +87,7 @@ class SiloLink:
     cluster: SiloCluster
     run: str
     timeout: float
+    families: tuple[str, ...] = ()  # message families beyond the core (MESSAGE_MODULES)
     channels: dict[str, Channel] = field(default_factory=dict)  # worker address
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _counter: Any = field(default_factory=itertools.count)
@@ -76,73 +100,84 @@ class SiloLink:
         """Return the address of the worker holding ``silo``."""
         return self.cluster.workers[silo]
 
-    def submit(
-        self, silo: str, op: str, *args: Any, name: str, keep: str | None = None
-    ) -> Future:
-        """Run ``op`` at ``silo`` as a Dask task; with ``keep``, hold its result."""
-        held = None if keep is None else self.ref(silo, keep)
-        key = f"{name}-{silo}-{self.run}-{next(self._counter)}"
-        return at_silo(self.cluster, silo, op, *args, key=key, keep=held)
-
     def each(
         self,
         op: str,
         per_silo: Mapping[str, Sequence[Any]],
         *,
-        name: str,
+        name: str = "",
         keep: str | None = None,
     ) -> dict[str, Any]:
-        """Run ``op(*per_silo[silo])`` at every silo; the first failure names it."""
-        futures = {
-            silo: self.submit(silo, op, *args, name=name, keep=keep)
-            for silo, args in per_silo.items()
-        }
-        return {
-            silo: wait_silo(silo, future, self.timeout)
-            for silo, future in futures.items()
-        }
+        """Run ``op(*per_silo[silo])`` at every silo; the first failure names it.
+
+        Silos of different workers run at once; silos sharing a worker, one
+        after the other. With ``keep`` each result stays held at its silo under
+        that slot and the reply is ``True``.
+        """
+        self.connect(list(per_silo))
+        pending = dict(per_silo)
+        replies: dict[str, Any] = {}
+        while pending:
+            batch: dict[str, str] = {}  # worker address -> silo
+            for silo in pending:
+                batch.setdefault(self.address(silo), silo)
+            requests: dict[str, dict[str, Any]] = {}
+            for address, silo in batch.items():
+                request: dict[str, Any] = {"op": op, "args": list(pending.pop(silo))}
+                if keep is not None:
+                    request["keep"] = self.ref(silo, keep)
+                requests[address] = request
+            answers = self.ask_all(requests)
+            for address, silo in batch.items():
+                answer = answers[address]
+                if isinstance(answer, BaseException):
+                    raise self._failure(silo, answer) from answer
+                replies[silo] = answer
+        return replies
+
+    def _failure(self, silo: str, error: BaseException) -> FedsiloError:
+        if isinstance(error, FedsiloError) and not isinstance(error, RemoteError):
+            return error  # the user's mistake, named at the silo (a SiloDataError)
+        if not isinstance(error, Exception):
+            return SiloFailedError(silo, type(error).__name__)
+        return silo_failure(silo, error, self.timeout)
 
     def release(self, refs: Sequence[Resident]) -> None:
         """Tell each silo to drop the held values ``refs`` name (no longer needed)."""
         by_silo: dict[str, list[Resident]] = {}
         for ref in refs:
             by_silo.setdefault(ref.silo, []).append(ref)
-        self.each("release", by_silo, name="release")
+        self.each("release", by_silo)
 
     # -- channels -------------------------------------------------------------------
     def connect(self, silos: Sequence[str]) -> None:
         """Open a channel to every worker holding one of ``silos`` (if none yet)."""
         security = getattr(self.cluster.client, "security", None)
-        tls = (
-            security.get_connection_args("client").get("ssl_context")
-            if security is not None
-            else None
+        connection_args = (
+            security.get_connection_args("client") if security is not None else {}
         )
+        tls = connection_args.get("ssl_context")
         firsts: dict[str, str] = {}
         for silo in silos:
-            firsts.setdefault(self.address(silo), silo)
-        tokens = {address: new_token() for address in firsts}
-        endpoints = self.each(
-            "channel",
-            {
-                s: (self.run, tokens[a])
-                for a, s in firsts.items()
-                if a not in self.channels
-            },
-            name="channel",
-        )
-        for silo, endpoint in endpoints.items():
             address = self.address(silo)
+            channel = self.channels.get(address)
+            if channel is None or channel.closed:
+                firsts.setdefault(address, silo)
+        for address, silo in firsts.items():
+            token = new_token()
             try:
+                endpoint = self.cluster.client.sync(
+                    asyncio.wait_for,
+                    request_channel(
+                        address, silo, self.run, token, self.families, connection_args
+                    ),
+                    min(self.timeout, 30),
+                )
                 self.channels[address] = Channel.connect(
-                    address,
-                    tuple(endpoint),
-                    tokens[address],
-                    tls,
-                    timeout=min(self.timeout, 10),
+                    address, endpoint, token, tls, timeout=min(self.timeout, 10)
                 )
             except Exception as error:
-                raise SiloFailedError(silo, str(error)) from error
+                raise SiloFailedError(silo, _first_line(error)) from error
             self._locks[address] = threading.Lock()
 
     def ask(self, silo: str, op: str, args: Sequence[Any], wait: float) -> Any:
@@ -167,8 +202,11 @@ class SiloLink:
                 self.drop(address)
                 raise
 
-    def ask_all(self, requests: dict[str, tuple[str, Sequence[Any]]]) -> dict[str, Any]:
+    def ask_all(self, requests: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Send one request to each worker (by address) at once; answers by worker.
+
+        A request is ``{"op": ..., "args": [...]}`` (and ``keep``, a
+        :class:`Resident` to hold the result under).
 
         An answer is the reply or the exception it raised; every channel's
         reply is read (or its failure noted) before returning, and a broken
@@ -180,17 +218,15 @@ class SiloLink:
                     held.enter_context(self._locks[address])
             return self._ask_all(requests)
 
-    def _ask_all(
-        self, requests: dict[str, tuple[str, Sequence[Any]]]
-    ) -> dict[str, Any]:
+    def _ask_all(self, requests: dict[str, dict[str, Any]]) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
         answers: dict[str, Any] = {}
-        for address, (op, args) in requests.items():
+        for address, request in requests.items():
             channel = self.channels.get(address)
             try:
                 if channel is None or channel.closed:
                     raise ConnectionError("no channel for this run")
-                channel.send(self.timeout, op=op, args=list(args))
+                channel.send(self.timeout, **request)
             except ConnectionError as error:
                 answers[address] = error
         waiting = {self.channels[a]: a for a in requests if a not in answers}
@@ -234,3 +270,8 @@ class SiloLink:
         """Close every channel; each silo then frees what it held for the run."""
         for address in list(self.channels):
             self.drop(address)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -9,13 +9,14 @@ residual, the binned boosting state. None of it is Dask data under a key: a
 request names a held value by :class:`~tasks.protocol.messages.Resident`, and
 the runtime looks it up.
 
-The runtime serves only the operations of :data:`OPERATIONS`, by name. They
-reach it two ways: setup steps as pinned Dask tasks running
-:func:`serve_operation`, and a round's requests over the run's channel to the
-worker (:mod:`tasks.silo.channel`), which :func:`serve_operation` opens with
-the ``channel`` operation. One lock runs one operation at a time, as the
-single-threaded worker did. A run's holdings are freed when the coordinator
-says so, when the run's channel closes, or when the worker stops.
+The runtime serves only the operations of :data:`OPERATIONS`, by name, and
+only over a run's channel to the worker (:mod:`tasks.silo.channel`): msgpack
+and numpy buffers, never a pickle. The coordinator asks for the channel
+through the worker's one fedsilo handler (:data:`CHANNEL_HANDLER`). The
+runtime also guards the worker it runs in (``tasks/silo/guard.py``): no Dask
+task, no ``Client.run``, no pickle is accepted there. One lock runs one
+operation at a time. A run's holdings are freed when the coordinator says so,
+when the run's channel closes, or when the worker stops.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ if TYPE_CHECKING:
     from connectors.silo_config import SiloConfig
 
 PLUGIN_NAME = "fedsilo-silo"
+#: The Dask handler through which the coordinator asks for a run's channel.
+CHANNEL_HANDLER = "fedsilo-channel"
 logger = logging.getLogger("fedsilo.silo")
+_active = threading.local()  # the runtime serving the operation on this thread
 
 #: The operations a silo serves: name -> "module:callable", the module named
 #: inside this package's ``tasks`` (so an installed wheel finds it too).
@@ -67,6 +71,26 @@ OPERATIONS: dict[str, str] = {
 }
 
 
+#: The modules declaring the message types a run's requests carry, by model
+#: family: a channel imports those its run names before it reads a request
+#: (``tasks.protocol.codec`` decodes only registered types). The core's are
+#: imported with the runtime.
+MESSAGE_MODULES: dict[str, str] = {
+    "core": "silo.data",
+    "boosting": "boosting.messages",
+}
+
+
+def import_messages(families: Sequence[str]) -> None:
+    """Import the message modules of ``families`` (names of MESSAGE_MODULES)."""
+    package = __name__.removesuffix(".silo.runtime")
+    for family in ("core", *families):
+        module = MESSAGE_MODULES.get(family)
+        if module is None:
+            raise ValueError(f"not a message family: {family!r}")
+        importlib.import_module(f".{module}", package)
+
+
 class RuntimeMissingError(RuntimeError):
     """The worker runs no fedsilo silo runtime."""
 
@@ -89,13 +113,25 @@ class SiloRuntime(WorkerPlugin):
 
     ``silo`` and ``config`` are the silo's own data config when the worker was
     started with one (``fedsilo worker --data``); it never leaves the worker.
+    With ``guard`` (the default) the runtime guards its worker process
+    (``tasks/silo/guard.py``); only a pseudo-silo inside the coordinator's own
+    process (the compare flow's pooled rows) runs unguarded.
     """
 
     name = PLUGIN_NAME
 
-    def __init__(self, silo: str | None = None, config: SiloConfig | None = None):
+    def __init__(
+        self,
+        silo: str | None = None,
+        config: SiloConfig | None = None,
+        *,
+        guard: bool = True,
+        insecure_plain_tcp: bool = False,
+    ):
         self.silo = silo
         self.config = config
+        self.guard = guard
+        self.insecure_plain_tcp = insecure_plain_tcp
         self.worker_name = "local"
         self.host = "127.0.0.1"
         self.tls: Any = None
@@ -109,12 +145,17 @@ class SiloRuntime(WorkerPlugin):
 
     # -- lifetime (WorkerPlugin) -------------------------------------------------
     def setup(self, worker: Any) -> None:
-        """Learn the worker's name, host and TLS context."""
+        """Learn the worker's name, host and TLS context; guard the worker."""
         self.worker_name = str(worker.name)
         self.host = get_address_host(worker.address)
         security = getattr(worker, "security", None)
         if security is not None:
             self.tls = security.get_listen_args("worker").get("ssl_context")
+        if self.guard:
+            from tasks.silo.guard import guard_worker
+
+            guard_worker(worker, self.insecure_plain_tcp)
+        worker.handlers[CHANNEL_HANDLER] = self.channel_handler
 
     def teardown(self, worker: Any) -> None:
         """Drop everything every run holds."""
@@ -188,7 +229,11 @@ class SiloRuntime(WorkerPlugin):
             return True
         fn = operation(op)
         with self._lock:
-            result = fn(*self._resolve(tuple(args)))
+            _active.runtime = self
+            try:
+                result = fn(*self._resolve(tuple(args)))
+            finally:
+                _active.runtime = None
             if keep is not None:
                 self.put(keep, result)
                 return True
@@ -212,16 +257,54 @@ class SiloRuntime(WorkerPlugin):
     def open_channel(self, run: str, token: bytes) -> tuple[str, int]:
         """Listen for the run's channel; when it closes, the run's holdings go."""
 
-        def handle(op: str = "", args: Sequence[Any] = ()) -> Any:
-            return self.call(op, args)
+        def handle(
+            op: str = "", args: Sequence[Any] = (), keep: Resident | None = None
+        ) -> Any:
+            if keep is not None and (
+                not isinstance(keep, Resident) or keep.run != run
+            ):
+                raise ValueError("a channel holds values for its own run only")
+            return self.call(op, args, keep)
 
         return channel.listen(
             self.host, token, handle, self.tls, on_close=lambda: self.free(run)
         )
 
+    def channel_handler(
+        self,
+        comm: Any = None,
+        run: Any = None,
+        token: Any = None,
+        families: Any = (),
+    ) -> dict[str, Any]:
+        """Serve the Dask handler that opens a run's channel: its host and port.
+
+        Over TLS only the coordinator's certificate may ask
+        (``fedsilo.certs``), whatever else the listener admits.
+        """
+        from fedsilo.certs import COORDINATOR
+        from fedsilo.peers import PEER, PeerRefusedError
+
+        if self.tls is not None and (
+            (role := PEER.get()) is None or role.kind != COORDINATOR
+        ):
+            raise PeerRefusedError("only the coordinator opens a silo's channels")
+        if not isinstance(run, str) or not run or len(run) > 256:
+            raise ValueError("a channel needs its run's id")
+        if not isinstance(token, bytes) or len(token) != channel.TOKEN_BYTES:
+            raise ValueError(f"a channel needs a {channel.TOKEN_BYTES}-byte token")
+        if not isinstance(families, list | tuple) or len(families) > 8:
+            raise ValueError("a channel's message families are a short list")
+        import_messages([str(f) for f in families])
+        host, port = self.open_channel(run, token)
+        return {"host": host, "port": port}
+
 
 def current() -> SiloRuntime:
-    """Return the runtime of the Dask worker running this code."""
+    """Return the runtime serving this operation (or of this Dask worker)."""
+    runtime = getattr(_active, "runtime", None)
+    if isinstance(runtime, SiloRuntime):
+        return runtime
     worker = get_worker()
     runtime = worker.plugins.get(PLUGIN_NAME)
     if not isinstance(runtime, SiloRuntime):
@@ -230,22 +313,6 @@ def current() -> SiloRuntime:
             "`fedsilo worker` or `dask worker ... --preload fedsilo.silo`"
         )
     return runtime
-
-
-def serve_operation(op: str, args: Sequence[Any], keep: Resident | None = None) -> Any:
-    """Run a silo operation as a Dask task on the silo's worker (setup steps).
-
-    ``op="channel"`` opens the run's channel: ``args`` are (run, token).
-    """
-    runtime = current()
-    if op == "channel":
-        run, token = args
-        return runtime.open_channel(str(run), bytes(token))
-    if op == "free":
-        (run,) = args
-        runtime.free(str(run))
-        return True
-    return runtime.call(op, args, keep)
 
 
 def worker_silo_config(silo: str) -> SiloConfig | None:
