@@ -51,6 +51,7 @@ from tasks.gbdt.xgb_export import (
 from tasks.prefect_decorators import uncached_task
 from tasks.privacy.accountant import gbdt_epsilon
 from tasks.privacy.errors import PrivacyBudgetExceededError
+from tasks.privacy.secure_random import SecureRandom
 from tasks.protocol.messages import Evaluation, LocalUpdate, SiloSchema
 from tasks.run_state import (
     MAX_SECURE_ATTEMPTS,
@@ -278,8 +279,8 @@ def bin_silos(
     n_rows = objective.n_rows(stats)
     base_release = int(noise_multiplier is not None and params.base_score is None)
     if base_release and resumed is None:
-        rng = np.random.default_rng()  # secret: seeded by the operating system
-        stats = noisy_label_stats(stats, cast(float, noise_multiplier), rng)
+        # The OS's CSPRNG: nothing of the draw is kept (tasks/privacy/secure_random.py).
+        stats = noisy_label_stats(stats, cast(float, noise_multiplier), SecureRandom())
     intercept = objective.intercept(stats, params.base_score)
     if resumed is None:
         merged = merge_sketches([s.summaries for s in sketches.values()], size)
@@ -697,7 +698,7 @@ def setup_boosting_privacy(
         state.federation,
         HistogramDP(bounds[0], bounds[1], dp.noise_multiplier),
         n_trees=p.n_outputs,
-        rng=np.random.default_rng(),  # secret: seeded by the operating system
+        rng=SecureRandom(),  # the OS's CSPRNG: no seed or state to record
         releases=earlier,
     )
     state.privacy.base_release = base_release
