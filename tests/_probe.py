@@ -10,6 +10,8 @@ encodes). Product code never loads it.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
+import os
 import threading
 import time
 from typing import Any
@@ -37,6 +39,20 @@ def _serve(worker: Any, op: str, args: list[Any]) -> Any:
         run, silo, slot, attr = args
         value = runtime.get(Resident(run, silo, slot))
         return getattr(value, attr) if attr else value
+    if op == "environ":  # which of the named environment variables are set
+        return sorted(str(name) for name in args if str(name) in os.environ)
+    if op == "module-file":  # where the worker imports a module from
+        return str(importlib.import_module(str(args[0])).__file__)
+    if op == "memory-file":  # put bytes at a memory:// url, or remove it (None)
+        import fsspec
+
+        url, data = args
+        memory = fsspec.filesystem("memory")
+        if data is None:
+            memory.rm(str(url))
+        else:
+            memory.pipe(str(url), bytes(data))
+        return True
     if op == "stall":
         held = threading.Event()
 
@@ -56,8 +72,8 @@ def dask_setup(worker: Any) -> None:
     """Add the probe's handler to a (guarded) silo worker."""
     from tasks.protocol import codec
 
-    def handler(op: str = "", args: Any = ()) -> dict[str, Any]:
-        header, buffers = codec.encode(_serve(worker, op, list(args)))
+    def handler(what: str = "", args: Any = ()) -> dict[str, Any]:
+        header, buffers = codec.encode(_serve(worker, what, list(args)))
         return {"header": bytes(header), "buffers": [bytes(b) for b in buffers]}
 
     worker.handlers[HANDLER] = handler
@@ -76,11 +92,10 @@ def probe(address: str, op: str, *args: Any, security: Any = None) -> Any:
         extra = {} if security is None else security.get_connection_args("client")
         comm = await connect(address, **extra)
         try:
-            return await send_recv(comm, op=HANDLER, args=list(args))
+            return await send_recv(comm, op=HANDLER, what=op, args=list(args))
         finally:
             comm.abort()
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # any caller's thread
         reply = pool.submit(asyncio.run, ask()).result(timeout=60)
     return codec.decode(reply["header"], reply["buffers"])
-

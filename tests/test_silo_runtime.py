@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,8 +18,9 @@ from distributed import Client
 from fedsilo.cluster import SiloCluster
 from tasks.protocol.codec import RemoteError
 from tasks.silo.batch import SiloFault
-from tasks.silo.data import FitConfig, SiloData
+from tasks.silo.data import FitConfig, SiloSource
 from tasks.silo.link import SiloLink
+from tests._probe import probe
 
 SILO = "silo-0"
 CONFIG = FitConfig(
@@ -53,32 +54,40 @@ def link_to(client: Client, run: str) -> SiloLink:
     return link
 
 
-def hold_rows(link: SiloLink) -> None:
-    """Have silo-0 prepare 40 rows and hold them as ``prepared``."""
+@pytest.fixture
+def rows(tmp_path: Path) -> SiloSource:
+    """40 rows of silo-0 in Parquet files: 30 to train on, 10 to test."""
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(40, 3)), columns=["a", "b", "c"])
     frame["y"] = np.arange(40) % 2
-    data = SiloData(SILO, frame.iloc[:30], frame.iloc[30:], "file")
+    frame.iloc[:30].to_parquet(tmp_path / "train.parquet")
+    frame.iloc[30:].to_parquet(tmp_path / "test.parquet")
+    return SiloSource(
+        SILO, str(tmp_path / "train.parquet"), str(tmp_path / "test.parquet"), 0.0, {}
+    )
+
+
+def hold_rows(link: SiloLink, source: SiloSource) -> None:
+    """Have silo-0 read and prepare its rows and hold them as ``prepared``."""
+    link.each("load", {SILO: (source, "y", 0)}, keep="rows")
     link.each(
         "prepare",
-        {SILO: (data, ["a", "b", "c"], "y", None, None, None)},
-        name="prepare",
+        {SILO: (link.ref(SILO, "rows"), ["a", "b", "c"], "y", None, None, None)},
         keep="prepared",
     )
 
 
-def held_runs(client: Client, address: str) -> list[str]:
-    def runs(dask_worker: Any) -> list[str]:
-        return list(dask_worker.plugins["fedsilo-silo"].runs())
-
-    return list(client.run(runs, workers=[address])[address])
+def held_runs(address: str) -> list[str]:
+    return list(probe(address, "runs"))
 
 
 @pytest.mark.integration
-def test_a_batch_runs_at_the_silo_on_the_rows_it_holds(client: Client) -> None:
+def test_a_batch_runs_at_the_silo_on_the_rows_it_holds(
+    client: Client, rows: SiloSource
+) -> None:
     link = link_to(client, "runtime-batch")
     try:
-        hold_rows(link)
+        hold_rows(link, rows)
 
         replies = link.ask(
             SILO,
@@ -94,29 +103,27 @@ def test_a_batch_runs_at_the_silo_on_the_rows_it_holds(client: Client) -> None:
         assert {e.n_samples for e in scored} == {30, 10}
         # The rows are the runtime's, not Dask data under a key.
         address = link.address(SILO)
-        assert "runtime-batch" in held_runs(client, address)
-        kinds = client.run(
-            lambda dask_worker: {type(v).__name__ for v in dask_worker.data.values()},
-            workers=[address],
-        )
-        assert kinds[address] <= {"bool"}  # a setup task's acknowledgement at most
+        assert "runtime-batch" in held_runs(address)
+        assert probe(address, "dask-data") == 0
     finally:
         link.close()
 
 
 @pytest.mark.integration
-def test_closing_the_runs_channel_frees_what_the_silo_held(client: Client) -> None:
+def test_closing_the_runs_channel_frees_what_the_silo_held(
+    client: Client, rows: SiloSource
+) -> None:
     link = link_to(client, "runtime-free")
-    hold_rows(link)
+    hold_rows(link, rows)
     address = link.address(SILO)
-    assert "runtime-free" in held_runs(client, address)
+    assert "runtime-free" in held_runs(address)
 
     link.close()
 
     deadline = time.monotonic() + 10
-    while "runtime-free" in held_runs(client, address) and time.monotonic() < deadline:
+    while "runtime-free" in held_runs(address) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "runtime-free" not in held_runs(client, address)
+    assert "runtime-free" not in held_runs(address)
 
 
 @pytest.mark.integration

@@ -337,7 +337,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 @pytest.fixture
 def tls_scheduler(processes: Processes, pki: Path) -> str:
-    """A `dask scheduler` on 127.0.0.1 that speaks mutual TLS only."""
+    """A `dask scheduler` on 127.0.0.1, mutual TLS only, with fedsilo's rules."""
     scheduler_file = processes.directory / "scheduler.json"
     process = processes.start(
         "scheduler",
@@ -347,6 +347,7 @@ def tls_scheduler(processes: Processes, pki: Path) -> str:
         "--tls-cert", str(pki / "scheduler.pem"),
         "--tls-key", str(pki / "scheduler-key.pem"),
         "--scheduler-file", str(scheduler_file),
+        "--preload", "fedsilo.scheduler",
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not scheduler_file.exists() or not scheduler_file.read_text().strip():

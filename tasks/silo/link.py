@@ -61,16 +61,25 @@ async def request_channel(
     in its reply is refused rather than run.
     """
     from distributed.comm import connect
-    from distributed.core import send_recv
 
     PEER.set(Role(SILO, silo))
     comm = await connect(address, **connection_args)
     try:
-        reply = await send_recv(
-            comm, op=CHANNEL_HANDLER, run=run, token=token, families=list(families)
+        await comm.write(
+            {
+                "op": CHANNEL_HANDLER,
+                "run": run,
+                "token": token,
+                "families": list(families),
+                "reply": True,
+            }
         )
+        reply = await comm.read()
     finally:
         comm.abort()
+    if isinstance(reply, dict) and reply.get("status") == "uncaught-error":
+        # Dask pickles the exception; its text is enough, and not unpickled.
+        raise ConnectionError(str(reply.get("exception_text", "refused")))
     if not (
         isinstance(reply, dict)
         and isinstance(reply.get("host"), str)

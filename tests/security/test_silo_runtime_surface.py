@@ -1,31 +1,50 @@
-"""Attacks on the silo runtime's surface: only its operations run, its holdings hide.
+"""Attacks on a silo worker's surface: only its runtime's operations run there.
 
-SECURITY.md promises that a silo's runtime runs only the operations of its
-fixed table and that what it holds for a run is not Dask data. Each test is
-an attack on the shared cluster's real worker processes that would leave a
-trace if the promise broke: an operation naming a function that would touch a
-file, over the run's channel and as a setup task, and a search of the
-worker's Dask data for the rows the silo holds.
+SECURITY.md promises that a silo runs only the operations of its runtime's
+fixed table, over a run's channel, and that nothing else Dask offers reaches
+its process: no ``Client.run``, no task, no ``get_data``, no pickle. Each test
+is an attack on real worker processes (the embedded cluster's, which load the
+runtime as a silo's own worker does) that would leave a file behind if the
+promise broke.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 from distributed import Client
+from distributed.comm import connect
+from distributed.protocol.serialize import ToPickle
 
-from fedsilo.cluster import SiloCluster
+from fedsilo.cluster import SiloCluster, embedded_cluster
 from fedsilo.errors import SiloFailedError
 from tasks.protocol.codec import RemoteError
-from tasks.silo.data import SiloData
 from tasks.silo.link import SiloLink
+from tests._probe import probe
 
 SILO = "silo-1"
+
+
+class Touch:
+    """Unpickling this creates ``path``: proof that a pickle ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.path}",))
+
+
+def touch(path: str) -> str:
+    """A function an attacker would like to run at the silo."""
+    Path(path).touch()
+    return "ran"
 
 
 @pytest.fixture
@@ -51,50 +70,74 @@ def test_an_operation_outside_the_table_is_refused_over_the_channel(
     for name in ("os:system", "subprocess:getoutput", "../os:system"):
         with pytest.raises(RemoteError, match="not a silo operation"):
             link.ask(SILO, name, (f"touch {marker}",), 30)
+    with pytest.raises(SiloFailedError, match="not a silo operation"):
+        link.each("os:system", {SILO: (f"touch {marker}",)})
 
     assert not marker.exists()
 
 
 @pytest.mark.integration
-def test_an_operation_outside_the_table_is_refused_as_a_setup_task(
+def test_client_run_and_get_data_are_refused_at_the_silo(
     link: SiloLink, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "pwned-as-task"
+    marker = tmp_path / "pwned-by-run"
+    client, address = link.cluster.client, link.address(SILO)
 
-    with pytest.raises(SiloFailedError, match="not a silo operation"):
-        link.each("os:system", {SILO: (f"touch {marker}",)}, name="attack")
+    with pytest.raises(Exception, match="'run' handler has been explicitly disallowed"):
+        client.run(touch, str(marker), workers=[address])
 
+    async def get_data() -> Any:
+        comm = await connect(address)
+        try:
+            await comm.write({"op": "get_data", "keys": ["x"], "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    reply = client.sync(get_data)
+    assert reply["status"] == "uncaught-error"
+    assert "'get_data' handler has been explicitly disallowed" in reply[
+        "exception_text"
+    ]
     assert not marker.exists()
+    assert probe(address, "dask-data") == 0
 
 
 @pytest.mark.integration
-def test_held_rows_are_not_among_the_workers_dask_data(link: SiloLink) -> None:
-    secret = 271828.5  # a value only this silo's rows hold
-    frame = pd.DataFrame({"a": np.arange(30.0), "y": np.arange(30) % 2})
-    frame.loc[7, "a"] = secret
-    data = SiloData(SILO, frame.iloc[:20], frame.iloc[20:], "file")
-    link.each(
-        "prepare",
-        {SILO: (data, ["a"], "y", None, None, None)},
-        name="prepare",
-        keep="prepared",
-    )
-
-    def search(dask_worker: Any) -> tuple[list[str], bool, list[str]]:
-        found = False
-        kinds = sorted({type(v).__name__ for v in dask_worker.data.values()})
-        for value in dask_worker.data.values():
-            arrays = [getattr(value, f, None) for f in ("X_train", "X_test")]
-            found |= any(
-                isinstance(a, np.ndarray) and (a == secret).any() for a in arrays
-            )
-        runtime = dask_worker.plugins["fedsilo-silo"]
-        return kinds, found, runtime.runs()
-
+def test_a_pickle_sent_to_the_silo_is_not_unpickled(
+    link: SiloLink, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned-by-pickle"
     address = link.address(SILO)
-    client = link.cluster.client
-    stored, found, runs = client.run(search, workers=[address])[address]
 
-    assert "attack-surface" in runs  # the silo does hold the rows ...
-    # ... but not as Dask data: at most a setup task's acknowledgement stays.
-    assert set(stored) <= {"bool"} and not found
+    async def send() -> None:
+        comm = await connect(address)
+        try:  # any op: the payload is decoded before the op is looked up
+            await comm.write({"op": "identity", "x": ToPickle(Touch(marker))})
+            await asyncio.wait_for(comm.read(), 5)
+        except Exception:
+            pass  # the silo drops the connection: the message did not decode
+        finally:
+            comm.abort()
+
+    link.cluster.client.sync(send)
+    time.sleep(0.5)
+
+    assert not marker.exists()
+    # The silo still serves its run.
+    assert probe(address, "holdings", "attack-surface") == []
+
+
+@pytest.mark.integration
+def test_a_task_submitted_to_a_silo_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned-by-task"
+    cluster = embedded_cluster(["victim"])  # its own: the silo leaves afterwards
+    try:
+        with Client(cluster, set_as_default=False) as client:
+            (address,) = client.scheduler_info(n_workers=-1)["workers"]
+            future = client.submit(touch, str(marker), workers=[address], pure=False)
+            with pytest.raises(TimeoutError):
+                future.result(timeout=5)
+            assert not marker.exists()
+    finally:
+        cluster.close()
