@@ -3,7 +3,7 @@ r"""A silo's Dask worker, with fedsilo's silo runtime loaded by the silo itself.
 Start one at the silo with Dask's own command::
 
     dask worker tls://coordinator:8786 --name hospital-a --nthreads 1 \\
-        --preload fedsilo.silo --silo-config silo.yaml
+        --no-nanny --preload fedsilo.silo --silo-config silo.yaml
 
 or with ``fedsilo worker`` (:func:`serve_silo_worker`), which does the same in
 one process. ``--silo-config`` names the silo's own data config
@@ -15,6 +15,7 @@ worker it starts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,8 @@ import click
 from connectors.silo_config import SiloConfig, SiloConfigError, load_silo_config
 from fedsilo.errors import ClusterError, FedsiloError
 from tasks.silo.runtime import SiloRuntime
+
+logger = logging.getLogger("fedsilo.silo")
 
 
 @click.command()
@@ -51,6 +54,12 @@ async def dask_setup(
     name = None if config is None else str(worker.name)
     runtime = SiloRuntime(name, config, insecure_plain_tcp=insecure_plain_tcp)
     await worker.plugin_add(plugin=runtime, catch_errors=False)
+    if getattr(worker, "nanny", None):
+        logger.warning(
+            "silo %r runs under a Dask nanny, which the silo runtime does not "
+            "guard: start a silo's worker with --no-nanny (or `fedsilo worker`)",
+            worker.name,
+        )
 
 
 async def serve_silo_worker(
