@@ -22,7 +22,7 @@ own worker's environment or its own silo config.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from fedsilo.errors import CheckpointError
 from fedsilo.sources import CREDENTIALS_BLOCK
@@ -43,7 +43,9 @@ def resolve_storage_options(options: Mapping[str, Any] | None) -> dict[str, Any]
 
     where = f"storage_options.{CREDENTIALS_BLOCK} {name!r}"
     try:
-        value = Secret.load(name).get()
+        # _sync: the blocking call even if a caller runs inside an event loop.
+        block = cast("Secret[Any]", Secret.load(name, _sync=True))  # type: ignore[call-arg]
+        value = block.get()
     except (ValueError, LookupError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(
