@@ -177,8 +177,57 @@ def _load(source: SiloSource, seed: int) -> SiloData:
     )
 
 
+def _infinite(series: pd.Series) -> bool:
+    """Return whether a numeric column holds +inf or -inf (missing values do not)."""
+    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
+        return False
+    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    return bool(np.isinf(values).any())
+
+
+def _label_types(silo: str, values: pd.Series, target: str) -> None:
+    """Refuse labels that mix strings with numbers (no order, no one type)."""
+    present = values.dropna()
+    strings = present.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+    if strings.any() and not strings.all():
+        raise SiloDataError(
+            silo,
+            "labels mix strings and numbers; give every label the same type",
+            column=target,
+        )
+
+
+def check_values(data: SiloData, target: str, task: str) -> None:
+    """Refuse values no model can learn from, as the silo's rows arrive.
+
+    Infinite values in a numeric column, infinite labels, and classification
+    labels mixing strings and numbers are refused, naming the silo, the column
+    and the split (never a value). Missing feature values stay legal here:
+    ``xgboost`` routes them, the averaged models refuse them when the rows are
+    prepared; missing labels are refused when the rows are prepared.
+    """
+    for split, frame in (("train", data.train), ("test", data.test)):
+        for name in frame.columns:
+            if _infinite(frame[name]):
+                what = "labels" if name == target else "rows"
+                raise SiloDataError(
+                    data.silo,
+                    f"{split} {what} hold infinite values (+inf or -inf); a value "
+                    "must be finite (or, for a feature, missing)",
+                    column=str(name),
+                )
+    if task == "classification" and target in data.train.columns:
+        labels = pd.concat([data.train[target], data.test.get(target)])
+        _label_types(data.silo, labels, target)
+
+
 def silo_schema(data: SiloData, target: str, task: str) -> SiloSchema:
-    """Describe the silo's table: column names and dtypes, counts, label values."""
+    """Describe the silo's table: column names and dtypes, counts, label values.
+
+    The rows are checked first (:func:`check_values`); only the names and
+    dtypes, the counts and the set of labels leave the silo.
+    """
+    check_values(data, target, task)
     columns = describe_columns(data.train)
     for split, frame in (("train", data.train), ("test", data.test)):
         if target not in frame.columns:
@@ -223,8 +272,24 @@ def _matrix(
 
 
 def silo_moments(data: SiloData, features: list[str]) -> FeatureMoments:
-    """Per-feature count, mean and squared deviations of the silo's train rows."""
-    return moments(data.silo, _matrix(data.silo, data.train, features, "train"))
+    """Per-feature count, mean and squared deviations of the silo's train rows.
+
+    A column whose values are finite but too large for float64 sums (their
+    squares overflow) is refused by name: it would make the global scaler
+    infinite at every silo.
+    """
+    X = _matrix(data.silo, data.train, features, "train")
+    with np.errstate(over="ignore", invalid="ignore"):
+        found = moments(data.silo, X)
+    finite = np.isfinite(found.mean) & np.isfinite(found.m2)
+    if not finite.all():
+        raise SiloDataError(
+            data.silo,
+            "train values are too large to standardise (their squares overflow "
+            "float64); rescale the column",
+            column=features[int(np.argmin(finite))],
+        )
+    return found
 
 
 def prepare_silo(

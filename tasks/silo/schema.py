@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -113,10 +113,64 @@ def check_schemas(
         if len(set(label_kinds)) > 1:
             common = max(label_kinds, key=label_kinds.count)
             silo = next(s for s, i in targets.items() if i.kind != common)
+            holders = [s for s, i in targets.items() if i.kind == common]
             raise SiloDataError(
-                silo, "label dtype differs from the other silos", column=target
+                silo,
+                f"labels are {_KIND_WORDS.get(targets[silo].kind, targets[silo].kind)}"
+                f" (dtype {targets[silo].dtype}) here but "
+                f"{_KIND_WORDS.get(common, common)} at {', '.join(holders)}; give "
+                "every silo labels of one type",
+                column=target,
             )
     return features
+
+
+_KIND_WORDS = {"numeric": "numbers", "string": "strings", "bool": "booleans"}
+
+
+def federation_classes(
+    schemas: Sequence[SiloSchema],
+    target: str,
+    declared: Sequence[Any] | None = None,
+    known: Sequence[Any] = (),
+) -> tuple[Any, ...]:
+    """Return the classes of a classification federation, sorted.
+
+    With ``declared`` (the spec's ``classes``) they are the classes, and a
+    silo holding any other label is refused. Without, the classes are the
+    labels the silos hold (and ``known``), and a label only one silo holds
+    is refused, naming that silo: one silo alone must not add a class to
+    every silo's model. A federation whose silos are meant to hold a class
+    alone declares its classes. Call after :func:`check_schemas`, which has
+    made the label types agree.
+    """
+    if declared is not None:
+        allowed = set(declared)
+        for schema in schemas:
+            stray = [label for label in schema.labels if label not in allowed]
+            if stray:
+                raise SiloDataError(
+                    schema.silo,
+                    f"label {stray[0]!r} is not among the spec's classes "
+                    f"{sorted(allowed)}",
+                    column=target,
+                )
+        return tuple(sorted(allowed))
+    holders: dict[Any, list[str]] = {}
+    for schema in schemas:
+        for label in schema.labels:
+            holders.setdefault(label, []).append(schema.silo)
+    if len(schemas) > 1:
+        for label, silos in holders.items():
+            if len(silos) == 1 and label not in set(known):
+                raise SiloDataError(
+                    silos[0],
+                    f"label {label!r} is held by this silo alone; a class no "
+                    "other silo has is refused unless the spec declares the "
+                    "classes (classes: [...])",
+                    column=target,
+                )
+    return tuple(sorted(set(holders) | set(known)))
 
 
 def _expected_features(
