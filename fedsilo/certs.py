@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -39,7 +39,30 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedsilo.errors import FedsiloError
+from fedsilo.roles import (
+    COORDINATOR,
+    ROLES,
+    SCHEDULER,
+    SILO,
+    Role,
+    default_role,
+    peer_role,
+    role_of,
+    role_uri,
+)
 from fedsilo.spec import NAME_PATTERN
+
+__all__ = [
+    "COORDINATOR",
+    "ROLES",
+    "SCHEDULER",
+    "SILO",
+    "Role",
+    "default_role",
+    "peer_role",
+    "role_of",
+    "role_uri",
+]
 
 if TYPE_CHECKING:
     from distributed import Security
@@ -55,81 +78,8 @@ DEFAULT_HOSTS = ("127.0.0.1",)
 BACKDATE = dt.timedelta(minutes=5)
 
 
-ROLE_PREFIX = "urn:fedsilo:"
-COORDINATOR = "coordinator"
-SCHEDULER = "scheduler"
-SILO = "silo"
-ROLES = (COORDINATOR, SCHEDULER, SILO)
-
-
 class CertError(FedsiloError):
     """A CA or certificate cannot be made, read or used."""
-
-
-@dataclass(frozen=True, slots=True)
-class Role:
-    """What a certificate lets its holder be: a role, and a silo's name."""
-
-    kind: str  # one of ROLES
-    silo: str | None = None
-
-    def __str__(self) -> str:
-        return self.kind if self.silo is None else f"{self.kind}:{self.silo}"
-
-
-def role_uri(role: Role) -> str:
-    """Return the URI subject alternative name that carries ``role``."""
-    return f"{ROLE_PREFIX}{role}"
-
-
-def parse_role_uri(uri: str) -> Role | None:
-    """Return the role a ``urn:fedsilo:...`` URI names, or None for another URI."""
-    if not uri.startswith(ROLE_PREFIX):
-        return None
-    kind, _, silo = uri.removeprefix(ROLE_PREFIX).partition(":")
-    if kind == SILO and re.match(NAME_PATTERN, silo) is not None:
-        return Role(SILO, silo)
-    if kind in (COORDINATOR, SCHEDULER) and not silo:
-        return Role(kind)
-    return None
-
-
-def default_role(name: str) -> Role:
-    """Return the role ``fedsilo certs issue NAME`` gives without ``--role``."""
-    if name in (COORDINATOR, SCHEDULER):
-        return Role(name)
-    return Role(SILO, name)
-
-
-def role_of(cert: x509.Certificate) -> Role | None:
-    """Return the one role a certificate carries, or None (none, or several)."""
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return None
-    roles = {
-        role
-        for uri in names.value.get_values_for_type(x509.UniformResourceIdentifier)
-        if (role := parse_role_uri(uri)) is not None
-    }
-    return roles.pop() if len(roles) == 1 else None
-
-
-def peer_role(peercert: dict[str, Any] | None) -> Role | None:
-    """Return the role in a verified peer certificate as ``ssl`` gives it.
-
-    ``peercert`` is ``SSLSocket.getpeercert()`` (Dask: ``comm.extra_info
-    ["peercert"]``); a certificate with no role, or with more than one, has
-    none.
-    """
-    if not peercert:
-        return None
-    roles = {
-        role
-        for kind, value in peercert.get("subjectAltName", ())
-        if kind == "URI" and (role := parse_role_uri(str(value))) is not None
-    }
-    return roles.pop() if len(roles) == 1 else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,11 +30,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedsilo.roles import ROLE_PREFIX, SILO, Role, role_of, role_uri
 from tasks.privacy.errors import SecureAggregationError
 
-SILO_URI_PREFIX = "urn:fedsilo:silo:"
-COORDINATOR_URI = "urn:fedsilo:coordinator"
-_FEDSILO_URI_PREFIX = "urn:fedsilo:"
 _SIGNATURE = ec.ECDSA(hashes.SHA256())
 
 Clock = Callable[[], dt.datetime]
@@ -51,34 +49,20 @@ def utc_now() -> dt.datetime:
 
 def silo_uri(name: str) -> str:
     """Return the URI a silo's certificate carries: ``urn:fedsilo:silo:<name>``."""
-    return f"{SILO_URI_PREFIX}{name}"
-
-
-def fedsilo_uris(certificate: x509.Certificate) -> tuple[str, ...]:
-    """Return the ``urn:fedsilo:`` URIs of a certificate's Subject Alternative Name."""
-    try:
-        names = certificate.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value
-    except x509.ExtensionNotFound:
-        return ()
-    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
-    return tuple(uri for uri in uris if uri.startswith(_FEDSILO_URI_PREFIX))
+    return role_uri(Role(SILO, name))
 
 
 def silo_name_of(certificate: x509.Certificate) -> str:
     """Return the silo a certificate was issued to; refuse any other certificate."""
-    uris = fedsilo_uris(certificate)
-    silos = [
-        uri[len(SILO_URI_PREFIX) :] for uri in uris if uri.startswith(SILO_URI_PREFIX)
-    ]
-    if len(uris) != 1 or len(silos) != 1 or not silos[0]:
+    role = role_of(certificate)
+    if role is None or role.kind != SILO or not role.silo:
         subject = certificate.subject.rfc4514_string()
         raise IdentityError(
-            f"certificate {subject!r} names {list(uris) or 'no fedsilo URI'}; a "
-            f"silo's certificate names exactly one {SILO_URI_PREFIX}<name>"
+            f"certificate {subject!r} names {role_uri(role) if role else 'no role'}; "
+            "a silo's "
+            f"certificate names exactly one {ROLE_PREFIX}{SILO}:<name>"
         )
-    return silos[0]
+    return role.silo
 
 
 def _check_window(certificate: x509.Certificate, at: dt.datetime, what: str) -> None:
