@@ -33,8 +33,9 @@ from tasks.averaging.compression import (
     encode_float16,
     encode_int8,
 )
-from tasks.protocol.messages import LocalUpdate, Resident
+from tasks.protocol.messages import LocalUpdate
 from tasks.store.checkpoints import CheckpointStore
+from tests._probe import probe
 
 finite = st.floats(
     min_value=-1e100, max_value=1e100, allow_nan=False, allow_subnormal=False
@@ -348,10 +349,9 @@ def _final_test(rows: pd.DataFrame, metric: str) -> float:
 def _held_runs(address: str) -> set[str]:
     """Return the runs any silo runtime of the cluster holds something for."""
     with Client(address, timeout=30) as client:
-        held = client.run(
-            lambda dask_worker: dask_worker.plugins["fedsilo-silo"].runs()
-        )
-    return {run for runs in held.values() for run in runs}
+        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        security = client.security
+    return {run for w in workers for run in probe(w, "runs", security=security)}
 
 
 @pytest.mark.integration
@@ -372,18 +372,22 @@ def test_int8_cuts_bytes_up_keeps_accuracy_and_the_residual_at_the_silo(
     received: list[LocalUpdate] = []
     residuals: list[dict[str, dict[str, np.ndarray]]] = []
 
-    def peek(run: str, silo: str, dask_worker: Any) -> Any:
-        runtime = dask_worker.plugins["fedsilo-silo"]
-        return runtime.get(Resident(run, silo, "compressor")).residual
-
     def listener(result: Any, state: run_state.Run) -> None:
         received.extend(state.last_updates)
         # A test-only peek into the silos' runtimes (the flow never does).
-        client, workers = state.cluster.client, state.cluster.workers
+        security = state.cluster.client.security
         residuals.append(
             {
-                silo: client.run(peek, state.run_id, silo, workers=[address])[address]
-                for silo, address in workers.items()
+                silo: probe(
+                    address,
+                    "get",
+                    state.run_id,
+                    silo,
+                    "compressor",
+                    "residual",
+                    security=security,
+                )
+                for silo, address in state.cluster.workers.items()
             }
         )
 
