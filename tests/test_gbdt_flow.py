@@ -276,6 +276,8 @@ def _histograms(value: Any) -> Iterator[NodeHistograms]:
 def test_silo_state_is_freed_at_the_end(tmp_path: Path, shared_cluster: str) -> None:
     from distributed import Client
 
+    from tests._probe import probe
+
     frame = make_data("reg:squarederror", n=600)
     silos = write_slices(frame.iloc[:500], frame.iloc[500:], 2, tmp_path / "data")
     spec = make_spec(
@@ -283,13 +285,14 @@ def test_silo_state_is_freed_at_the_end(tmp_path: Path, shared_cluster: str) -> 
     )
     run(spec)
 
-    def held(dask_worker: Any) -> int:
-        runtime = dask_worker.plugins["fedsilo-silo"]
-        return len(runtime.runs()) + len(dask_worker.data)
+    def held(address: str, security: Any) -> int:
+        runs = probe(address, "runs", security=security)
+        return len(runs) + int(probe(address, "dask-data", security=security))
 
     with Client(shared_cluster, set_as_default=False) as client:
+        workers = list(client.scheduler_info(n_workers=-1)["workers"])
         for _ in range(50):
-            counts = client.run(held)
+            counts = {w: held(w, client.security) for w in workers}
             if not sum(counts.values()):
                 break
             time.sleep(0.1)
