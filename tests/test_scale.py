@@ -17,8 +17,10 @@ from fedsilo.errors import SiloFailedError, SpecError
 from fedsilo.spec import parse_spec
 from tasks import run_state
 from tasks.store.checkpoints import CheckpointStore
+from tests._probe import probe
 from tests._stall import stall_silo
 
+ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ["x0", "x1", "x2"]
 
 
@@ -94,10 +96,10 @@ def test_spec_refuses_workers_with_an_address(tmp_path: Path) -> None:
 # --- running on pool workers --------------------------------------------------
 
 
-def _resident_silos(run: str, dask_worker: Any) -> list[str]:
-    """On a worker: the silos whose prepared rows its silo runtime holds for ``run``."""
-    runtime = dask_worker.plugins["fedsilo-silo"]
-    return sorted(silo for silo, slot in runtime.holdings(run) if slot == "prepared")
+def _resident_silos(address: str, run: str, security: Any) -> list[str]:
+    """The silos whose prepared rows the runtime at ``address`` holds for ``run``."""
+    held = probe(address, "holdings", run, security=security)
+    return sorted(silo for silo, slot in held if slot == "prepared")
 
 
 @pytest.mark.integration
@@ -120,12 +122,13 @@ def test_many_silos_on_two_workers_train_where_their_rows_are(tmp_path: Path) ->
         seen.append(result)
         if result.round == 1:
             client = state.cluster.client
-            names = {
-                a: w["name"]
-                for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
-            }
-            held = client.run(_resident_silos, state.run_id)
-            resident.update({names[a]: v for a, v in held.items()})
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            resident.update(
+                {
+                    w["name"]: _resident_silos(a, state.run_id, client.security)
+                    for a, w in workers.items()
+                }
+            )
 
     with run_state.listening(listener):
         summary = federated_training(spec)
@@ -245,16 +248,22 @@ def test_workers_use_the_coordinators_fedsilo_not_one_in_the_cwd(
     script.write_text(
         textwrap.dedent(
             """
+            import sys
+
+            import dask
             import fedsilo
             from fedsilo.cluster import silo_cluster
 
-            def where():
-                import fedsilo, tasks.silo.data
-                return fedsilo.__file__
-
             if __name__ == "__main__":
+                sys.path.append(sys.argv[1])  # last: the probe's tests package
+                dask.config.set({"distributed.worker.preload": ["tests._probe"]})
+                from tests._probe import probe
+
                 with silo_cluster(["a", "b", "c"], None, 120.0, n_workers=2) as c:
-                    seen = set(c.client.run(where).values())
+                    seen = {
+                        probe(a, "module-file", "fedsilo")
+                        for a in set(c.workers.values())
+                    }
                     print("COORDINATOR", fedsilo.__file__)
                     print("WORKERS", *sorted(seen))
             """
@@ -262,7 +271,7 @@ def test_workers_use_the_coordinators_fedsilo_not_one_in_the_cwd(
     )
 
     out = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), str(ROOT)],
         cwd=tmp_path / "cwd",
         capture_output=True,
         text=True,
