@@ -9,7 +9,6 @@ test_analytics (which runs it on a local store) and pointed at s3:// here.
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from fedsilo.errors import CheckpointError
 from fedsilo.spec import FederationSpec, load_spec
 from tasks.store.checkpoints import CheckpointStore, MetricRow, list_runs
 from tasks.store.model_io import load_estimator
+from tests._probe import probe
 
 FED = "fed-s3"
 RUN = "20261129T150102Z-3fa9c1"
@@ -336,10 +336,12 @@ def _global_accuracy(rows: pd.DataFrame) -> dict[int, float]:
 
 def _worker_aws_variables(address: str) -> dict[str, list[str]]:
     with Client(address, timeout=60) as client:
-        found = client.run(
-            lambda: sorted(n for n in os.environ if n in AWS_VARIABLES),
-        )
-    return {str(worker): names for worker, names in found.items()}
+        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        security = client.security
+    return {
+        worker: list(probe(worker, "environ", *AWS_VARIABLES, security=security))
+        for worker in workers
+    }
 
 
 @pytest.fixture(scope="module")
