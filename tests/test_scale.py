@@ -25,7 +25,7 @@ FEATURES = ["x0", "x1", "x2"]
 
 
 def write_silos(root: Path, n: int, bad: str | None = None) -> list[dict[str, str]]:
-    """Write ``n`` small silos; the ``bad`` one holds an infinite feature value."""
+    """Write ``n`` small silos; the ``bad`` one's rows overflow any fit."""
     rng = np.random.default_rng(0)
     silos = []
     for i in range(n):
@@ -34,7 +34,7 @@ def write_silos(root: Path, n: int, bad: str | None = None) -> list[dict[str, st
         frame = pd.DataFrame(X, columns=FEATURES)
         frame["label"] = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
         if name == bad:
-            frame.loc[3, "x1"] = np.inf  # passes the NaN check, fails any fit
+            frame["x1"] = 1e308  # finite, so it passes the silo's checks; overflows
         path = root / f"{name}.parquet"
         frame.to_parquet(path, index=False)
         silos.append({"name": name, "train": str(path)})
@@ -177,7 +177,7 @@ def test_a_bad_silo_fails_alone_on_a_shared_worker(tmp_path: Path) -> None:
     strict = make_spec(tmp_path, silos, strategy={"min_silos": 12})
     with pytest.raises(
         SiloFailedError,
-        match=r"silo 'silo-04': ValueError: .*infinity.*min_silos is 12",
+        match=r"silo 'silo-04': ValueError: .*overflow.*min_silos is 12",
     ):
         federated_training(strict, run_id="strict")
 
