@@ -383,21 +383,15 @@ def test_centralized_is_refused_when_rows_cannot_be_read_here_and_the_rest_runs(
     breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
 ) -> None:
     """A silo whose rows only its worker can read: no pooling, clear reason."""
-    import fsspec
     from distributed import Client
 
     from fedsilo.cluster import silo_workers
     from flows.compare import federated_comparison
+    from tests._probe import probe
 
     spec = make_spec(breast_cancer_dir, tmp_path / "store")
     rows = (breast_cancer_dir / "silo-1" / "train.parquet").read_bytes()
     url = f"memory://fedsilo-compare-test/{tmp_path.name}/train.parquet"
-
-    def put() -> None:  # runs in silo-1's worker process only
-        fsspec.filesystem("memory").pipe(url, rows)
-
-    def drop() -> None:
-        fsspec.filesystem("memory").rm(url)
 
     silos = [spec.silos[0].model_dump(), {**spec.silos[1].model_dump(), "train": url}]
     two = make_spec(
@@ -410,11 +404,12 @@ def test_centralized_is_refused_when_rows_cannot_be_read_here_and_the_rest_runs(
     )
     with Client(shared_cluster) as client:
         address = silo_workers(client)["silo-1"]
-        client.run(put, workers=[address])
+        # In silo-1's worker process only, through the tests' probe.
+        probe(address, "memory-file", url, rows, security=client.security)
         try:
             result = federated_comparison(two)
         finally:
-            client.run(drop, workers=[address])
+            probe(address, "memory-file", url, None, security=client.security)
 
     assert "'silo-1'" in result["skipped"]["centralized"]
     assert url in result["skipped"]["centralized"]
