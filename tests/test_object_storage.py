@@ -32,6 +32,7 @@ from test_analytics import (
 from fedsilo.errors import CheckpointError
 from fedsilo.spec import FederationSpec, load_spec
 from tasks.store.checkpoints import CheckpointStore, MetricRow, list_runs
+from tasks.store.credentials import resolve_storage_options
 from tasks.store.model_io import load_estimator
 from tests._probe import probe
 
@@ -135,6 +136,7 @@ def test_store_writes_and_reads_rounds_on_s3(
     assert metadata["fedsilo.spec_hash"] == "ab"
     # One object per file, put whole: no temporary or leftover keys.
     assert sorted(_objects(moto_s3, run)) == [
+        f"{run}/manifest.parquet",
         f"{run}/round=00001/_SUCCESS",
         f"{run}/round=00001/metrics.parquet",
         f"{run}/round=00001/model.json",
@@ -237,7 +239,7 @@ def test_missing_bucket_gives_checkpoint_error_naming_the_url(
         list_runs(root, FED, storage_options=options)
     # Assert
     round_url = f"{root}/federation={FED}/run={RUN}/round=00001"
-    assert round_url in writing.value.reason
+    assert f"{root}/federation={FED}/run={RUN}/round=" in writing.value.reason
     assert "bucket does not exist" in writing.value.reason
     assert round_url in reading.value.reason
     assert f"{root}/federation={FED}/run={RUN}/round=*" in listing.value.reason
@@ -345,26 +347,37 @@ def _worker_aws_variables(address: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def spec_credentials_run(
+def secret_block_run(
     moto_s3: MotoS3,
     breast_cancer_dir: Path,
     shared_cluster: str,
     prefect_api: None,
 ) -> tuple[FederationSpec, dict[str, Any]]:
-    """Run (b): credentials only in the spec, silos on the shared cluster."""
+    """Run (b): the store's keys in a Prefect Secret block the spec names.
+
+    The spec holds no credential (it refuses them); the silos, on the shared
+    cluster whose workers hold no AWS credentials, read their local files.
+    """
+    from prefect.blocks.system import Secret
+
     from flows.training import federated_training
 
     # The shared silo workers hold no AWS credentials of their own.
     assert not any(_worker_aws_variables(shared_cluster).values())
     bucket = new_bucket(moto_s3)
-    _upload_silos(moto_s3, breast_cancer_dir, bucket)
-    options = moto_s3.storage_options()
-    spec = _s3_spec(
-        breast_cancer_dir,
-        bucket,
-        options,
-        cluster={"address": shared_cluster},
-        storage_options=options,
+    block = f"fedsilo-s3-{uuid.uuid4().hex[:8]}"
+    Secret(value={"key": moto_s3.key, "secret": moto_s3.secret}).save(block)
+    spec = FederationSpec.model_validate(
+        {
+            **load_spec(breast_cancer_dir / "federation.yaml").model_dump(),
+            "rounds": 2,
+            "cluster": {"address": shared_cluster},
+            "checkpoints": f"s3://{bucket}/checkpoints",
+            "storage_options": {
+                "client_kwargs": {"endpoint_url": moto_s3.endpoint},
+                "credentials_block": block,
+            },
+        }
     )
     with pytest.MonkeyPatch.context() as env:  # module scope: no monkeypatch
         for name in AWS_VARIABLES:
@@ -373,12 +386,12 @@ def spec_credentials_run(
 
 
 @pytest.mark.integration
-def test_run_with_spec_credentials_reads_and_checkpoints_on_s3(
-    spec_credentials_run: tuple[FederationSpec, dict[str, Any]],
+def test_run_with_a_secret_block_checkpoints_on_s3(
+    secret_block_run: tuple[FederationSpec, dict[str, Any]],
     breast_cancer_dir: Path,
 ) -> None:
     # Prepare
-    spec, summary = spec_credentials_run
+    spec, summary = secret_block_run
     run_id = summary["run_id"]
     # Execute
     store = CheckpointStore(
@@ -404,11 +417,11 @@ def test_run_with_spec_credentials_reads_and_checkpoints_on_s3(
 
 @pytest.mark.integration
 def test_duckdb_and_polars_read_the_s3_store(
-    spec_credentials_run: tuple[FederationSpec, dict[str, Any]], moto_s3: MotoS3
+    secret_block_run: tuple[FederationSpec, dict[str, Any]], moto_s3: MotoS3
 ) -> None:
     # Prepare
-    spec, summary = spec_credentials_run
-    con = _duckdb_on(s3fs.S3FileSystem(**spec.storage_options))
+    spec, summary = secret_block_run
+    con = _duckdb_on(s3fs.S3FileSystem(**resolve_storage_options(spec.storage_options)))
     polars_options = {
         "aws_access_key_id": moto_s3.key,
         "aws_secret_access_key": moto_s3.secret,
@@ -445,9 +458,9 @@ def test_duckdb_and_polars_read_the_s3_store(
 
 @pytest.mark.integration
 def test_checkpoint_metadata_holds_no_credentials(
-    spec_credentials_run: tuple[FederationSpec, dict[str, Any]], moto_s3: MotoS3
+    secret_block_run: tuple[FederationSpec, dict[str, Any]], moto_s3: MotoS3
 ) -> None:
-    spec, summary = spec_credentials_run
+    spec, summary = secret_block_run
     store = CheckpointStore(
         spec.checkpoints,
         spec.name,
@@ -457,7 +470,7 @@ def test_checkpoint_metadata_holds_no_credentials(
 
     metadata = json.dumps(store.read_metadata(1))
 
-    assert moto_s3.secret not in metadata
+    assert moto_s3.secret not in metadata and moto_s3.key not in metadata
 
 
 @pytest.mark.integration
