@@ -52,4 +52,9 @@ class BuildUnderFedsilo(build_py):
                 path.write_text(new, encoding="utf-8")
 
 
-setup(cmdclass={"build_py": BuildUnderFedsilo})
+# py.typed (PEP 561) and the package's stub of its lazily given names ship in the
+# wheel, so type checkers read fedsilo's annotations.
+setup(
+    cmdclass={"build_py": BuildUnderFedsilo},
+    package_data={"fedsilo": ["py.typed", "__init__.pyi"]},
+)

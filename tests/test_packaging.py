@@ -35,12 +35,25 @@ def test_the_wheel_holds_only_the_fedsilo_package(wheel: Path) -> None:
     assert "fedsilo/tasks/averaging/averaged.py" in names
 
 
+def test_the_wheel_ships_its_type_information(wheel: Path) -> None:
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
+    assert "fedsilo/py.typed" in names  # PEP 561: checkers read fedsilo's hints
+    stub = archive.read("fedsilo/__init__.pyi").decode()
+    for name in ("train", "load_run", "runs", "TrainedRun"):
+        assert f"import {name} as {name}" in stub
+
+
 def test_the_installed_code_imports_only_through_fedsilo(
     wheel: Path, tmp_path: Path
 ) -> None:
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     code = (
         "import sys\n"
+        "import fedsilo\n"
+        "assert 'prefect' not in sys.modules and 'pandas' not in sys.modules\n"
+        "from fedsilo.api import TrainedRun, train\n"
+        "assert fedsilo.train is train and fedsilo.TrainedRun is TrainedRun\n"
         "import fedsilo.api, fedsilo.cli, fedsilo.flows.training\n"
         "import fedsilo.tasks.protocol.codec as codec\n"
         "codec.message_types()\n"
