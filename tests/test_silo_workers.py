@@ -31,7 +31,8 @@ from connectors.sql import SqlSource
 from fedsilo.errors import ClusterError, SiloDataError, SiloFailedError
 from fedsilo.spec import FederationSpec
 from tasks import run_state
-from tasks.silo.data import SiloSource, load_silo, silo_schema
+from tasks.protocol.messages import SiloSchema
+from tasks.silo.data import SiloSource, load_silo
 from tasks.silo.runtime import SiloRuntime, worker_silo_config
 from tasks.store.checkpoints import CheckpointStore
 
@@ -356,15 +357,36 @@ def _warm_up(address: str) -> None:
 
     with Client(address, timeout=60) as client:
         workers = wait_for_silos(client, SILOS, 120)
-        schemas = []
-        for silo in SILOS:
-            pin = {"workers": [workers[silo]], "allow_other_workers": False}
-            source = SiloSource(silo, None, None, 0.2, {})
-            data = client.submit(load_silo, source, "label", 0, pure=False, **pin)
-            schemas.append(
-                client.submit(silo_schema, data, "label", "classification", **pin)
-            )
-        assert all(s.result(timeout=120).n_train > 0 for s in schemas)
+        schemas = read_schemas(client, workers, "warm-up", 120)
+        assert all(s.n_train > 0 for s in schemas)
+
+
+def read_schemas(
+    client: Any, workers: dict[str, str], run: str, timeout: float
+) -> list[SiloSchema]:
+    """Have each silo read its own rows (its config) over a run's channel.
+
+    The rows stay in the silo's runtime until the channel closes; the schemas,
+    in the order of :data:`SILOS`, are what comes back.
+    """
+    from fedsilo.cluster import SiloCluster
+    from tasks.silo.link import SiloLink
+
+    cluster = SiloCluster(client, workers, str(client.scheduler.address), False)
+    link = SiloLink(cluster, run, timeout)
+    try:
+        link.each(
+            "load",
+            {s: (SiloSource(s, None, None, 0.2, {}), "label", 0) for s in SILOS},
+            keep="rows",
+        )
+        schemas = link.each(
+            "schema",
+            {s: (link.ref(s, "rows"), "label", "classification") for s in SILOS},
+        )
+    finally:
+        link.close()
+    return [schemas[s] for s in SILOS]
 
 
 def names_only_spec(
@@ -427,27 +449,7 @@ def test_workers_read_their_own_config_and_the_coordinator_never_sees_it(
     assert_private((summary, seen), silo_federation.private)
     with Client(silo_federation.address, timeout=30) as client:
         workers = wait_for_silos(client, SILOS, 30)
-        schemas = []
-        for silo in SILOS:
-            data = client.submit(
-                load_silo,
-                SiloSource(silo, None, None, 0.2, {}),
-                "label",
-                0,
-                workers=[workers[silo]],
-                allow_other_workers=False,
-                pure=False,
-            )
-            schema = client.submit(
-                silo_schema,
-                data,
-                "label",
-                "classification",
-                workers=[workers[silo]],
-                allow_other_workers=False,
-                pure=False,
-            )
-            schemas.append(schema.result(timeout=30))
+        schemas = read_schemas(client, workers, "read-again", 30)
         assert [s.n_train for s in schemas] == [
             len(pd.read_parquet(breast_cancer_dir / s / "train.parquet")) for s in SILOS
         ]
