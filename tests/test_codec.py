@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import tasks.boosting.messages  # noqa: F401  (registers the boosting messages)
+from fedsilo.errors import SiloFailedError
 from tasks.gbdt.histogram import NodeHistograms
 from tasks.gbdt.silo_state import LossSum, NodeSplit
 from tasks.privacy.secagg import MaskContext, generate_keypair
@@ -125,3 +126,26 @@ def test_averaged_runs_accept_no_boosting_messages_and_load_no_kernels() -> None
         "assert 'NodeHistograms' in codec.message_types()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_silos_data_error_crosses_as_itself_with_its_silo_and_column() -> None:
+    from fedsilo.errors import SiloDataError, SpecError
+
+    sent = SiloDataError("silo-2", "holds inf in 2 train rows", column="age")
+    back = codec.unpack(codec.pack(("error", sent)))[1]
+    assert isinstance(back, SiloDataError) and not isinstance(back, RemoteError)
+    assert (back.silo, back.column, back.reason) == ("silo-2", "age", sent.reason)
+
+    spec = codec.unpack(codec.pack(("error", SpecError("rounds must be > 0"))))[1]
+    assert isinstance(spec, SpecError) and spec.reason == "rounds must be > 0"
+    # Anything else, fedsilo's or not, is a RemoteError: a name and a message.
+    other = codec.unpack(codec.pack(("error", SiloFailedError("s", "gone"))))[1]
+    assert isinstance(other, RemoteError) and other.kind == "SiloFailedError"
+
+
+def test_forged_error_fields_give_a_remote_error() -> None:
+    import msgpack
+
+    forged = msgpack.ExtType(4, codec._pack(["SiloDataError", "x", {"silo": 7}], None))
+    back = codec.decode(msgpack.packb(forged))
+    assert isinstance(back, RemoteError) and back.kind == "SiloDataError"

@@ -141,3 +141,26 @@ def test_a_task_submitted_to_a_silo_never_runs(tmp_path: Path) -> None:
             assert not marker.exists()
     finally:
         cluster.close()
+
+
+@pytest.mark.integration
+def test_a_replayed_channel_token_opens_nothing(link: SiloLink) -> None:
+    from tasks.silo.channel import Channel, ChannelError, new_token
+    from tasks.silo.link import request_channel
+
+    address = link.address(SILO)
+    token = new_token()
+    endpoint = link.cluster.client.sync(
+        request_channel, address, SILO, "attack-replay", token, (), {}
+    )
+    honest = Channel.connect(address, endpoint, token, None, timeout=10)
+    try:
+        # Whoever saw the token on the wire replays it: the silo listened for
+        # one connection, and that one is the coordinator's.
+        with pytest.raises((ChannelError, OSError)):
+            Channel.connect(address, endpoint, token, None, timeout=5)
+    finally:
+        honest.close()
+    # Nor does the same token reopen the run's channel once it is closed.
+    with pytest.raises((ChannelError, OSError)):
+        Channel.connect(address, endpoint, token, None, timeout=5)
