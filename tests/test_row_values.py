@@ -177,7 +177,8 @@ def _one_line_error(
 
 def _set(column: str, row: int, value: Any) -> Any:
     def change(frame: pd.DataFrame) -> None:
-        frame[column] = frame[column].astype(np.float64)  # integer labels hold no inf
+        if isinstance(value, float):  # integer labels hold no inf or NaN
+            frame[column] = frame[column].astype(np.float64)
         frame.loc[row, column] = value
 
     return change
