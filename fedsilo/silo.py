@@ -24,6 +24,7 @@ import click
 
 from connectors.silo_config import SiloConfig, SiloConfigError, load_silo_config
 from fedsilo.errors import ClusterError, FedsiloError
+from fedsilo.peers import is_loopback
 from tasks.silo.runtime import SiloRuntime
 
 logger = logging.getLogger("fedsilo.silo")
@@ -54,7 +55,7 @@ async def dask_setup(
     name = None if config is None else str(worker.name)
     runtime = SiloRuntime(name, config, insecure_plain_tcp=insecure_plain_tcp)
     await worker.plugin_add(plugin=runtime, catch_errors=False)
-    if getattr(worker, "nanny", None):
+    if getattr(worker, "nanny", None) and not is_loopback(str(worker.ip)):
         logger.warning(
             "silo %r runs under a Dask nanny, which the silo runtime does not "
             "guard: start a silo's worker with --no-nanny (or `fedsilo worker`)",

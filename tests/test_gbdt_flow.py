@@ -458,18 +458,21 @@ def test_pool_workers_sum_their_silos_histograms_and_grow_the_same_trees(
     assert by_pool["traffic"] == by_silo["traffic"]
 
 
-def two_silo_calls(client: Any, run_key: str) -> tuple[Any, Any]:
+def two_silo_calls(client: Any, run_key: str, rows: Path) -> tuple[Any, Any]:
     """Return SiloCalls on silo-0 and silo-1 of the shared cluster, and open_all().
 
-    ``open_all()`` makes both silos' boosting state resident (200 rows each).
+    ``open_all()`` makes both silos' boosting state resident (200 rows each,
+    written to ``rows`` as Parquet files they read).
     """
     from fedsilo.cluster import SiloCluster
     from tasks.boosting import silo_side as gbdt_silo
     from tasks.boosting.federation import SiloCalls
-    from tasks.silo.data import SiloData
+    from tasks.silo.data import SiloSource
     from tasks.silo.link import SiloLink
 
     frame = make_data("binary:logistic", n=200)
+    frame.iloc[:150].to_parquet(rows / "train.parquet")
+    frame.iloc[150:].to_parquet(rows / "test.parquet")
     setup = gbdt_silo.BoostingSetup(
         tuple(FEATURES), "label", "classification", "binary:logistic", 0
     )
@@ -479,17 +482,20 @@ def two_silo_calls(client: Any, run_key: str) -> tuple[Any, Any]:
         if (s := str(w["name"])) in ("silo-0", "silo-1")
     }
     cluster = SiloCluster(client, workers, str(client.scheduler.address), False)
-    link = SiloLink(cluster, run_key, 30)
+    link = SiloLink(cluster, run_key, 30, ("boosting",))
     calls = SiloCalls(link)
 
     def open_all() -> None:
         link.connect(list(workers))
+        train, test = str(rows / "train.parquet"), str(rows / "test.parquet")
+        link.each(
+            "load",
+            {s: (SiloSource(s, train, test, 0.0, {}), "label", 0) for s in workers},
+            keep="rows",
+        )
         link.each(
             "gbdt-rows",
-            {
-                s: (SiloData(s, frame.iloc[:150], frame.iloc[150:], "file"), setup)
-                for s in workers
-            },
+            {s: (link.ref(s, "rows"), setup) for s in workers},
             name="rows",
             keep="gbdt-rows",
         )
@@ -506,7 +512,7 @@ def two_silo_calls(client: Any, run_key: str) -> tuple[Any, Any]:
 
 
 def test_a_broken_channel_fails_the_exchange_naming_the_silo(
-    shared_cluster: str,
+    shared_cluster: str, tmp_path: Path
 ) -> None:
     from distributed import Client
 
@@ -514,7 +520,7 @@ def test_a_broken_channel_fails_the_exchange_naming_the_silo(
     from tasks.boosting.federation import sum_replies
 
     with Client(shared_cluster, set_as_default=False) as client:
-        calls, open_all = two_silo_calls(client, "broken-channel")
+        calls, open_all = two_silo_calls(client, "broken-channel", tmp_path)
         try:
             open_all()
             assert len(calls.link.channels) == 2
@@ -532,13 +538,13 @@ def test_a_broken_channel_fails_the_exchange_naming_the_silo(
     assert not calls.link.channels
 
 
-def test_a_failing_silo_is_named(shared_cluster: str) -> None:
+def test_a_failing_silo_is_named(shared_cluster: str, tmp_path: Path) -> None:
     from distributed import Client
 
     from fedsilo.errors import SiloFailedError
 
     with Client(shared_cluster, set_as_default=False) as client:
-        calls, open_all = two_silo_calls(client, "failing")
+        calls, open_all = two_silo_calls(client, "failing", tmp_path)
         try:
             open_all()
             calls.call("free", {"silo-1": ()})

@@ -202,6 +202,9 @@ def _serve(
                     _send(conn, reply)
                 except codec.CodecError as error:
                     _send(conn, ("error", ident, error))
+    except codec.CodecError as error:  # a request this silo cannot read: hang up
+        logger.warning("channel from %s closed: %s", peer, error)
+        return
     except (OSError, ChannelError, EOFError):
         return  # closed, timed out or broken: the coordinator sees it too
     finally:
