@@ -18,7 +18,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-demo: install
+# The demo needs fedsilo's own dependencies only, none of the test extras.
+DEMO_STAMP := $(VENV)/.fedsilo-demo-installed
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/fedsilo datasets split breast_cancer --silos 4 --partition iid \
 		--out data/breast-cancer-iid-4 --overwrite
 	$(BIN)/fedsilo run federations/breast-cancer.yaml

@@ -83,6 +83,7 @@ class _Silo:
 
     name: str
     train: _Table
+    test: _Table | None  # None: the silo holds out test_fraction of train
     n_train: int
     n_test: int
     test_source: str
@@ -157,15 +158,14 @@ def _read_silo(index: int, silo: SiloSpec, fix: _Fix) -> _Silo | SiloDataError |
         train = _read_table(silo, silo.train, f"silos.{index}.train", fix)
         if isinstance(silo.test, str):
             test = _read_table(silo, silo.test, f"silos.{index}.test", fix)
-            _same_columns(silo.name, train, test)
-            return _Silo(silo.name, train, train.rows, test.rows, "file")
+            return _Silo(silo.name, train, test, train.rows, test.rows, "file")
     except _Unreachable:
         return None
     except SiloDataError as error:
         return error
     n = train.rows  # the silo holds out test_fraction of its rows, as it will
     n_test = round(n * silo.test_fraction) if n > 1 else 0
-    return _Silo(silo.name, train, n - n_test, n_test, "holdout")
+    return _Silo(silo.name, train, None, n - n_test, n_test, "holdout")
 
 
 def _read_table(silo: SiloSpec, location: str, field: str, fix: _Fix) -> _Table:
@@ -241,21 +241,27 @@ def _column_names(schema: pa.Schema) -> tuple[str, ...]:
     return tuple(str(name) for name in schema.names if name not in index)
 
 
-def _same_columns(silo: str, train: _Table, test: _Table) -> None:
-    """Refuse a test file whose columns are not the train file's (as the silo does)."""
-    if sorted(train.names) == sorted(test.names):
+def _check_silo(silo: _Silo, target: str) -> None:
+    """Apply a silo's own checks of its files, in the order its opening does."""
+    for split, table in (("train", silo.train), ("test", silo.test or silo.train)):
+        if target not in table.names:
+            raise SiloDataError(
+                silo.name,
+                f"target column is missing from the {split} rows in "
+                f"{table.location}{_close(target, table.names)}",
+                column=target,
+            )
+    test = silo.test
+    if test is None or sorted(silo.train.names) == sorted(test.names):
         return
-    only_train = sorted(set(train.names) - set(test.names))
-    only_test = sorted(set(test.names) - set(train.names))
-    column = (only_train or only_test)[0]
-    where = (
-        f"in {train.location}, not in {test.location}"
-        if column in only_train
-        else f"in {test.location}, not in {train.location}"
+    column = sorted(set(silo.train.names) ^ set(test.names))[0]
+    has, lacks = (
+        (silo.train, test) if column in silo.train.names else (test, silo.train)
     )
     raise SiloDataError(
-        silo,
-        f"test file columns differ from the train file: the column is {where}",
+        silo.name,
+        f"test file columns differ from the train file: it is in {has.location}, "
+        f"not in {lacks.location}",
         column=column,
     )
 
@@ -272,6 +278,8 @@ def _check_across(spec: FederationSpec, silos: Sequence[_Silo], fix: _Fix) -> No
             f"its columns are {_listed(first.names)}",
             column=target,
         )
+    for silo in silos:
+        _check_silo(silo, target)
     from tasks.silo.schema import check_schemas
 
     try:

@@ -234,6 +234,9 @@ def test_bad_model_params_fail_once_before_any_silo_is_read(
         ["a", "b"],
         model={"kind": "sgd-logistic", "params": {"alpha": -1.0}},
     )
+    for name in ("a", "b"):  # the CLI's preflight reads their schemas first
+        frame = pd.DataFrame({"x": [0.0, 1.0, 2.0], "label": [0, 1, 0]})
+        frame.to_parquet(tmp_path / f"{name}.parquet")
 
     code = main(["run", str(spec)])
 
