@@ -137,7 +137,7 @@ def test_every_round_checkpoints_a_model_stock_xgboost_predicts_equally(
         theirs = booster.predict(xgb.DMatrix(X))
         assert np.max(np.abs(theirs - predict(ours, X.to_numpy()))) <= 1e-6
         assert len(ours.trees) == 2 * round_number * max(ours.num_class, 1)
-        table = pd.read_parquet(path / "model.parquet")
+        table = pd.read_parquet(path / "trees.parquet")
         expected = booster.trees_to_dataframe()
         assert list(table.columns) == list(expected.columns)
         pd.testing.assert_frame_equal(
