@@ -15,17 +15,6 @@ EXIT_USER_ERROR = 2
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run of the federation holds its lock
 
 
-def _print_progress(result: Any, state: Any) -> None:
-    metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()))
-    total = len(result.selected)
-    rounds = state.spec.rounds
-    print(
-        f"round {result.round:>4}/{rounds}  silos {len(result.silos)}/{total}"
-        f"  {metrics}  {result.seconds:.2f}s",
-        flush=True,
-    )
-
-
 def _final_table(summary: dict[str, Any], history: list[Any], elapsed: float) -> str:
     lines = [
         f"run {summary['run_id']}  ({elapsed:.1f}s)",
@@ -76,12 +65,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"resuming run {run_id}", flush=True)
         elif not _has_rounds(spec, run_id):  # a cron line's first night
             print(f"run {run_id} has no complete round yet: starting it", flush=True)
-            return _train(spec, run_id, True)
+            return _train(spec, run_id, True, args.spec)
         store = locate_run(spec.checkpoints, run_id, spec.name, spec.storage_options)
         check_same_federation(spec, store)
         if _already_done(spec, store, args.rounds):
             return 0
-    return _train(spec, run_id, args.resume)
+    return _train(spec, run_id, args.resume, args.spec)
 
 
 def _has_rounds(spec: Any, run_id: str) -> bool:
@@ -124,36 +113,53 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 0
     latest = store.latest_complete_round()
     print(f"resuming run {args.run_id} of {spec.name} after round {latest}", flush=True)
-    return _train(spec, args.run_id, True)
+    return _train(spec, args.run_id, True, args.spec)
 
 
-def _train(spec: Any, run_id: str | None, resume: bool) -> int:
+def _preflight(spec: Any, spec_path: str | None) -> None:
+    """Check the silos' sources the coordinator may read, before anything starts."""
+    from fedsilo.preflight import preflight
+
+    preflight(spec, spec_path)
+
+
+def _train(
+    spec: Any, run_id: str | None, resume: bool, spec_path: str | None = None
+) -> int:
     """Run the training flow under the federation's lock, printing progress."""
+    _preflight(spec, spec_path)
     from fedsilo.prefect_env import warm_up
 
     warmed = warm_up(embedded_cluster=spec.cluster.address is None)
     from fedsilo.locking import federation_lock
     from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
+    from fedsilo.progress import RoundProgress
     from flows.training import federated_training
     from tasks import run_state
     from tasks.store.checkpoints import new_run_id
 
     quiet_dask_logs()
     history: list[Any] = []
+    progress = RoundProgress()  # a bar on a terminal, a line a round otherwise
 
     def listener(result: Any, state: Any) -> None:
         history.append(result)
-        _print_progress(result, state)
+        progress(result, state)
 
     run_id = run_id or new_run_id()
     started = time.perf_counter()
     with federation_lock(spec.name, spec.checkpoints, run_id):
         warmed()
-        with unwatched_heartbeats_off(), run_state.listening(listener):
-            summary = federated_training(spec, run_id=run_id, resume=resume)
+        try:
+            with unwatched_heartbeats_off(), run_state.listening(listener):
+                summary = federated_training(spec, run_id=run_id, resume=resume)
+        finally:
+            progress.close()
     print(_final_table(summary, history, time.perf_counter() - started))
     if summary.get("stopped"):
         print(summary["stopped"])
+    if summary.get("tracking"):
+        print(summary["tracking"])
     return 0
 
 
@@ -164,6 +170,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     if args.personalize_epochs < 1:
         raise FedsiloError("--personalize-epochs must be at least 1")
+    _preflight(spec, args.spec)
     from fedsilo.locking import federation_lock
     from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
     from flows.compare import federated_comparison
@@ -213,6 +220,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's model as a skops, ONNX or XGBoost JSON file."""
+    from fedsilo.resume import locate_run
+    from tasks.export import export_model
+
+    store = locate_run(args.checkpoints, args.run_id, args.federation)
+    done = export_model(store, args.format, path=args.out, round_number=args.round)
+    print(
+        f"{done.path}  ({done.format}; round {done.round} of run {store.run_id}, "
+        f"{done.kind}, {len(done.features)} input columns)"
+    )
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """Describe the silos' rows with federated statistics (no row moves)."""
     from fedsilo.spec import load_spec
@@ -222,6 +243,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         raise FedsiloError(f"--min-count {args.min_count}: give at least 1")
     if args.bins is not None and not 2 <= args.bins <= 1000:
         raise FedsiloError(f"--bins {args.bins}: give 2 to 1000")
+    _preflight(spec, args.spec)
     from fedsilo.prefect_env import quiet_dask_logs, unwatched_heartbeats_off
     from flows.stats import federated_stats
     from tasks.statistics.report import text_report
@@ -233,6 +255,30 @@ def cmd_stats(args: argparse.Namespace) -> int:
         )
     print(text_report(result.stats, spec.target))
     print(f"\ntables {result.path}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List the runs of a checkpoint store: rounds done, last metrics, status."""
+    from fedsilo.catalog import format_runs, store_runs
+
+    entries = store_runs(args.checkpoints, args.federation)
+    if not entries:
+        where = f" of federation {args.federation!r}" if args.federation else ""
+        print(f"{args.checkpoints}: no run{where} with a complete round")
+        return 0
+    print(format_runs(entries))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring a checkpoint store written by an earlier fedsilo to today's layout."""
+    from tasks.store.checkpoints import migrate_store
+
+    changed = migrate_store(args.checkpoints)
+    for run, written in changed.items():
+        print(f"{run}: wrote {len(written)} file(s)")
+    print(f"{args.checkpoints}: {len(changed)} run(s) migrated; the rest were current")
     return 0
 
 
@@ -470,6 +516,29 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--rounds", type=int, help="train up to this round instead")
     _flow_command(resume, cmd_resume)
 
+    runs = sub.add_parser(
+        "runs",
+        help="list the runs of a checkpoint store: federation, run, rounds done, "
+        "last global test metrics, status",
+    )
+    runs.add_argument(
+        "checkpoints",
+        metavar="STORE",
+        nargs="?",
+        default="./checkpoints",
+        help="the store's path or URL (default ./checkpoints)",
+    )
+    runs.add_argument("--federation", help="list this federation's runs only")
+    runs.set_defaults(handler=cmd_runs)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="bring a checkpoint store written by an earlier fedsilo to the "
+        "current layout (trees.parquet, manifest.parquet; docs/checkpoints.md)",
+    )
+    migrate.add_argument("checkpoints", metavar="STORE", help="the store's path or URL")
+    migrate.set_defaults(handler=cmd_migrate)
+
     compare = sub.add_parser(
         "compare",
         help="should we federate? federated vs personalized, local-only and "
@@ -490,6 +559,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the centralized (pooled rows) upper bound",
     )
     _flow_command(compare, cmd_compare)
+
+    export = sub.add_parser(
+        "export",
+        help="write a run's model as a file stock tools load: skops, ONNX or "
+        "XGBoost JSON (docs/export.md)",
+    )
+    export.add_argument("run_id", metavar="RUN", help="the run id")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["skops", "onnx", "xgboost-json"],
+        help="skops (every kind), onnx (averaged kinds), xgboost-json (xgboost)",
+    )
+    export.add_argument(
+        "--round", type=int, help="the round to export (default: the latest complete)"
+    )
+    export.add_argument(
+        "--out",
+        help="file path or fsspec URL (default: FEDERATION-RUN-rNNNNN.<suffix> here)",
+    )
+    export.add_argument(
+        "--checkpoints",
+        default="./checkpoints",
+        help="the store holding the run (default ./checkpoints)",
+    )
+    export.add_argument("--federation", help="the run's federation, if ambiguous")
+    export.set_defaults(handler=cmd_export)
 
     datasets = sub.add_parser("datasets", help="bundled and synthetic data sets")
     dsub = datasets.add_subparsers(dest="datasets_command", required=True)
