@@ -4,7 +4,7 @@ Opening reads, checks and bins every silo's rows at the silo, once. A round
 (the engine's ``federated-round`` flow) grows ``model.trees_per_round`` trees,
 level by level, through exchanges with the silo-resident state
 (``tasks.gbdt_federation``), scores the model at every silo and checkpoints
-model.json (XGBoost JSON), model.parquet (the trees as a table) and
+model.json (XGBoost JSON), trees.parquet (the trees as a table) and
 metrics.parquet. A resumed run reads model.json of the last complete round and
 replays its trees at each silo, so it ends with the same model.
 """
@@ -477,7 +477,7 @@ def checkpoint_model(
     evaluations: list[Evaluation],
     updates: list[LocalUpdate],
 ) -> str:
-    """Write model.json, model.parquet (trees table) and metrics.parquet."""
+    """Write model.json, trees.parquet (trees table) and metrics.parquet."""
     rows = metric_rows(evaluations, updates, state.spec.task, absent=state.dropped)
     dp = state.spec.privacy.dp
     if dp is not None and state.privacy.epsilon is not None:
