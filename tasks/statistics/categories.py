@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fedsilo.errors import SiloDataError
+from tasks.protocol import codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +114,7 @@ def plain(value: Any) -> Any:
     """Return numpy scalars as Python ones (they sort, pickle small, JSON-encode)."""
     item = getattr(value, "item", None)
     return item() if callable(item) else value
+
+
+# A categorical column's encoding crosses to the silos with their prepare request.
+codec.register(Encoding)

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.gbdt.sketch import QuantileSummary, empty_summary, summarize_column
+from tasks.protocol import codec
 from tasks.statistics.categories import plain, value_order
 
 #: Entries a silo keeps in each column's quantile summary.
@@ -749,3 +750,7 @@ def _frame(rows: list[dict[str, Any]], types: Mapping[str, str]) -> pd.DataFrame
     """Return rows as a frame with fixed columns and nullable dtypes."""
     frame = pd.DataFrame(rows, columns=list(types))
     return frame.astype(dict(types))
+
+
+# A silo's profile and histograms cross the silo channel as these messages.
+codec.register(NumericProfile, Tally, SiloProfile, SiloHistograms, QuantileSummary)
