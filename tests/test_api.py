@@ -233,6 +233,8 @@ def test_a_cli_run_prints_a_line_a_round_and_no_dask_info(
     spec = write_federation(
         "breast_cancer", n_silos=2, partition="iid", out=tmp_path / "bc", rounds=2
     )
+    body = yaml.safe_load(spec.read_text())
+    spec.write_text(yaml.safe_dump({**body, "cluster": {"workers": 1}}))  # a process
     store = tmp_path / "store"
     env = {
         **os.environ,
