@@ -13,10 +13,14 @@ exist).
 
 Only what the coordinator may read is checked. Not checked, and left to the
 silo: silos whose ``train`` is null (their worker's own config holds the
-sources), SQL and other registered source kinds, and local paths when the
-cluster's scheduler is not on this machine (such paths are the silos' own).
-A URL the coordinator may not open (no credentials here, s3fs not installed)
-is left to the silo too: its worker may hold what the coordinator lacks.
+sources), SQL and other registered source kinds, local paths when the
+cluster's scheduler is not on this machine (such paths are the silos' own),
+and CSV files at URLs (their column types need rows; a local CSV's first
+rows are read, the silos' files being on this machine). A URL the
+coordinator may not open (no credentials here, s3fs not installed) is left
+to the silo too: its worker may hold what the coordinator lacks. Of a
+Parquet source the coordinator reads the footer only: the schema and the row
+count are kept, the rest (row groups' statistics) is dropped unread.
 """
 
 from __future__ import annotations
@@ -148,6 +152,10 @@ def _not_checked(silo: SiloSpec, local: bool) -> str | None:
             return "not a file source (read at the silo)"
     if not local and isinstance(silo.train, str) and not _is_url(silo.train):
         return "a path on the silo's machine (the scheduler is elsewhere)"
+    for source in (silo.train, silo.test):
+        if isinstance(source, str) and _is_url(source) and _format(source) == "csv":
+            # A CSV's types need rows; the coordinator reads a URL's footer only.
+            return "a CSV at a URL (its rows are read at the silo only)"
     return None
 
 

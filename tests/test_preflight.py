@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +18,7 @@ from fedsilo.cli import main
 from fedsilo.errors import SiloDataError
 from fedsilo.preflight import _format, preflight
 from fedsilo.spec import load_spec
+from tests._moto import MotoS3, moto_server
 
 SPLIT = "fedsilo datasets split breast_cancer --silos 3 --partition iid"
 
@@ -201,6 +202,7 @@ def test_a_good_split_passes_and_silo_held_sources_are_left_to_the_silo(
     body["silos"][0] = {"name": "silo-0"}  # its worker's own config holds them
     body["silos"][1]["test"] = None
     body["silos"][1]["train"] = {"url": "sqlite:///silo-1.db", "table": "rows"}
+    body["silos"].append({"name": "silo-3", "train": "s3://bucket/silo-3/train.csv"})
     spec_path = federation.parent / "mixed.yaml"
     spec_path.write_text(yaml.safe_dump(body))
 
@@ -209,6 +211,7 @@ def test_a_good_split_passes_and_silo_held_sources_are_left_to_the_silo(
     assert checked.silos == ("silo-2",)
     assert "configured at the silo" in checked.skipped["silo-0"]
     assert "not a file source" in checked.skipped["silo-1"]
+    assert "a CSV at a URL" in checked.skipped["silo-3"]  # no row read from here
 
 
 def test_paths_are_the_silos_own_when_the_scheduler_is_elsewhere(
@@ -256,3 +259,61 @@ def test_the_preflight_reads_formats_as_the_file_connector_does(location: str) -
         expected = None
 
     assert _format(location) == expected
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+def _s3_spec(split: Path, tmp_path: Path, moto: MotoS3, bucket: str) -> Path:
+    """The split's spec with every silo's files at s3://BUCKET/ (silo-1's train not)."""
+    fs = moto.filesystem()
+    body = yaml.safe_load((split / "federation.yaml").read_text())
+    for silo in body["silos"]:
+        for side in ("train", "test"):
+            url = f"s3://{bucket}/{silo[side]}"
+            if silo[side] != "silo-1/train.parquet":
+                fs.put(str(split / silo[side]), url)
+            silo[side] = url
+        silo["storage_options"] = {"client_kwargs": {"endpoint_url": moto.endpoint}}
+    spec = tmp_path / "s3.yaml"
+    spec.write_text(yaml.safe_dump(body))
+    return spec
+
+
+def test_urls_the_coordinator_can_open_are_checked(
+    split: Path, tmp_path: Path, moto: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    spec = _s3_spec(split, tmp_path, moto, moto.make_bucket("preflight-a"))
+    for name, value in moto.env().items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+    with pytest.raises(SiloDataError) as raised:
+        preflight(load_spec(spec), spec)
+
+    assert raised.value.silo == "silo-1"
+    assert "no such file: s3://preflight-a/silo-1/train.parquet" in raised.value.reason
+
+
+def test_urls_the_coordinator_cannot_open_are_left_to_the_silo(
+    split: Path, tmp_path: Path, moto: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    spec = _s3_spec(split, tmp_path, moto, moto.make_bucket("preflight-b"))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, str(tmp_path / "none"))  # no credentials here
+    s3fs.S3FileSystem.clear_instance_cache()
+
+    checked = preflight(load_spec(spec), spec)
+
+    assert checked.silos == ()
+    assert set(checked.skipped) == {"silo-0", "silo-1", "silo-2"}
+    assert all("cannot be opened from here" in why for why in checked.skipped.values())
