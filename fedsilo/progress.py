@@ -16,11 +16,15 @@ from typing import Any, TextIO
 BAR_WIDTH = 20
 
 
-def round_line(result: Any, total: int) -> str:
-    """Return the plain progress line of a round (``RoundResult``) of ``total``."""
+def round_line(result: Any, total: int, left: str = "") -> str:
+    """Return the progress line of a round (``RoundResult``) of ``total``.
+
+    ``left`` (the time left, on a terminal's bar) follows the round number, so
+    that a narrow terminal cuts the metrics rather than it.
+    """
     metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()))
     return (
-        f"round {result.round:>4}/{total}  silos {len(result.silos)}/"
+        f"round {result.round:>4}/{total}{left}  silos {len(result.silos)}/"
         f"{len(result.selected)}  {metrics}  {result.seconds:.2f}s"
     )
 
@@ -68,7 +72,7 @@ class RoundProgress:
         left = total - done
         mean = sum(self._seconds) / len(self._seconds)
         eta = f"  ~{_duration(left * mean)} left" if left else ""
-        line = f"[{bar}] {round_line(result, total)}{eta}"
+        line = f"[{bar}] {round_line(result, total, eta)}"
         columns = shutil.get_terminal_size(fallback=(80, 24)).columns
         return line[: max(columns - 1, BAR_WIDTH + 2)]
 
