@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 
 import dp_accounting
 import numpy as np
@@ -14,9 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.optimize import brentq
-from scipy.stats import norm
+from scipy.stats import kstest, norm
 
 from fedsilo.errors import InconsistentUpdatesError
+from fedsilo.spec import DPSpec, StrategySpec
+from tasks.averaging.combine import combine
 from tasks.privacy import accountant
 from tasks.privacy.dp import (
     AdaptiveClip,
@@ -33,6 +36,10 @@ from tasks.privacy.dp import (
     update_noise_multiplier,
 )
 from tasks.privacy.errors import PrivacyBudgetExceededError
+from tasks.privacy.secagg import KeyPair, MaskContext, generate_keypair, unmask_sum
+from tasks.privacy.secure_random import SecureRandom
+from tasks.privacy.silo_protect import protect, with_noise_share
+from tasks.protocol.messages import LocalUpdate, PrivacyRequest
 
 VALUES = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
 
@@ -317,3 +324,189 @@ def test_gbdt_accounting_composes_one_gaussian_per_level() -> None:
     assert accountant.gbdt_epsilon(5.0, releases, 1e-6) == pytest.approx(
         direct.get_epsilon(1e-6), rel=1e-9
     )
+
+
+# --- the CSPRNG --------------------------------------------------------------
+
+
+def test_secure_random_draws_normals_and_uniforms() -> None:
+    draw = SecureRandom()
+
+    x = draw.normal(0.0, 3.0, (200_000,))
+    u = draw.random(100_000)
+
+    # The std estimate's own std is 0.16 %, the mean's 0.0067: both bounds are
+    # over 10 of those; the KS bound of 0.01 at n = 2e5 fails with p ~ 2e-17.
+    assert x.std() == pytest.approx(3.0, rel=0.02)
+    assert abs(x.mean()) < 0.07
+    assert kstest(x / 3.0, "norm").statistic < 0.01
+    assert u.min() >= 0.0 and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.01
+    assert isinstance(draw.normal(), float) and draw.normal(1.0, 0.0) == 1.0
+    assert draw.normal(0.0, 1.0, (2, 3)).shape == (2, 3)
+    sample = draw.sample(10, 4)
+    assert sample == sorted(set(sample)) and len(sample) == 4
+
+
+def test_secure_random_holds_nothing_to_record_or_replay() -> None:
+    a, b = SecureRandom(), SecureRandom()
+
+    # No seed, key or state: every instance pickles to the same bytes ...
+    assert pickle.dumps(a) == pickle.dumps(b)
+    # ... and yet no two draws repeat.
+    assert not np.array_equal(a.normal(0.0, 1.0, 64), a.normal(0.0, 1.0, 64))
+    assert not np.array_equal(a.normal(0.0, 1.0, 64), b.normal(0.0, 1.0, 64))
+
+
+# --- distributed noise -------------------------------------------------------
+
+DISTRIBUTED = DPSpec(clip=1.0, noise_multiplier=0.8, noise="distributed")
+
+
+def _keys(indices: tuple[int, ...]) -> dict[int, KeyPair]:
+    return {i: generate_keypair() for i in indices}
+
+
+def _request(
+    i: int,
+    roster: tuple[int, ...],
+    keys: dict[int, KeyPair],
+    context: MaskContext,
+    dp: DPSpec,
+    clip: float,
+) -> PrivacyRequest:
+    """What the coordinator asks of silo ``i`` (round_tasks.privacy_request)."""
+    request = PrivacyRequest(
+        clip=clip,
+        vote=dp.adaptive is not None,
+        silo_index=i,
+        peers_public={j: keys[j].public for j in roster if j != i},
+        context=context,
+    )
+    return with_noise_share(request, dp, len(roster))
+
+
+@pytest.mark.parametrize(
+    ("roster", "attempt"),
+    [((0, 1, 2, 3), 0), ((0, 1, 3), 1)],  # a full round; its retry without silo 2
+)
+def test_distributed_noise_shares_give_the_full_variance_for_any_roster(
+    roster: tuple[int, ...], attempt: int
+) -> None:
+    d = 60_000
+    rng = np.random.default_rng(11)
+    keys = _keys(roster)
+    context = MaskContext("run", 1, attempt)
+    start = {"w": np.zeros(d)}
+    clean = np.zeros(d)
+    masked = []
+    for i in roster:
+        local = {"w": rng.normal(0.0, 1e-3, d)}  # norm ~0.25: within the clip
+        clean += local["w"]
+        request = _request(i, roster, keys, context, DISTRIBUTED, 1.0)
+        sent, update, _ = protect(local, start, 100, request, keys[i])
+        assert sent == {} and update is not None
+        assert request.noise_shares == len(roster)
+        masked.append(update)
+
+    noise = unmask_sum(masked) - clean  # all that the coordinator can decode
+
+    # sigma = z * clip = 0.8 whatever the roster; the std estimate's own std is
+    # 0.29 %, the mean's 0.0033: the bounds are ten of those.
+    assert noise.std() == pytest.approx(0.8, rel=0.03)
+    assert abs(noise.mean()) < 0.033
+
+
+def test_a_silo_clips_then_adds_its_share_then_masks() -> None:
+    dp = DPSpec(
+        clip=0.5,
+        noise_multiplier=1.0,
+        noise="distributed",
+        adaptive={"count_stddev": 2.0},
+    )
+    keys = _keys((0, 1))
+    context = MaskContext("run", 3)
+    zeros = {"w": np.zeros(2)}
+    request = _request(0, (0, 1), keys, context, dp, 0.5)
+    quiet = PrivacyRequest(  # silo 1 sends a zero change and its vote, no noise
+        clip=0.5,
+        vote=True,
+        silo_index=1,
+        peers_public={0: keys[0].public},
+        context=context,
+    )
+
+    _, mine, _ = protect(
+        {"w": np.array([3.0, 4.0])},
+        zeros,
+        10,
+        request,
+        keys[0],
+        np.random.default_rng(9),
+    )
+    _, other, _ = protect(zeros, zeros, 10, quiet, keys[1])
+    total = unmask_sum([mine, other])
+
+    z = update_noise_multiplier(1.0, 2.0)
+    replay = np.random.default_rng(9)
+    clipped = {"w": np.array([0.3, 0.4])}  # [3, 4] has norm 5, clipped to 0.5
+    noised = add_gaussian_noise(clipped, 0.5, z, replay, n_shares=2)["w"]
+    vote = -0.5 + replay.normal(0.0, 2.0 / math.sqrt(2))  # over the clip: -1/2
+    assert request.noise_multiplier == pytest.approx(z)
+    assert request.vote_stddev == pytest.approx(2.0 / math.sqrt(2))
+    np.testing.assert_allclose(total, [*noised, vote + 0.5], atol=1e-6)
+
+
+def test_a_noise_share_is_refused_without_masking() -> None:
+    request = with_noise_share(PrivacyRequest(clip=1.0), DISTRIBUTED, 3)
+
+    with pytest.raises(ValueError, match="secure aggregation"):
+        protect({"w": np.ones(2)}, {"w": np.zeros(2)}, 5, request, None)
+    assert with_noise_share(PrivacyRequest(clip=1.0), None, 3) == PrivacyRequest(
+        clip=1.0
+    )
+
+
+def test_the_coordinator_adds_no_noise_under_distributed_dp() -> None:
+    roster = (0, 1, 2)
+    keys = _keys(roster)
+    context = MaskContext("run", 1)
+    start = {"coef_": np.zeros((1, 3)), "intercept_": np.zeros(1), "t_": np.ones(())}
+    updates = []
+    rng = np.random.default_rng(5)
+    for i in roster:
+        local = {
+            "coef_": rng.normal(0.0, 0.1, (1, 3)),
+            "intercept_": rng.normal(0.0, 0.1, 1),
+            "t_": np.array(9.0),
+        }
+        request = _request(i, roster, keys, context, DISTRIBUTED, 1.0)
+        _, masked, _ = protect(local, start, 10, request, keys[i])
+        updates.append(LocalUpdate(f"s{i}", 1, "w", {}, 10, 0.0, 0, 0, masked=masked))
+    total = unmask_sum([u.masked for u in updates])  # coef_ then intercept_
+    central = DISTRIBUTED.model_copy(update={"noise": "central"})
+
+    new = combine(
+        updates, start, StrategySpec(), dp=DISTRIBUTED, clip=1.0, expected_silos=3
+    ).params
+    noised = combine(
+        updates, start, StrategySpec(), dp=central, clip=1.0, expected_silos=3
+    ).params
+
+    np.testing.assert_allclose(new["coef_"].ravel(), total[:3] / 3, atol=1e-12)
+    np.testing.assert_allclose(new["intercept_"], total[3:] / 3, atol=1e-12)
+    assert new["t_"] == 1.0  # a state counter keeps the global value
+    # Central noise (std 0.8 / 3 per value) on the same sum: never this close.
+    assert np.linalg.norm(noised["coef_"] - new["coef_"]) > 1e-3
+
+
+def test_the_run_records_epsilon_against_whoever_knows_the_sample() -> None:
+    z, delta = 1.2, 1e-5
+
+    known = accountant.fedavg_epsilon(z, 20, delta)
+    sampled = accountant.sampled_fedavg_epsilon(z, 5, 20, 20, delta)
+
+    assert known == accountant.epsilon_spent(z, 1.0, 20, delta)
+    assert sampled == accountant.epsilon_spent(
+        z, 0.25, 20, delta, sampling="fixed", population=20
+    )
+    assert accountant.sampled_fedavg_epsilon(z, 20, 20, 20, delta) is None

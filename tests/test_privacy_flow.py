@@ -134,6 +134,56 @@ def test_secure_dp_with_adaptive_clipping_moves_the_clip(
     assert len(set(clips)) == 3 and all(c > 0 for c in clips)
 
 
+def test_distributed_noise_comes_from_the_silos_and_resuming_accounts_every_round(
+    breast_cancer_dir: Path, tmp_path: Path, shared_cluster: str
+) -> None:
+    from tasks.privacy.accountant import fedavg_epsilon
+    from tasks.privacy.secagg import unmask_sum
+
+    z, delta = 1.0, 1e-5
+    dp = {"clip": 1.0, "noise_multiplier": z, "delta": delta}
+    store = tmp_path / "store"
+
+    def spec(noise: str, rounds: int) -> FederationSpec:
+        privacy = {"secure_aggregation": True, "dp": {**dp, "noise": noise}}
+        return _spec(
+            breast_cancer_dir, store, shared_cluster, rounds=rounds, privacy=privacy
+        )
+
+    # Seeded local training: round 1's clipped changes are the same in both
+    # runs, and central noise is added after unmasking, so the central run's
+    # unmasked sum is the clean sum.
+    _, central = _run(spec("central", 1), run_id="central")
+    _, shared = _run(spec("distributed", 2), run_id="shared")
+    resumed, _ = _run(spec("distributed", 3), run_id="shared", resume=True)
+
+    clean = unmask_sum([u.masked for u in central[0][1]])
+    decoded = [unmask_sum([u.masked for u in updates]) for _, updates in shared]
+    name = spec("distributed", 3).name
+    checkpoints = CheckpointStore(str(store), name, "shared")
+    # Every value the coordinator decodes carries the silos' noise, N(0, z^2)
+    # per coordinate: |gap|^2 / z^2 is chi-square with d degrees of freedom,
+    # below 0.09 d or above 4 d with probability under 1e-12 (d = 31).
+    d = clean.size
+    gap = float(np.linalg.norm(decoded[0] - clean))
+    assert 0.3 * z * np.sqrt(d) < gap < 2.0 * z * np.sqrt(d)
+    # ... and the coordinator adds none: round 2's model is round 1's plus
+    # the decoded sum over the expected 4 silos.
+    first, second = checkpoints.read_params(1), checkpoints.read_params(2)
+    step = np.concatenate(
+        [(second[n] - first[n]).ravel() for n in ("coef_", "intercept_")]
+    )
+    np.testing.assert_allclose(step, decoded[1] / 4, rtol=0, atol=1e-12)
+    # Resumed at round 3 with new noise, the accountant counts all 3 rounds.
+    assert resumed["rounds"] == [3]
+    eps = [
+        checkpoints.read_metrics(r).query("metric == 'epsilon'").value.item()
+        for r in (1, 2, 3)
+    ]
+    assert eps == pytest.approx([fedavg_epsilon(z, r, delta) for r in (1, 2, 3)])
+    assert resumed["epsilon"] == pytest.approx(eps[2])
+
+
 OPTIONS = {"trimmed-mean": {"beta": 0.25}, "krum": {"byzantine": 0}}
 OPTIONS["multi-krum"] = OPTIONS["krum"]
 

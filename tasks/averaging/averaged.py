@@ -264,21 +264,9 @@ class AveragedRun(AveragedState):
         dp = self.spec.privacy.dp
         if dp is None or dp.epsilon_budget is None:
             return None
-        n = len(self.spec.silos)
-        strategy = self.spec.strategy
-        sampled = len(
-            sample_silos(
-                [str(i) for i in range(n)], strategy.fraction, strategy.min_silos, 0, 1
-            )
-        )
+        # Against whoever knows the samples: no amplification (accountant.py).
         if would_exceed(
-            dp.noise_multiplier,
-            sampled / n,
-            round_number - 1,
-            dp.delta,
-            dp.epsilon_budget,
-            sampling="fixed",
-            population=n,
+            dp.noise_multiplier, 1.0, round_number - 1, dp.delta, dp.epsilon_budget
         ):
             return (
                 f"stopped before round {round_number}: it would spend more than the "
@@ -291,7 +279,12 @@ class AveragedRun(AveragedState):
         silos = list(self.cluster.workers)
         strategy = self.spec.strategy
         selected = sample_silos(
-            silos, strategy.fraction, strategy.min_silos, self.spec.seed, round_number
+            silos,
+            strategy.fraction,
+            strategy.min_silos,
+            self.spec.seed,
+            round_number,
+            secret=self.spec.privacy.dp is not None,  # DP: unpredictable from the spec
         )
         logger = get_run_logger()
         try:

@@ -3,7 +3,8 @@
 The strategy decides how: the one registered under the spec's kind
 (tasks/averaging/strategies.py: FedAvg, robust aggregators) over validated
 updates, secure aggregation (only the sum is ever decoded) and client-level DP
-(clipped changes, Gaussian noise on their sum); a server optimiser may then step
+(clipped changes, Gaussian noise on their sum, or the silos' noise shares
+under distributed noise); a server optimiser may then step
 on the result. Compressed updates (tasks/averaging/compression.py) are decoded
 first: global model plus the decoded change. Everything here is plain arrays in,
 arrays out.
@@ -29,6 +30,7 @@ from tasks.privacy.dp import (
 )
 from tasks.privacy.encoding import layout_of, unflatten
 from tasks.privacy.secagg import unmask_sum, unmask_weighted_average
+from tasks.privacy.secure_random import NoiseSource, SecureRandom
 from tasks.privacy.silo_protect import STATE_TENSORS, dp_tensors
 from tasks.protocol.messages import LocalUpdate
 from tasks.robust.validation import Rejection, shapes_of, validate_updates
@@ -83,11 +85,19 @@ def _dp_step(
     dp: DPSpec,
     clip: float,
     expected_silos: int,
-    rng: np.random.Generator,
+    rng: NoiseSource,
 ) -> tuple[Params, float]:
-    """Return (new params, next clip) from clipped changes plus noise."""
+    """Return (new params, next clip) from clipped changes plus noise.
+
+    Central noise is drawn here from ``rng``. Under distributed noise the silos
+    added theirs before masking: the decoded sum is already noisy (the clip
+    votes too) and nothing is added.
+    """
     template = dp_tensors(global_params)
     adaptive = dp.adaptive
+    distributed = dp.noise == "distributed"
+    if distributed and not (updates and updates[0].masked is not None):
+        raise ValueError("distributed DP noise needs masked updates")
     if updates and updates[0].masked is not None:
         total = unmask_sum([u.masked for u in updates])
         vote_sum = float(total[-1]) if adaptive else 0.0
@@ -101,7 +111,7 @@ def _dp_step(
     z = dp.noise_multiplier
     if adaptive:
         z = update_noise_multiplier(z, adaptive.count_stddev)
-    noisy = add_gaussian_noise(summed, clip, z, rng)
+    noisy = summed if distributed else add_gaussian_noise(summed, clip, z, rng)
     mean_change = dp_mean(noisy, expected_silos)
     new = {
         name: (
@@ -117,7 +127,7 @@ def _dp_step(
             clip=clip,
             target_quantile=adaptive.target_quantile,
             learning_rate=adaptive.learning_rate,
-            count_stddev=adaptive.count_stddev,
+            count_stddev=0.0 if distributed else adaptive.count_stddev,
         )
         next_clip = update_clip(state, vote_sum, expected_silos, rng).clip
     return new, next_clip
@@ -131,13 +141,20 @@ def combine(
     dp: DPSpec | None = None,
     clip: float | None = None,
     expected_silos: int = 1,
-    rng: np.random.Generator | None = None,
+    rng: NoiseSource | None = None,
 ) -> Combined:
-    """Return the next global model (before any server optimiser)."""
+    """Return the next global model (before any server optimiser).
+
+    DP noise is drawn from ``rng``: leave it None in a run (the OS's CSPRNG,
+    ``SecureRandom``); a seeded generator is for tests that replay draws.
+    """
     if dp is not None:
-        if rng is None or clip is None:
-            raise ValueError("DP needs a generator and the current clip")
-        new, next_clip = _dp_step(updates, global_params, dp, clip, expected_silos, rng)
+        if clip is None:
+            raise ValueError("DP needs the current clip")
+        draw = SecureRandom() if rng is None else rng
+        new, next_clip = _dp_step(
+            updates, global_params, dp, clip, expected_silos, draw
+        )
         return Combined(new, clip=next_clip)
     if updates and updates[0].masked is not None:
         return Combined(_unmasked_mean_params(updates, global_params))

@@ -13,15 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from fedsilo.errors import SiloFailedError
 from tasks.averaging.averaged_state import AveragedState
 from tasks.averaging.combine import Combined, combine
+from tasks.averaging.sampling import sample_size
 from tasks.prefect_decorators import uncached_task
-from tasks.privacy.accountant import epsilon_spent
+from tasks.privacy.accountant import fedavg_epsilon, sampled_fedavg_epsilon
 from tasks.privacy.secagg import MaskContext
-from tasks.privacy.silo_protect import PrivacyRequest
+from tasks.privacy.silo_protect import PrivacyRequest, with_noise_share
 from tasks.protocol.messages import Evaluation, LocalUpdate
 from tasks.silo.batch import SiloFault
 from tasks.silo.failures import silo_failure
@@ -51,9 +50,10 @@ def privacy_request(
         if other != silo
     }
     context = MaskContext(state.run_id, round_number, attempt)
-    return PrivacyRequest(
+    request = PrivacyRequest(
         clip=clip, vote=vote, silo_index=me, peers_public=peers, context=context
     )
+    return with_noise_share(request, privacy.dp, len(roster))
 
 
 def _silo_errors(
@@ -141,22 +141,13 @@ def aggregate(
         spec.strategy,
         dp=dp,
         clip=state.dp_clip,
-        expected_silos=expected_silos,
-        rng=np.random.default_rng([spec.seed, round_number, 0xD9]),
+        expected_silos=expected_silos,  # DP noise: the OS's CSPRNG, never recorded
     )
     if state.server_optimizer is not None:
         combined.params = state.server_optimizer.step(state.params, combined.params)
     if dp is not None:
         state.dp_clip = combined.clip
-        n = len(spec.silos)
-        state.epsilon = epsilon_spent(
-            dp.noise_multiplier,
-            expected_silos / n,
-            round_number,
-            dp.delta,
-            sampling="fixed",
-            population=n,
-        )
+        state.epsilon = fedavg_epsilon(dp.noise_multiplier, round_number, dp.delta)
     return combined
 
 
@@ -180,8 +171,13 @@ def evaluate_local(
     return evaluations, [r for r in replies if isinstance(r, SiloFailedError)]
 
 
-def privacy_rows(state: AveragedState) -> list[MetricRow]:
-    """Return the privacy spent so far and the current DP clip as global rows."""
+def privacy_rows(state: AveragedState, round_number: int) -> list[MetricRow]:
+    """Return the privacy spent so far and the current DP clip as global rows.
+
+    ``epsilon`` holds against whoever knows the rounds' samples, the amplified
+    ``epsilon_sampled`` (fraction < 1) against readers of the models alone
+    (tasks/privacy/accountant.py).
+    """
     dp = state.spec.privacy.dp
     if dp is None or state.epsilon is None:
         return []
@@ -189,6 +185,17 @@ def privacy_rows(state: AveragedState) -> list[MetricRow]:
         MetricRow("global", "train", "epsilon", state.epsilon, 0),
         MetricRow("global", "train", "delta", dp.delta, 0),
     ]
+    spec = state.spec
+    n = len(spec.silos)
+    sampled = sampled_fedavg_epsilon(
+        dp.noise_multiplier,
+        sample_size(n, spec.strategy.fraction, spec.strategy.min_silos),
+        n,
+        round_number,
+        dp.delta,
+    )
+    if sampled is not None:
+        rows.append(MetricRow("global", "train", "epsilon_sampled", sampled, 0))
     if state.dp_clip is not None:
         rows.append(MetricRow("global", "train", "dp_clip", state.dp_clip, 0))
     return rows
@@ -214,7 +221,7 @@ def checkpoint(
     rows = [MetricRow(silo, "train", "selected", 1.0, 0) for silo in selected]
     rows += metric_rows(evaluations, updates, state.spec.task, absent)
     rows += [MetricRow(silo, "train", "rejected", 1.0, 0) for silo in sorted(rejected)]
-    rows += privacy_rows(state)
+    rows += privacy_rows(state, round_number)
     return state.store.write_round(
         round_number, rows, {**state.params, **state.server_state()}
     )
