@@ -315,6 +315,35 @@ def test_min_silos_equal_to_silo_count_accepted() -> None:
         ),
         (
             {
+                "privacy": {
+                    "dp": {
+                        "clip": 1.0,
+                        "noise_multiplier": 1.0,
+                        "noise": "distributed",
+                    }
+                }
+            },
+            "privacy.dp.noise 'distributed' needs privacy.secure_aggregation",
+        ),
+        (
+            {
+                "privacy": {
+                    "secure_aggregation": True,
+                    "dp": {
+                        "clip": 1.0,
+                        "noise_multiplier": 1.0,
+                        "noise": "distributed",
+                    },
+                },
+                "model": {
+                    "kind": "xgboost",
+                    "params": {"objective": "binary:logistic"},
+                },
+            },
+            "privacy.dp.noise 'distributed' is for FedAvg",
+        ),
+        (
+            {
                 "rounds": 5,
                 "model": {
                     "kind": "xgboost",
@@ -352,7 +381,12 @@ def test_privacy_options_load(tmp_path: Path) -> None:
         _spec_dict(
             privacy={
                 "secure_aggregation": True,
-                "dp": {"clip": 1.0, "noise_multiplier": 1.1, "epsilon_budget": 8.0},
+                "dp": {
+                    "clip": 1.0,
+                    "noise_multiplier": 1.1,
+                    "epsilon_budget": 8.0,
+                    "noise": "distributed",
+                },
             },
             strategy={
                 "kind": "fedavg",
@@ -365,6 +399,9 @@ def test_privacy_options_load(tmp_path: Path) -> None:
     spec = load_spec(path)
 
     assert spec.privacy.dp is not None and spec.privacy.dp.epsilon_budget == 8.0
+    assert spec.privacy.dp.noise == "distributed"
+    central = parse_spec(_spec_dict(privacy={"dp": {"clip": 1, "noise_multiplier": 1}}))
+    assert central.privacy.dp is not None and central.privacy.dp.noise == "central"
     assert spec.strategy.server_optimizer is not None
 
 
