@@ -15,6 +15,10 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializeAsAny,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -293,6 +297,30 @@ class FederationSpec(_Strict):
     storage_options: dict[str, Any] = Field(default_factory=dict)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
+    classes: list[StrictBool | StrictInt | StrictFloat | StrictStr] | None = Field(
+        None,
+        min_length=2,
+        description="classification: every class of the model; without it a "
+        "label only one silo holds is refused",
+    )
+
+    @model_validator(mode="after")
+    def _declared_classes(self) -> FederationSpec:
+        """Refuse classes a classification spec cannot use as declared."""
+        if self.classes is None:
+            return self
+        if self.task != "classification":
+            raise ValueError("classes applies to task 'classification'")
+        if self.model.kind == "xgboost":
+            raise ValueError(
+                "classes: kind 'xgboost' takes its classes 0..num_class-1 from "
+                "model.params.objective; leave classes out"
+            )
+        if len({type(c) is str for c in self.classes}) > 1:
+            raise ValueError("classes mixes strings and numbers")
+        if len(set(self.classes)) < len(self.classes):
+            raise ValueError("classes lists a class twice")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationSpec:

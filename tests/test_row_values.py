@@ -234,3 +234,68 @@ def test_the_cli_refuses_string_labels_beside_integer_ones_in_one_line(
 
     assert "silo 'silo-1', column 'label'" in line
     assert "labels are strings (dtype " in line and "here but numbers at" in line
+
+
+# --- declared classes ------------------------------------------------------------
+
+
+def _spec(**changes: Any) -> Any:
+    from fedsilo.spec import parse_spec
+
+    data = {
+        "name": "fed",
+        "task": "classification",
+        "target": "label",
+        "rounds": 1,
+        "silos": [{"name": f"s{i}", "train": f"/data/{i}.parquet"} for i in range(3)],
+    }
+    return parse_spec({**data, **changes})
+
+
+def test_the_spec_declares_classes_of_one_type_once_for_averaged_models() -> None:
+    from fedsilo.errors import SpecError
+
+    assert _spec(classes=[0, 1, 7]).classes == [0, 1, 7]
+    assert _spec().classes is None
+    for bad, words in [
+        ({"classes": [0, "1"]}, "mixes strings and numbers"),
+        ({"classes": [0, 1, 1]}, "lists a class twice"),
+        ({"classes": [0]}, "at least 2"),
+        ({"classes": [0, 1], "task": "regression", "model": {"kind": "sgd-regressor"}},
+         "applies to task 'classification'"),
+        ({"classes": [0, 1], "model": {"kind": "xgboost", "params": {
+            "objective": "binary:logistic"}}}, "num_class"),
+    ]:
+        with pytest.raises(SpecError, match=words):
+            _spec(**bad)
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("prefect_api")
+def test_the_cli_refuses_a_class_one_silo_alone_holds_unless_the_spec_declares_it(
+    breast_cancer_dir: Path,
+    tmp_path: Path,
+    shared_cluster: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fedsilo.cli import main
+
+    federation = _federation(breast_cancer_dir, tmp_path, shared_cluster)
+    _edit(federation / "silo-3" / "train.parquet", _set("label", 0, 2))
+
+    line = _one_line_error(federation, capsys)
+
+    assert "silo 'silo-3', column 'label'" in line
+    assert "label 2 is held by this silo alone" in line
+
+    path = federation / "federation.yaml"
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "classes": [0, 1, 2]}))
+
+    assert main(["run", str(path)]) == 0
+    from tasks.store.checkpoints import CheckpointStore, list_runs
+
+    store = str(tmp_path / "store")
+    (run,) = list_runs(store, spec["name"])
+    params = CheckpointStore(store, spec["name"], run).read_params(1)
+    assert params["coef_"].shape[0] == 3  # one row per declared class

@@ -50,7 +50,11 @@ from tasks.run_state import (
 from tasks.silo.data import FitConfig, load_arguments
 from tasks.silo.failures import failure_of
 from tasks.silo.link import SiloLink
-from tasks.silo.schema import categorical_features, check_schemas
+from tasks.silo.schema import (
+    categorical_features,
+    check_schemas,
+    federation_classes,
+)
 from tasks.statistics.categories import Encoding, global_categories
 from tasks.statistics.moments import standard_scaler
 from tasks.store.checkpoints import CheckpointStore
@@ -131,8 +135,9 @@ def open_silos(
         numeric = features if encoding is None else encoding.numeric
         classes: tuple[Any, ...] = ()
         if spec.task == "classification":
-            seen = {label for s in schemas.values() for label in s.labels}
-            classes = tuple(sorted(seen | set(known_classes)))
+            classes = federation_classes(
+                list(schemas.values()), spec.target, spec.classes, known_classes
+            )
             if len(classes) < 2:
                 raise_one_class(spec, classes)
         mean = scale = None
