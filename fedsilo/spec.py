@@ -29,7 +29,12 @@ from fedsilo.errors import FedsiloError, SpecError
 from fedsilo.model_kinds import model_kind, model_kinds
 from fedsilo.source_kinds import DataSource as DataSource
 from fedsilo.source_kinds import source_kind
-from fedsilo.sources import SqlSource
+from fedsilo.sources import (
+    CREDENTIALS_BLOCK,
+    SqlSource,
+    find_credential,
+    url_credential,
+)
 from fedsilo.strategy_spec import ServerOptimizerSpec as ServerOptimizerSpec
 from fedsilo.strategy_spec import StrategySpec, own_fields
 
@@ -110,6 +115,19 @@ class StatisticsSpec(_Strict):
     bins: int = Field(20, ge=2, le=1000, description="histogram bins per column")
 
 
+#: Why a central spec refuses credentials, and where they belong instead.
+_RECORDED = "the central spec is recorded in Prefect and in every checkpoint"
+_AT_THE_SILO = (
+    f"{_RECORDED}: give it at the silo, in its worker's environment (AWS_*, ...) "
+    "or its own config (fedsilo worker --data SILO_CONFIG)"
+)
+_AT_THE_COORDINATOR = (
+    f"{_RECORDED}: give the store's credentials in the coordinator's environment "
+    "(AWS_*, ...) or a Prefect Secret block named by "
+    f"storage_options.{CREDENTIALS_BLOCK}"
+)
+
+
 class SiloSpec(_Strict):
     """One silo: a name and, unless its own worker holds them, where its rows are.
 
@@ -137,7 +155,24 @@ class SiloSpec(_Strict):
                     "in Prefect and in every checkpoint; keep credentials at the "
                     "silo (fedsilo worker --data SILO_CONFIG, or PGPASSWORD/.pgpass)"
                 )
+            carried = None if source is None else source_kind(source).credential(source)
+            if carried is not None:
+                raise ValueError(f"{field} holds {carried}; {_AT_THE_SILO}")
         return self
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_silo_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if CREDENTIALS_BLOCK in options:
+            raise ValueError(
+                f"{CREDENTIALS_BLOCK!r} is for the checkpoint store (the top-level "
+                f"storage_options); a silo's reading is not the coordinator's: "
+                f"{_AT_THE_SILO.split(': ', 1)[1]}"
+            )
+        found = find_credential(options)
+        if found is not None:
+            raise ValueError(f"{found[0]!r} is {found[1]}; {_AT_THE_SILO}")
+        return options
 
 
 class TlsSpec(_Strict):
@@ -241,6 +276,12 @@ class DPSpec(_Strict):
         None, gt=0.0, description="stop before the run would spend more"
     )
     adaptive: AdaptiveClipSpec | None = None
+    noise: Literal["central", "distributed"] = Field(
+        "central",
+        description="central: the coordinator noises the sum it decodes; "
+        "distributed (secure aggregation only): each silo adds its share before "
+        "masking, so the coordinator never decodes an un-noised sum (docs/privacy.md)",
+    )
 
     @model_validator(mode="after")
     def _votes_fit(self) -> DPSpec:
@@ -303,6 +344,26 @@ class FederationSpec(_Strict):
         description="classification: every class of the model; without it a "
         "label only one silo holds is refused",
     )
+    @field_validator("checkpoints")
+    @classmethod
+    def _no_url_credentials(cls, checkpoints: str) -> str:
+        carried = url_credential(checkpoints)
+        if carried is not None:
+            raise ValueError(f"the URL holds {carried}; {_AT_THE_COORDINATOR}")
+        return checkpoints
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_store_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
+        found = find_credential(options, allowed=frozenset({CREDENTIALS_BLOCK}))
+        if found is not None:
+            raise ValueError(f"{found[0]!r} is {found[1]}; {_AT_THE_COORDINATOR}")
+        block = options.get(CREDENTIALS_BLOCK)
+        if CREDENTIALS_BLOCK in options and not (isinstance(block, str) and block):
+            raise ValueError(
+                f"{CREDENTIALS_BLOCK!r} names a Prefect Secret block: give its name"
+            )
+        return options
 
     @model_validator(mode="after")
     def _declared_classes(self) -> FederationSpec:
@@ -352,6 +413,13 @@ class FederationSpec(_Strict):
             )
         if self.privacy.secure_aggregation and len(self.silos) < 2:
             raise ValueError("secure aggregation needs at least two silos")
+        dp = self.privacy.dp
+        if dp and dp.noise == "distributed" and not self.privacy.secure_aggregation:
+            raise ValueError(
+                "privacy.dp.noise 'distributed' needs privacy.secure_aggregation: "
+                "unmasked, each silo's update would reach the coordinator with "
+                "only its share of the noise"
+            )
         if self.local.proximal_mu > 0:
             refusal = proximal_refusal(self.model.kind, self.model.params)
             if refusal is not None:
@@ -411,6 +479,11 @@ class FederationSpec(_Strict):
             raise ValueError(
                 "privacy.dp.adaptive is for FedAvg updates; kind 'xgboost' clips "
                 "each row's gradient to privacy.dp.clip (a fixed bound)"
+            )
+        if dp.noise != "central":
+            raise ValueError(
+                "privacy.dp.noise 'distributed' is for FedAvg updates; kind "
+                "'xgboost' noises the summed histograms at the coordinator"
             )
         objective = self.model.params.get("objective", "reg:squarederror")
         if objective.startswith("reg:") and self.model.params.get("base_score") is None:
