@@ -319,6 +319,41 @@ class CompressionSpec(_Strict):
         return self
 
 
+class MlflowSpec(_Strict):
+    """Where a run is tracked in MLflow (docs/tracking.md)."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; null: MLFLOW_TRACKING_URI, else "
+        "MLflow's default",
+    )
+    experiment: str | None = Field(
+        None, min_length=1, description="experiment name; null: the federation's"
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password(cls, uri: str | None) -> str | None:
+        from fedsilo.sources import url_password
+
+        if uri is not None and url_password(uri):
+            raise ValueError(
+                "the URI holds a password, and the central spec is recorded in "
+                "Prefect; give MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "(or MLFLOW_TRACKING_TOKEN) in the coordinator's environment"
+            )
+        return uri
+
+
+class TrackingSpec(_Strict):
+    """Experiment tracking. Without ``mlflow``, MLFLOW_TRACKING_URI turns it on.
+
+    Tracking changes no model, so checkpoints do not record it.
+    """
+
+    mlflow: MlflowSpec | None = None
+
+
 class FederationSpec(_Strict):
     """A whole federation: task, model, strategy, silos, cluster and store."""
 
@@ -344,6 +379,8 @@ class FederationSpec(_Strict):
         description="classification: every class of the model; without it a "
         "label only one silo holds is refused",
     )
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
     @field_validator("checkpoints")
     @classmethod
     def _no_url_credentials(cls, checkpoints: str) -> str:
@@ -515,9 +552,14 @@ class FederationSpec(_Strict):
             )
 
     def public_dict(self) -> dict[str, Any]:
-        """Return the spec without storage options (they may hold credentials)."""
+        """Return the spec without storage options (they may hold credentials).
+
+        Tracking is left out too: it changes no model, so a run resumed with
+        another tracking server is the same run.
+        """
         data = self.model_dump(mode="json")
         data.pop("storage_options", None)
+        data.pop("tracking", None)
         for silo, spec in zip(data["silos"], self.silos, strict=True):
             silo.pop("storage_options", None)
             for side in ("train", "test"):

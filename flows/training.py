@@ -3,7 +3,9 @@
 One engine for every model family (tasks/families.py): it attaches to the
 cluster, lets the family open the silos' state (and resume from the latest
 checkpoint), runs one ``federated-round`` flow per round, tells the run's
-listeners after each, and closes the family whatever happens.
+listeners after each, and closes the family whatever happens. A tracked run
+(``tracking.mlflow`` or ``MLFLOW_TRACKING_URI``) is opened in MLflow before the
+cluster starts and gets every round and the final model (tasks/tracking/).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tasks.families import family_of
 from tasks.prefect_decorators import unstored_flow
 from tasks.run_state import Opening
 from tasks.store.checkpoints import new_run_id
+from tasks.tracking import track_run
 
 
 def run_rounds(run: run_state.Run, rounds: range, logger: Any) -> str | None:
@@ -61,7 +64,10 @@ def federated_training(
     run_id = run_id or new_run_id()
     family = family_of(spec.model.kind)
     family.check(spec)
-    with spec_cluster(spec) as cluster:
+    with (
+        track_run(spec, run_id, logger.warning) as tracking,
+        spec_cluster(spec) as cluster,
+    ):
         opened = family.open(
             Opening(spec, cluster, run_id, resume, tuple(known_classes))
         )
@@ -70,7 +76,7 @@ def federated_training(
             run_id=run_id,
             cluster=cluster,
             family=opened,
-            listeners=run_state.current_listeners(),
+            listeners=(*run_state.current_listeners(), *tracking.listeners),
         )
         run_state.register(run)
         try:
@@ -85,4 +91,5 @@ def federated_training(
         **finish_run(spec.name, run_id, opened.store.run_path, run.history, logger),
         "stopped": stopped,
         **summary,
+        **tracking.summary(),
     }
